@@ -1,0 +1,1 @@
+"""Pure wrappers over torchmetrics, one module per modality."""

@@ -1,0 +1,146 @@
+"""One way to fit any of our LightningModules: checkpoints, resume, early stopping, history, progress.
+
+Pure module (torch + Lightning only). The Dagster layer passes `log` (its run logger) so per-epoch
+progress shows live in the UI; `progress_bar` is for terminals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+
+def default_precision(accelerator: str = "auto") -> str:
+    """bf16 mixed precision on a GPU that supports it, full fp32 elsewhere."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+class History(Callback):
+    """Keeps one dict of logged metrics per epoch; saved in checkpoints so a resumed run keeps its curve."""
+
+    def __init__(self, log: Callable[[str], None] | None = None, every: int = 1):
+        self.rows: list[dict[str, float]] = []
+        self.log = log
+        self.every = max(1, every)
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        row = {"epoch": float(trainer.current_epoch)}
+        for k, v in trainer.callback_metrics.items():
+            if isinstance(v, torch.Tensor) and v.numel() == 1:
+                row[k] = float(v)
+        self.rows.append(row)
+        if self.log and (trainer.current_epoch % self.every == 0 or trainer.current_epoch + 1 == trainer.max_epochs):
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
+            elapsed = time.perf_counter() - self._t0
+            self.log(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} ({elapsed:.0f}s): {shown}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict.get("rows", []))
+
+
+@dataclass
+class FitResult:
+    best_path: str | None  # best checkpoint by the monitored metric (None when nothing is monitored)
+    last_path: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    epochs: int = 0
+    seconds: float = 0.0
+    resumed_from: str | None = None
+    best_score: float | None = None
+
+
+def fit(
+    module: L.LightningModule,
+    train_dataloaders: Any,
+    val_dataloaders: Any = None,
+    *,
+    run_dir: str | Path,
+    max_epochs: int,
+    monitor: str | None = None,
+    mode: str = "min",
+    patience: int | None = None,
+    seed: int = 0,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    precision: str | None = None,
+    gradient_clip_val: float | None = None,
+    max_steps: int = -1,
+    val_check_interval: int | float | None = None,
+    check_val_every_n_epoch: int = 1,
+    log: Callable[[str], None] | None = None,
+    log_every_epochs: int = 1,
+    progress_bar: bool = False,
+    resume: bool = True,
+    extra_callbacks: Sequence[Callback] = (),
+) -> FitResult:
+    """Train `module`; resume from run_dir/last.ckpt when it exists (a killed run continues)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(seed, workers=True, verbose=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir,
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_last=True,
+        save_top_k=1 if monitor else 0,
+        enable_version_counter=False,
+    )
+    history = History(log=log, every=log_every_epochs)
+    callbacks: list[Callback] = [checkpoint, history, *extra_callbacks]
+    if monitor and patience:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
+    precision = precision or default_precision(accelerator)
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        num_nodes=num_nodes,
+        precision=precision,
+        gradient_clip_val=gradient_clip_val,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        deterministic=not torch.cuda.is_available(),
+        val_check_interval=val_check_interval,
+        check_val_every_n_epoch=check_val_every_n_epoch,
+        num_sanity_val_steps=0,
+        limit_val_batches=None if val_dataloaders is not None else 0,
+    )
+    last = run_dir / "last.ckpt"
+    resumed_from = str(last) if resume and last.exists() else None
+    if resumed_from and log:
+        log(f"resuming from {resumed_from}")
+    t0 = time.perf_counter()
+    trainer.fit(module, train_dataloaders, val_dataloaders, ckpt_path=resumed_from)
+    seconds = time.perf_counter() - t0
+    best = checkpoint.best_model_path or None
+    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+    return FitResult(
+        best_path=best,
+        last_path=str(last),
+        history=history.rows,
+        epochs=trainer.current_epoch,
+        seconds=seconds,
+        resumed_from=resumed_from,
+        best_score=best_score,
+    )

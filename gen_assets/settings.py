@@ -1,0 +1,66 @@
+"""Where state lives (GEN_ASSETS_HOME) and the named run profiles (smoke / demo / full).
+
+Pure module: no dagster import. A profile is a mapping from asset name to the config of that asset's
+Config class; `gen-assets run --profile NAME` and the tests turn it into Dagster run config.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = "./data"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every location under one home directory; moving GEN_ASSETS_HOME moves all of it."""
+
+    home: Path
+
+    @classmethod
+    def from_env(cls) -> "Paths":
+        return cls(Path(os.environ.get("GEN_ASSETS_HOME", DEFAULT_HOME)).expanduser().resolve())
+
+    @property
+    def warehouse(self) -> Path:
+        return self.home / "warehouse.duckdb"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.artifacts / "snapshots"
+
+    @property
+    def models(self) -> Path:
+        return self.artifacts / "models"
+
+    @property
+    def training(self) -> Path:
+        return self.artifacts / "training"
+
+    @property
+    def batches(self) -> Path:
+        return self.artifacts / "batches"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster_home"
+
+    @property
+    def feedback(self) -> Path:
+        return self.home / "feedback"
+
+    def ensure(self) -> "Paths":
+        for p in (self.home, self.artifacts, self.dagster_home, self.feedback):
+            p.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def timezone_from_env() -> str:
+    """The schedule's timezone: GEN_ASSETS_TIMEZONE, else TZ, else UTC."""
+    return os.environ.get("GEN_ASSETS_TIMEZONE") or os.environ.get("TZ") or "UTC"

@@ -1,0 +1,1 @@
+"""Pure readers that turn a configured source (builtin corpus, folder, file, URL) into rows."""

@@ -1,0 +1,1 @@
+"""The warehouse (DuckDB tables and views), artifacts on disk, and the model registry. No dagster import."""

@@ -1,0 +1,186 @@
+"""DuckDB warehouse schema and the small amount of SQL every stage shares.
+
+Tables (one name for one thing, see docs):
+- quarantine:      rows refused by any stage, with the reason (never silently dropped)
+- models:          the model registry (one row per model_version)
+- metrics_history: one row per (model_version, metric) measurement, appended, for trends
+- batches:         one row per generation batch (its Parquet file)
+- generated (view): every generated sample of every modality, read from the batch Parquet files
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+
+import duckdb
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS quarantine (
+    asset            VARCHAR NOT NULL,   -- the asset (table) that refused the row, e.g. clean_images
+    snapshot_version VARCHAR,            -- data version of the input the row came from
+    source           VARCHAR,            -- file, folder or URL the row came from
+    row_id           VARCHAR,            -- row id within the source (or file:line)
+    reason           VARCHAR NOT NULL,
+    content_hash     VARCHAR,
+    quarantined_at   TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS models (
+    model_version   VARCHAR PRIMARY KEY,
+    modality        VARCHAR NOT NULL,
+    arch            VARCHAR NOT NULL,
+    config          JSON,
+    input_versions  JSON,                -- data versions of the inputs it was trained on
+    checkpoint_path VARCHAR NOT NULL,
+    checkpoint_sha  VARCHAR NOT NULL,
+    status          VARCHAR NOT NULL,    -- candidate | champion | retired
+    created_at      TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metrics_history (
+    model_version VARCHAR NOT NULL,
+    modality      VARCHAR NOT NULL,
+    metric        VARCHAR NOT NULL,
+    value         DOUBLE,
+    batch_id      VARCHAR,
+    measured_at   TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id      VARCHAR PRIMARY KEY,
+    modality      VARCHAR NOT NULL,
+    model_version VARCHAR NOT NULL,
+    path          VARCHAR NOT NULL,
+    grid_path     VARCHAR,
+    n_samples     INTEGER NOT NULL,
+    created_at    TIMESTAMP NOT NULL
+);
+"""
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(SCHEMA)
+
+
+def sql_literal(value: str) -> str:
+    """Quote a string (e.g. a file path) for places where DuckDB takes no parameters (table functions in views)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def refresh_generated_view(con: duckdb.DuckDBPyConnection) -> None:
+    """(Re)define `generated` over every registered batch file; content is BLOB (PNG bytes or UTF-8 text)."""
+    paths = [r[0] for r in con.execute("SELECT path FROM batches ORDER BY created_at").fetchall()]
+    columns = "sample_id, batch_id, model_version, modality, category, CAST(content AS BLOB) AS content, created_at, seed"
+    if paths:
+        files = "[" + ", ".join(sql_literal(p) for p in paths) + "]"
+        body = f"SELECT {columns} FROM read_parquet({files}, union_by_name = true)"
+    else:
+        body = (
+            "SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR AS batch_id, NULL::VARCHAR AS model_version, "
+            "NULL::VARCHAR AS modality, NULL::VARCHAR AS category, NULL::BLOB AS content, "
+            "NULL::TIMESTAMP AS created_at, NULL::BIGINT AS seed WHERE false"
+        )
+    con.execute(f"CREATE OR REPLACE VIEW generated AS {body}")
+
+
+def register_batch(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    batch_id: str,
+    modality: str,
+    model_version: str,
+    path: str,
+    grid_path: str | None,
+    n_samples: int,
+) -> None:
+    ensure_schema(con)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [batch_id, modality, model_version, path, grid_path, n_samples, now()],
+        )
+        refresh_generated_view(con)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def register_model(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    model_version: str,
+    modality: str,
+    arch: str,
+    config: Mapping,
+    input_versions: Mapping[str, str],
+    checkpoint_path: str,
+    checkpoint_sha: str,
+    status: str = "champion",
+) -> None:
+    """Add a model to the registry. A new champion retires the previous champion of its modality."""
+    ensure_schema(con)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if status == "champion":
+            con.execute(
+                "UPDATE models SET status = 'retired' WHERE modality = ? AND status = 'champion' AND model_version <> ?",
+                [modality, model_version],
+            )
+        con.execute("DELETE FROM models WHERE model_version = ?", [model_version])
+        con.execute(
+            "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                model_version,
+                modality,
+                arch,
+                json.dumps(dict(config), default=str),
+                json.dumps(dict(input_versions)),
+                checkpoint_path,
+                checkpoint_sha,
+                status,
+                now(),
+            ],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def record_metrics(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    model_version: str,
+    modality: str,
+    metrics: Mapping[str, float],
+    batch_id: str | None,
+) -> None:
+    ensure_schema(con)
+    ts = now()
+    rows = [(model_version, modality, k, float(v), batch_id, ts) for k, v in metrics.items()]
+    con.executemany("INSERT INTO metrics_history VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
+def insert_quarantine(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping]) -> int:
+    """Append quarantined rows (dicts with the quarantine columns; quarantined_at defaults to now)."""
+    ts = now()
+    data = [
+        (
+            r["asset"],
+            r.get("snapshot_version"),
+            r.get("source"),
+            None if r.get("row_id") is None else str(r["row_id"]),
+            r["reason"],
+            r.get("content_hash"),
+            r.get("quarantined_at", ts),
+        )
+        for r in rows
+    ]
+    if data:
+        con.executemany("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)", data)
+    return len(data)
