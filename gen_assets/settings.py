@@ -64,3 +64,34 @@ class Paths:
 def timezone_from_env() -> str:
     """The schedule's timezone: GEN_ASSETS_TIMEZONE, else TZ, else UTC."""
     return os.environ.get("GEN_ASSETS_TIMEZONE") or os.environ.get("TZ") or "UTC"
+
+
+# Run config per profile: asset name -> that asset's Config fields. "demo" is the Config classes'
+# defaults (what the UI materializes); "smoke" is the whole graph in well under a minute for tests;
+# "full" trains longer for better models.
+PROFILES: dict[str, dict[str, dict]] = {
+    "smoke": {
+        "image_evaluator": {"max_epochs": 4, "patience": 2},
+        "image_generator": {"max_epochs": 4, "patience": 4},
+        "generated_images": {"samples_per_class": 20},
+    },
+    "demo": {},
+    "full": {
+        "image_evaluator": {"max_epochs": 60, "patience": 10},
+        "image_generator": {"max_epochs": 600, "patience": 80},
+        "generated_images": {"samples_per_class": 200},
+    },
+}
+
+
+def profile_run_config(profile: str, ops: set[str] | None = None) -> dict:
+    """Dagster run config for a profile, limited to the ops (asset names) of the job being run."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    return {
+        "ops": {
+            name: {"config": dict(cfg)}
+            for name, cfg in PROFILES[profile].items()
+            if ops is None or name in ops
+        }
+    }

@@ -29,7 +29,7 @@ class History(Callback):
 
     def __init__(self, log: Callable[[str], None] | None = None, every: int = 1):
         self.rows: list[dict[str, float]] = []
-        self.log = log
+        self.emit = log
         self.every = max(1, every)
         self._t0 = time.perf_counter()
 
@@ -39,10 +39,10 @@ class History(Callback):
             if isinstance(v, torch.Tensor) and v.numel() == 1:
                 row[k] = float(v)
         self.rows.append(row)
-        if self.log and (trainer.current_epoch % self.every == 0 or trainer.current_epoch + 1 == trainer.max_epochs):
+        if self.emit and (trainer.current_epoch % self.every == 0 or trainer.current_epoch + 1 == trainer.max_epochs):
             shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
             elapsed = time.perf_counter() - self._t0
-            self.log(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} ({elapsed:.0f}s): {shown}")
+            self.emit(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} ({elapsed:.0f}s): {shown}")
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}

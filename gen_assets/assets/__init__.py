@@ -1,0 +1,1 @@
+"""Assets, one module per stage. Thin: take inputs, call pure code, record metadata."""

@@ -1,0 +1,126 @@
+"""Cleaning in DuckDB: the SQL lives in gen_assets/sql, the runners in gen_assets/cleaning."""
+
+import time
+
+import dagster as dg
+from pydantic import Field
+from dagster_duckdb import DuckDBResource
+
+from gen_assets.assets.common import CleanTable
+from gen_assets.cleaning import images as image_cleaning
+from gen_assets.cleaning import texts as text_cleaning
+from gen_assets.store.snapshots import Snapshot
+
+
+class CleanImagesConfig(dg.Config):
+    image_size: int | None = Field(
+        default=None, description="expected width and height; None: the most common size in the snapshot"
+    )
+    channels: int = Field(
+        default=1, description="1: grayscale, 3: RGB; images are converted to this when loaded for training"
+    )
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+
+@dg.asset(
+    group_name="cleaning",
+    tags={"modality": "image"},
+    kinds={"duckdb"},
+    code_version="1",
+)
+def clean_images(
+    context: dg.AssetExecutionContext, config: CleanImagesConfig, raw_images: Snapshot, warehouse: DuckDBResource
+) -> dg.Output[CleanTable]:
+    """Decodable, correctly sized, de-duplicated, labelled images with a deterministic split by hash.
+
+    Refused rows land in `quarantine` with their reason, in the same transaction as the clean table.
+    """
+    t0 = time.perf_counter()
+    with warehouse.get_connection() as con:
+        stats = image_cleaning.clean_images(
+            con,
+            raw_images.path,
+            snapshot_version=raw_images.version,
+            image_size=config.image_size,
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+        )
+        categories = image_cleaning.categories(con)
+    context.log.info(
+        f"clean_images: {stats.rows_clean} clean, {stats.rows_quarantined} quarantined of {stats.rows_in}"
+    )
+    width, height = stats.image_size
+    return dg.Output(
+        CleanTable(
+            table="clean_images",
+            version=stats.table_version,
+            rows=stats.rows_clean,
+            categories=tuple(categories),
+            details={"image_size": [width, height], "channels": config.channels, "snapshot_version": raw_images.version},
+        ),
+        data_version=dg.DataVersion(stats.table_version),
+        metadata={
+            "rows_in": stats.rows_in,
+            "rows_clean": stats.rows_clean,
+            "rows_quarantined": stats.rows_quarantined,
+            "quarantine_by_reason": dg.MetadataValue.json(dict(stats.by_reason)),
+            "split_counts": dg.MetadataValue.json(dict(stats.split_counts)),
+            "image_size": f"{width}x{height}",
+            "categories": ", ".join(categories),
+            "table_version": stats.table_version,
+            "seconds": round(time.perf_counter() - t0, 3),
+        },
+    )
+
+
+class CleanTextsConfig(dg.Config):
+    min_chars: int = 20
+    max_chars: int = 20000
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+
+@dg.asset(group_name="cleaning", tags={"modality": "text"}, kinds={"duckdb"}, code_version="1")
+def clean_texts(
+    context: dg.AssetExecutionContext, config: CleanTextsConfig, raw_texts: Snapshot, warehouse: DuckDBResource
+) -> dg.Output[CleanTable]:
+    """Normalized, markup-free, PII-masked, de-duplicated documents of bounded length, split by hash.
+
+    Refused rows land in `quarantine` with their reason, in the same transaction as the clean table.
+    """
+    t0 = time.perf_counter()
+    with warehouse.get_connection() as con:
+        stats = text_cleaning.clean_texts(
+            con,
+            raw_texts.path,
+            snapshot_version=raw_texts.version,
+            min_chars=config.min_chars,
+            max_chars=config.max_chars,
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+        )
+        categories = text_cleaning.categories(con)
+        chars = con.execute("SELECT coalesce(sum(n_chars), 0) FROM clean_texts").fetchone()[0]
+    context.log.info(f"clean_texts: {stats.rows_clean} clean, {stats.rows_quarantined} quarantined of {stats.rows_in}")
+    return dg.Output(
+        CleanTable(
+            table="clean_texts",
+            version=stats.version,
+            rows=stats.rows_clean,
+            categories=tuple(categories),
+            details={"snapshot_version": raw_texts.version, "chars": int(chars)},
+        ),
+        data_version=dg.DataVersion(stats.version),
+        metadata={
+            "rows_in": stats.rows_in,
+            "rows_clean": stats.rows_clean,
+            "rows_quarantined": stats.rows_quarantined,
+            "quarantine_by_reason": dg.MetadataValue.json(dict(stats.by_reason)),
+            "split_counts": dg.MetadataValue.json(dict(stats.split_counts)),
+            "chars": int(chars),
+            "categories": ", ".join(categories),
+            "table_version": stats.version,
+            "seconds": round(time.perf_counter() - t0, 3),
+        },
+    )

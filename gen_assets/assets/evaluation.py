@@ -1,0 +1,135 @@
+"""Metric evaluation of a generated batch; every measurement is appended to `metrics_history`."""
+
+import time
+
+import dagster as dg
+from pydantic import Field
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from dagster_duckdb import DuckDBResource
+
+from gen_assets.assets.common import Batch, CleanTable, ModelRef, numeric_metadata
+from gen_assets.assets.training import label_indices, load_image_split
+from gen_assets.imaging import decode_image
+from gen_assets.cleaning import texts as text_cleaning
+from gen_assets.metrics.images import image_metrics as compute_image_metrics
+from gen_assets.metrics.lm import validation_loss
+from gen_assets.metrics.texts import perplexity
+from gen_assets.metrics.texts import text_metrics as compute_text_metrics
+from gen_assets.models.text_data import encode_documents
+from gen_assets.models.tokenizers import tokenizer_from_dict
+from gen_assets.models.checkpoint import load_model
+from gen_assets.models.data import images_to_tensor
+from gen_assets.store import warehouse as wh
+
+
+class ImageMetricsConfig(dg.Config):
+    kid_subset_size: int | None = Field(
+        default=None, description="KID subset size; None: as large as the sample count allows"
+    )
+    inception_weights: str | None = Field(
+        default=None,
+        description="path to torchmetrics' Inception weights; None: our evaluator's features (the default, "
+        "since Inception weights cannot be downloaded everywhere)",
+    )
+    seed: int = 0
+
+
+@dg.asset(group_name="evaluation", tags={"modality": "image"}, kinds={"duckdb"}, code_version="1")
+def image_metrics(
+    context: dg.AssetExecutionContext,
+    config: ImageMetricsConfig,
+    generated_images: Batch,
+    image_evaluator: ModelRef,
+    clean_images: CleanTable,
+    warehouse: DuckDBResource,
+) -> dg.Output[dict]:
+    """FID / KID / IS in the evaluator's feature space, class accuracy and diversity of a batch.
+
+    `fid_real_floor` (real train vs test) and `fid_noise` (uniform noise) bound `fid` from below and
+    above; all three use the same sample count.
+    """
+    t0 = time.perf_counter()
+    table = pq.read_table(generated_images.path, columns=["category", "content"])
+    channels = int(clean_images.details["channels"])
+    pixels = np.stack([decode_image(b, channels) for b in table.column("content").to_pylist()])
+    labels = label_indices(table.column("category").to_pylist(), clean_images.categories)
+    with warehouse.get_connection() as con:
+        train_x, _ = load_image_split(con, clean_images, "train")
+        test_x, _ = load_image_split(con, clean_images, "test")
+    evaluator = load_model(image_evaluator.path)
+    metrics = compute_image_metrics(
+        evaluator,
+        generated=images_to_tensor(pixels),
+        generated_labels=torch.from_numpy(labels),
+        reference=images_to_tensor(train_x),
+        held_out=images_to_tensor(test_x),
+        kid_subset_size=config.kid_subset_size,
+        seed=config.seed,
+        inception_weights=config.inception_weights,
+    )
+    metrics["fid_ratio_to_floor"] = metrics["fid"] / max(metrics["fid_real_floor"], 1e-9)
+    with warehouse.get_connection() as con:
+        wh.record_metrics(
+            con,
+            model_version=generated_images.model_version,
+            modality="image",
+            metrics=metrics,
+            batch_id=generated_images.batch_id,
+        )
+    context.log.info(", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return dg.Output(
+        metrics,
+        metadata={
+            **numeric_metadata(metrics),
+            "model_version": generated_images.model_version,
+            "batch_id": generated_images.batch_id,
+            "feature_space": "inception" if config.inception_weights else f"image_evaluator {image_evaluator.version}",
+            "seconds": round(time.perf_counter() - t0, 3),
+        },
+    )
+
+
+class TextMetricsConfig(dg.Config):
+    val_batches: int = Field(default=50, description="random windows of the val split in the loss estimate")
+    batch_size: int = 32
+    seed: int = 0
+
+
+@dg.asset(group_name="evaluation", tags={"modality": "text"}, kinds={"duckdb"}, code_version="1")
+def text_metrics(
+    context: dg.AssetExecutionContext,
+    config: TextMetricsConfig,
+    generated_texts: Batch,
+    text_generator: ModelRef,
+    clean_texts: CleanTable,
+    warehouse: DuckDBResource,
+) -> dg.Output[dict]:
+    """Validation loss / perplexity of the model on real data; BLEU, ROUGE, diversity and novelty of a batch."""
+    t0 = time.perf_counter()
+    model = load_model(text_generator.path)
+    tokenizer = tokenizer_from_dict(model.extra["tokenizer"])
+    with warehouse.get_connection() as con:
+        train_docs = text_cleaning.load_texts(con, split="train", table=clean_texts.table)
+        val_docs = text_cleaning.load_texts(con, split="val", table=clean_texts.table)
+        test_docs = text_cleaning.load_texts(con, split="test", table=clean_texts.table)
+    val_ids = encode_documents(tokenizer, [t for _, t in val_docs], [c for c, _ in val_docs])
+    loss = validation_loss(model, val_ids, batch_size=config.batch_size, batches=config.val_batches, seed=config.seed)
+    table = pq.read_table(generated_texts.path, columns=["category", "content"])
+    generated = list(zip(table.column("category").to_pylist(), table.column("content").to_pylist()))
+    metrics = {"val_loss": loss, "perplexity": perplexity(loss)}
+    metrics.update(compute_text_metrics(generated, test_docs, [t for _, t in train_docs]))
+    with warehouse.get_connection() as con:
+        wh.record_metrics(con, model_version=generated_texts.model_version, modality="text", metrics=metrics,
+                          batch_id=generated_texts.batch_id)
+    context.log.info(", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return dg.Output(
+        metrics,
+        metadata={
+            **numeric_metadata(metrics),
+            "model_version": generated_texts.model_version,
+            "batch_id": generated_texts.batch_id,
+            "seconds": round(time.perf_counter() - t0, 3),
+        },
+    )

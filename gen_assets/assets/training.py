@@ -1,0 +1,365 @@
+"""Training: the image evaluator and the image generator (Lightning, through models.training.fit)."""
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import Field
+import numpy as np
+import torch
+from dagster_duckdb import DuckDBResource
+
+from gen_assets.assets.common import CleanTable, ModelRef, md_png, stable_key
+from gen_assets.cleaning import images as image_cleaning
+from gen_assets.cleaning import texts as text_cleaning
+from gen_assets.models.checkpoint import file_sha256, load_model, model_class, save_model
+from gen_assets.models.data import image_loaders
+from gen_assets.models.text_data import encode_documents, text_loaders
+from gen_assets.models.tokenizers import load_tokenizer, train_tokenizer
+from gen_assets.models.training import FitResult, fit
+from gen_assets.plots import curves_png
+from gen_assets.resources import ArtifactStore, TrainerResource
+from gen_assets.store import warehouse as wh
+from gen_assets.store.snapshots import atomic_write_bytes
+
+
+def config_for(arch: str, base: dict[str, Any], overrides: dict[str, Any]) -> Any:
+    """The model's dataclass config from data-derived fields plus the asset config's non-None overrides."""
+    cls = model_class(arch).config_class
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {**base, **{k: v for k, v in overrides.items() if v is not None and k in names}}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def train_and_save(
+    context: dg.AssetExecutionContext,
+    *,
+    name: str,
+    modality: str,
+    arch: str,
+    module: torch.nn.Module,
+    loaders: tuple[Any, Any],
+    fit_args: dict[str, Any],
+    key_parts: dict[str, Any],
+    artifacts: ArtifactStore,
+    retrain: bool,
+    extra: dict[str, Any] | None = None,
+) -> tuple[ModelRef, list[dict[str, float]], dict[str, Any]]:
+    """Fit (resuming a killed run), keep the best weights, save state_dict + config as the model file.
+
+    The training run lives in artifacts/training/<name>/<key>, key = hash of config and input versions:
+    the same inputs and config resume the same run, and a finished run is reused instead of retrained.
+    """
+    paths = artifacts.paths
+    key = stable_key(arch, key_parts)
+    run_dir = paths.training / name / key
+    done = run_dir / "done.json"
+    if done.exists() and not retrain:
+        info = json.loads(done.read_text())
+        if Path(info["path"]).exists() and file_sha256(info["path"]) == info["sha256"]:
+            context.log.info(f"{name}: inputs and config unchanged since {info['version']}; reusing it")
+            ref = ModelRef(modality, arch, info["version"], info["path"], info["sha256"], info.get("details", {}))
+            return ref, info.get("history", []), {"reused": True, **info.get("fit", {})}
+    if retrain and run_dir.exists():
+        for ckpt in run_dir.glob("*.ckpt"):
+            ckpt.unlink()
+    result: FitResult = fit(module, loaders[0], loaders[1], run_dir=run_dir, log=context.log.info, **fit_args)
+    if result.best_path:
+        state = torch.load(result.best_path, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    module = module.cpu().eval()
+    staging = run_dir / "model.pt"
+    sha = save_model(staging, arch, module, extra=extra)
+    version = f"{arch}-{sha[:12]}"
+    final = paths.models / modality / f"{version}.pt"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, final)
+    fit_info = {
+        "epochs": result.epochs,
+        "train_seconds": round(result.seconds, 2),
+        "best_score": result.best_score,
+        "resumed_from": result.resumed_from,
+    }
+    done.write_text(
+        json.dumps(
+            {"version": version, "path": str(final), "sha256": sha, "history": result.history, "fit": fit_info},
+            default=str,
+        )
+    )
+    return ModelRef(modality, arch, version, str(final), sha), result.history, {"reused": False, **fit_info}
+
+
+def label_indices(labels: list[str], categories: tuple[str, ...]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(categories)}
+    return np.array([index[label] for label in labels], dtype=np.int64)
+
+
+def load_image_split(con, clean: CleanTable, split: str) -> tuple[np.ndarray, np.ndarray]:
+    data = image_cleaning.load_images(con, split=split, channels=int(clean.details["channels"]), table=clean.table)
+    return data.images, label_indices(data.labels, clean.categories)
+
+
+def training_metadata(history: list[dict[str, float]], fit_info: dict[str, Any], ref: ModelRef, keys: list[str]) -> dict:
+    meta: dict[str, Any] = {
+        "model_version": ref.version,
+        "arch": ref.arch,
+        "path": dg.MetadataValue.path(ref.path),
+        "sha256": ref.sha256,
+        "reused": fit_info["reused"],
+        "epochs": fit_info.get("epochs", 0),
+        "train_seconds": fit_info.get("train_seconds", 0.0),
+    }
+    if history:
+        last = history[-1]
+        meta.update({k: dg.MetadataValue.float(float(v)) for k, v in last.items() if k != "epoch"})
+        meta["loss_curve"] = md_png(curves_png(history, keys, f"{ref.arch} training"), "loss curve")
+    return meta
+
+
+class ImageEvaluatorConfig(dg.Config):
+    max_epochs: int = 30
+    patience: int = 5
+    batch_size: int = 128
+    lr: float | None = None
+    num_features: int | None = None
+    seed: int = 0
+    retrain: bool = False
+
+
+@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1")
+def image_evaluator(
+    context: dg.AssetExecutionContext,
+    config: ImageEvaluatorConfig,
+    clean_images: CleanTable,
+    warehouse: DuckDBResource,
+    artifacts: ArtifactStore,
+    trainer: TrainerResource,
+) -> dg.Output[ModelRef]:
+    """A small classifier of the clean images: its features define FID/KID, its logits IS and accuracy."""
+    with warehouse.get_connection() as con:
+        train_x, train_y = load_image_split(con, clean_images, "train")
+        val_x, val_y = load_image_split(con, clean_images, "val")
+    size = int(clean_images.details["image_size"][0])
+    cfg = config_for(
+        "evaluator",
+        {"image_size": size, "channels": int(clean_images.details["channels"]), "num_classes": len(clean_images.categories)},
+        {"lr": config.lr, "num_features": config.num_features},
+    )
+    module = model_class("evaluator")(cfg)
+    loaders = image_loaders(train_x, train_y, val_x, val_y, batch_size=config.batch_size, seed=config.seed)
+    ref, history, fit_info = train_and_save(
+        context,
+        name="image_evaluator",
+        modality="image",
+        arch="evaluator",
+        module=module,
+        loaders=loaders,
+        fit_args={
+            "max_epochs": config.max_epochs,
+            "monitor": "val_loss",
+            "patience": config.patience,
+            "seed": config.seed,
+            **trainer.fit_kwargs(),
+        },
+        key_parts={"config": dataclasses.asdict(cfg), "asset_config": config.model_dump(exclude={"retrain"}),
+                   "clean_images": clean_images.version},
+        artifacts=artifacts,
+        retrain=config.retrain,
+    )
+    return dg.Output(
+        ref,
+        data_version=dg.DataVersion(ref.sha256[:16]),
+        metadata=training_metadata(history, fit_info, ref, ["train_loss", "val_loss", "val_acc"]),
+    )
+
+
+class ImageGeneratorConfig(dg.Config):
+    arch: Literal["dcgan", "vae"] = "dcgan"
+    max_epochs: int = 200
+    patience: int = 30
+    batch_size: int = 64
+    lr: float | None = None
+    latent_dim: int | None = None
+    seed: int = 0
+    retrain: bool = False
+
+
+@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1")
+def image_generator(
+    context: dg.AssetExecutionContext,
+    config: ImageGeneratorConfig,
+    clean_images: CleanTable,
+    image_evaluator: ModelRef,
+    warehouse: DuckDBResource,
+    artifacts: ArtifactStore,
+    trainer: TrainerResource,
+) -> dg.Output[ModelRef]:
+    """A class-conditional generator (DCGAN or VAE), early-stopped on FID of its samples on the val split."""
+    with warehouse.get_connection() as con:
+        train_x, train_y = load_image_split(con, clean_images, "train")
+        val_x, val_y = load_image_split(con, clean_images, "val")
+    size = int(clean_images.details["image_size"][0])
+    cfg = config_for(
+        config.arch,
+        {"image_size": size, "channels": int(clean_images.details["channels"]), "num_classes": len(clean_images.categories)},
+        {"lr": config.lr, "latent_dim": config.latent_dim},
+    )
+    evaluator = load_model(image_evaluator.path)
+    module = model_class(config.arch)(cfg, evaluator=evaluator)
+    loaders = image_loaders(train_x, train_y, val_x, val_y, batch_size=config.batch_size, seed=config.seed)
+    ref, history, fit_info = train_and_save(
+        context,
+        name="image_generator",
+        modality="image",
+        arch=config.arch,
+        module=module,
+        loaders=loaders,
+        fit_args={
+            "max_epochs": config.max_epochs,
+            "monitor": "val_fid",
+            "patience": config.patience,
+            "seed": config.seed,
+            "log_every_epochs": max(1, config.max_epochs // 20),
+            **trainer.fit_kwargs(),
+        },
+        key_parts={"config": dataclasses.asdict(cfg), "asset_config": config.model_dump(exclude={"retrain"}),
+                   "clean_images": clean_images.version, "image_evaluator": image_evaluator.version},
+        artifacts=artifacts,
+        retrain=config.retrain,
+    )
+    ref = dataclasses.replace(ref, details={"categories": list(clean_images.categories)})
+    with warehouse.get_connection() as con:
+        wh.register_model(
+            con,
+            model_version=ref.version,
+            modality="image",
+            arch=ref.arch,
+            config=dataclasses.asdict(cfg),
+            input_versions={"clean_images": clean_images.version, "image_evaluator": image_evaluator.version},
+            checkpoint_path=ref.path,
+            checkpoint_sha=ref.sha256,
+        )
+    loss_keys = ["g_loss", "d_loss"] if config.arch == "dcgan" else ["train_loss", "val_loss"]
+    meta = training_metadata(history, fit_info, ref, loss_keys)
+    if history and any("val_fid" in row for row in history):
+        meta["val_fid_curve"] = md_png(curves_png(history, ["val_fid"], "FID on the val split"), "val FID")
+    return dg.Output(ref, data_version=dg.DataVersion(ref.sha256[:16]), metadata=meta)
+
+
+class TextTokenizerConfig(dg.Config):
+    kind: Literal["char", "bpe"] = Field(
+        default="char", description="char: one token per character; bpe: byte-level BPE trained on the corpus"
+    )
+    vocab_size: int | None = Field(default=None, description="BPE vocabulary size (ignored for char)")
+
+
+@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"json"}, code_version="1")
+def text_tokenizer(
+    context: dg.AssetExecutionContext, config: TextTokenizerConfig, clean_texts: CleanTable, warehouse: DuckDBResource,
+    artifacts: ArtifactStore,
+) -> dg.Output[ModelRef]:
+    """The tokenizer, trained on the train split, with one control token per category."""
+    with warehouse.get_connection() as con:
+        docs = text_cleaning.load_texts(con, split="train", table=clean_texts.table)
+    tokenizer = train_tokenizer(config.kind, [t for _, t in docs], list(clean_texts.categories), config.vocab_size)
+    blob = json.dumps(tokenizer.to_dict(), sort_keys=True).encode()
+    sha = hashlib.sha256(blob).hexdigest()
+    version = f"{config.kind}-{sha[:12]}"
+    path = artifacts.paths.models / "text" / f"tokenizer-{version}.json"
+    atomic_write_bytes(path, blob)
+    context.log.info(f"tokenizer {version}: vocabulary of {tokenizer.vocab_size}")
+    return dg.Output(
+        ModelRef("text", config.kind, version, str(path), sha),
+        data_version=dg.DataVersion(sha[:16]),
+        metadata={"version": version, "vocab_size": tokenizer.vocab_size, "categories": len(clean_texts.categories),
+                  "path": dg.MetadataValue.path(str(path))},
+    )
+
+
+class TextGeneratorConfig(dg.Config):
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128
+    dropout: float = 0.0
+    batch_size: int = 12
+    max_iters: int = 2000
+    iters_per_epoch: int = Field(default=250, description="iterations between validations (one Lightning epoch)")
+    val_batches: int = 20
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    patience: int = 3
+    compile: bool = Field(default=False, description="torch.compile the training forward (worth it on a GPU)")
+    seed: int = 0
+    retrain: bool = False
+
+
+@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"pytorch"}, code_version="1")
+def text_generator(
+    context: dg.AssetExecutionContext,
+    config: TextGeneratorConfig,
+    clean_texts: CleanTable,
+    text_tokenizer: ModelRef,
+    warehouse: DuckDBResource,
+    artifacts: ArtifactStore,
+    trainer: TrainerResource,
+) -> dg.Output[ModelRef]:
+    """A GPT (nanoGPT's design) conditioned on the category by a control token, early-stopped on val_loss."""
+    tokenizer = load_tokenizer(text_tokenizer.path)
+    with warehouse.get_connection() as con:
+        train_docs = text_cleaning.load_texts(con, split="train", table=clean_texts.table)
+        val_docs = text_cleaning.load_texts(con, split="val", table=clean_texts.table)
+    train_ids = encode_documents(tokenizer, [t for _, t in train_docs], [c for c, _ in train_docs])
+    val_ids = encode_documents(tokenizer, [t for _, t in val_docs], [c for c, _ in val_docs])
+    cfg = config_for(
+        "gpt",
+        {"vocab_size": tokenizer.vocab_size, "lr_decay_iters": config.max_iters},
+        {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout", "learning_rate",
+                                          "min_lr", "warmup_iters", "compile")},
+    )
+    module = model_class("gpt")(cfg)
+    loaders = text_loaders(train_ids, val_ids, block_size=cfg.block_size, batch_size=config.batch_size, seed=config.seed,
+                           iters_per_epoch=config.iters_per_epoch, val_batches=config.val_batches)
+    context.log.info(f"training on {len(train_ids):,} tokens, validating on {len(val_ids):,}")
+    ref, history, fit_info = train_and_save(
+        context,
+        name="text_generator",
+        modality="text",
+        arch="gpt",
+        module=module,
+        loaders=loaders,
+        fit_args={
+            "max_epochs": max(1, -(-config.max_iters // config.iters_per_epoch)),
+            "max_steps": config.max_iters,
+            "monitor": "val_loss",
+            "patience": config.patience,
+            "seed": config.seed,
+            **trainer.fit_kwargs(),
+        },
+        key_parts={"config": dataclasses.asdict(cfg), "asset_config": config.model_dump(exclude={"retrain"}),
+                   "clean_texts": clean_texts.version, "text_tokenizer": text_tokenizer.version},
+        artifacts=artifacts,
+        retrain=config.retrain,
+        extra={"tokenizer": tokenizer.to_dict()},
+    )
+    ref = dataclasses.replace(ref, details={"categories": list(clean_texts.categories)})
+    with warehouse.get_connection() as con:
+        wh.register_model(
+            con,
+            model_version=ref.version,
+            modality="text",
+            arch=ref.arch,
+            config=dataclasses.asdict(cfg),
+            input_versions={"clean_texts": clean_texts.version, "text_tokenizer": text_tokenizer.version},
+            checkpoint_path=ref.path,
+            checkpoint_sha=ref.sha256,
+        )
+    meta = training_metadata(history, fit_info, ref, ["train_loss", "val_loss"])
+    meta["parameters"] = sum(p.numel() for p in module.parameters())
+    meta["train_tokens"] = len(train_ids)
+    return dg.Output(ref, data_version=dg.DataVersion(ref.sha256[:16]), metadata=meta)

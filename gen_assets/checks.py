@@ -1,0 +1,125 @@
+"""Asset checks: data quality of the clean tables and the quality bar of generated content."""
+
+import json
+from types import ModuleType
+
+import dagster as dg
+from pydantic import Field
+from dagster_duckdb import DuckDBResource
+
+from gen_assets.assets.cleaning import clean_images, clean_texts
+from gen_assets.assets.evaluation import image_metrics, text_metrics
+from gen_assets.cleaning import images as image_cleaning
+from gen_assets.cleaning import texts as text_cleaning
+
+
+class SplitRatiosConfig(dg.Config):
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    tolerance: float = Field(default=0.03, description="allowed absolute deviation of each split's share")
+
+
+class QuarantineRateConfig(dg.Config):
+    max_rate: float = Field(default=0.05, description="largest share of input rows that may be quarantined")
+
+
+def built_from(con, table: str) -> str:
+    """The snapshot version a clean table was built from (written with it, in the same transaction)."""
+    row = con.execute(
+        "SELECT comment FROM duckdb_tables() WHERE table_name = ? AND schema_name = current_schema()", [table]
+    ).fetchone()
+    return json.loads(row[0] or "{}").get("snapshot_version", "") if row else ""
+
+
+def clean_table_checks(asset: dg.AssetsDefinition, queries: ModuleType) -> list[dg.AssetChecksDefinition]:
+    """The four checks every clean table gets; `queries` is its pure cleaning module."""
+    name = asset.key.to_user_string()
+
+    @dg.asset_check(asset=asset, name=f"{name}_no_duplicates", description="no duplicate rows left")
+    def no_duplicates(context, warehouse: DuckDBResource) -> dg.AssetCheckResult:
+        with warehouse.get_connection() as con:
+            n = queries.duplicate_count(con, name)
+        return dg.AssetCheckResult(passed=n == 0, metadata={"duplicates": n})
+
+    @dg.asset_check(asset=asset, name=f"{name}_no_nulls", description="no nulls in required columns")
+    def no_nulls(context, warehouse: DuckDBResource) -> dg.AssetCheckResult:
+        with warehouse.get_connection() as con:
+            n = queries.null_count(con, name)
+        return dg.AssetCheckResult(passed=n == 0, metadata={"null_cells": n})
+
+    @dg.asset_check(asset=asset, name=f"{name}_split_ratios", description="train/val/test shares within tolerance")
+    def split_ratios(context, config: SplitRatiosConfig, warehouse: DuckDBResource) -> dg.AssetCheckResult:
+        with warehouse.get_connection() as con:
+            shares = queries.split_fractions(con, name)
+        expected = {"train": 1 - config.val_fraction - config.test_fraction, "val": config.val_fraction,
+                    "test": config.test_fraction}
+        worst = max(abs(shares.get(k, 0.0) - v) for k, v in expected.items())
+        return dg.AssetCheckResult(
+            passed=worst <= config.tolerance,
+            metadata={**{f"{k}_share": round(v, 4) for k, v in shares.items()}, "worst_deviation": round(worst, 4)},
+        )
+
+    @dg.asset_check(asset=asset, name=f"{name}_quarantine_rate", description="share of quarantined input rows below a bound")
+    def quarantine_rate(context, config: QuarantineRateConfig, warehouse: DuckDBResource) -> dg.AssetCheckResult:
+        with warehouse.get_connection() as con:
+            snapshot_version = built_from(con, name)
+            rate = queries.quarantine_rate(con, name, snapshot_version)
+        return dg.AssetCheckResult(
+            passed=rate <= config.max_rate,
+            metadata={"quarantine_rate": round(rate, 4), "max_rate": config.max_rate, "snapshot_version": snapshot_version},
+        )
+
+    return [no_duplicates, no_nulls, split_ratios, quarantine_rate]
+
+
+class ImageQualityConfig(dg.Config):
+    max_fid_ratio: float = Field(default=3.0, description="largest allowed fid / fid_real_floor")
+    min_class_accuracy: float = 0.9
+
+
+@dg.asset_check(
+    asset=image_metrics,
+    description="generated images are close to real ones (FID within a multiple of the real-data floor) and "
+    "recognisably of their category",
+)
+def image_quality(config: ImageQualityConfig, image_metrics: dict) -> dg.AssetCheckResult:
+    ratio = image_metrics["fid"] / max(image_metrics["fid_real_floor"], 1e-9)
+    passed = ratio <= config.max_fid_ratio and image_metrics["class_accuracy"] >= config.min_class_accuracy
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "fid_ratio_to_floor": round(ratio, 3),
+            "class_accuracy": round(image_metrics["class_accuracy"], 4),
+            "max_fid_ratio": config.max_fid_ratio,
+            "min_class_accuracy": config.min_class_accuracy,
+        },
+    )
+
+
+class TextQualityConfig(dg.Config):
+    max_val_loss: float = Field(default=2.0, description="largest allowed validation loss (nats per token)")
+    min_novelty: float = Field(default=0.8, description="smallest share of generated 8-grams not in the training split")
+
+
+@dg.asset_check(asset=text_metrics, description="the model fits real text and its samples are not copies of it")
+def text_quality(config: TextQualityConfig, text_metrics: dict) -> dg.AssetCheckResult:
+    passed = text_metrics["val_loss"] <= config.max_val_loss and text_metrics["novelty"] >= config.min_novelty
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "val_loss": round(text_metrics["val_loss"], 4),
+            "novelty": round(text_metrics["novelty"], 4),
+            "max_val_loss": config.max_val_loss,
+            "min_novelty": config.min_novelty,
+        },
+    )
+
+
+checks = [
+    *clean_table_checks(clean_images, image_cleaning),
+    *clean_table_checks(clean_texts, text_cleaning),
+    image_quality,
+    text_quality,
+]

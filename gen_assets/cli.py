@@ -1,0 +1,116 @@
+"""gen-assets: run the graph through Dagster (runs recorded in GEN_ASSETS_HOME/dagster_home) and report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from gen_assets.settings import PROFILES, Paths, profile_run_config
+
+INSTANCE_YAML = """\
+# Dagster instance of gen_assets: SQLite storage in this folder (the default), no telemetry.
+telemetry:
+  enabled: false
+"""
+
+
+def prepare_dagster_home(paths: Paths) -> Path:
+    """Point DAGSTER_HOME at GEN_ASSETS_HOME/dagster_home so `make ui` sees the same runs."""
+    home = paths.ensure().dagster_home
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(INSTANCE_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from gen_assets.definitions import build_definitions
+    from gen_assets.jobs import JOBS_BY_MODALITY
+
+    paths = Paths.from_env()
+    prepare_dagster_home(paths)
+    defs = build_definitions(paths)
+    job = defs.resolve_job_def(JOBS_BY_MODALITY[args.modality])
+    run_config = profile_run_config(args.profile, set(job.graph.node_dict))
+    print(f"gen-assets: running {job.name} with the {args.profile} profile; home {paths.home}", flush=True)
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_step_failure]
+        for event in failures:
+            err = event.step_failure_data.error
+            while err is not None and err.cause is not None:  # the user code's own error, not Dagster's wrapper
+                err = err.cause
+            print(f"step {event.step_key} failed: {err.message.strip() if err else 'unknown error'}", file=sys.stderr)
+        return 1
+    print(f"run {result.run_id} succeeded\n")
+    return cmd_report(argparse.Namespace(json=False))
+
+
+def report(paths: Paths) -> dict:
+    import duckdb
+
+    from gen_assets.store.registry import latest_models
+
+    if not paths.warehouse.exists():
+        return {"models": []}
+    with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+        return {"models": latest_models(con)}
+
+
+def format_report(data: dict) -> str:
+    if not data["models"]:
+        return "no models yet: run `gen-assets run` (or `make run`) first"
+    lines = []
+    for m in data["models"]:
+        lines.append(f"{m['modality']:<6} {m['version']}  arch={m['arch']}  status={m['status']}  created {m['created_at']}")
+        for key, value in m["metrics"].items():
+            lines.append(f"    {key:<24} {value:12.4f}")
+        for key, value in m["artifacts"].items():
+            lines.append(f"    {key:<24} {value}")
+    return "\n".join(lines)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    data = report(Paths.from_env())
+    print(json.dumps(data, indent=2) if args.json else format_report(data))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """`dagster dev` on the same instance as `gen-assets run`, so its runs show up in the UI."""
+    prepare_dagster_home(Paths.from_env())
+    root = Path(__file__).resolve().parent.parent
+    workspace = root / "workspace.yaml"
+    cmd = ["dagster", "dev", "--host", args.host, "--port", str(args.port)]
+    cmd += ["-w", str(workspace)] if workspace.exists() else ["-m", "gen_assets.definitions"]
+    os.execvp(cmd[0], cmd)
+    return 0  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gen-assets", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="materialize the graph (recorded in the Dagster instance) and print a summary")
+    run.add_argument("--modality", choices=["image", "text", "all"], default="all")
+    run.add_argument("--profile", choices=sorted(PROFILES), default="demo")
+    run.set_defaults(func=cmd_run)
+    rep = sub.add_parser("report", help="latest model per modality with its metrics and artifact paths")
+    rep.add_argument("--json", action="store_true", help="the stable JSON form for scripts")
+    rep.set_defaults(func=cmd_report)
+    ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on GEN_ASSETS_HOME's instance")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""The one place that lists every asset, check, job, schedule, sensor and resource."""
+
+import dagster as dg
+
+from gen_assets.assets import cleaning, collection, evaluation, generation, training
+from gen_assets.checks import checks
+from gen_assets.jobs import jobs
+from gen_assets.resources import build_resources
+from gen_assets.schedules import nightly_schedule_for
+from gen_assets.settings import Paths, timezone_from_env
+
+ASSET_MODULES = [collection, cleaning, training, generation, evaluation]
+
+
+def build_definitions(paths: Paths | None = None, timezone: str | None = None) -> dg.Definitions:
+    paths = paths or Paths.from_env()
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules(ASSET_MODULES),
+        asset_checks=checks,
+        jobs=jobs,
+        schedules=[nightly_schedule_for(timezone or timezone_from_env())],
+        resources=build_resources(paths),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,51 @@
+"""Batches of generated samples: one Parquet file per batch, the same columns for every modality."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from gen_assets.store.snapshots import atomic_write_parquet
+from gen_assets.store.warehouse import now
+
+
+def batch_table(
+    *,
+    batch_id: str,
+    model_version: str,
+    modality: str,
+    categories: Sequence[str],
+    contents: Sequence[bytes] | Sequence[str],
+    seed: int,
+    created_at: datetime | None = None,
+) -> pa.Table:
+    """Columns: sample_id, batch_id, model_version, modality, category, content, created_at, seed.
+
+    `content` is PNG bytes for images and text for texts; sample ids are `<batch_id>-<index>`.
+    """
+    n = len(contents)
+    if len(categories) != n:
+        raise ValueError(f"{n} contents but {len(categories)} categories")
+    ts = created_at or now()
+    content_type = pa.binary() if modality == "image" else pa.string()
+    return pa.table(
+        {
+            "sample_id": pa.array([f"{batch_id}-{i:05d}" for i in range(n)], pa.string()),
+            "batch_id": pa.array([batch_id] * n, pa.string()),
+            "model_version": pa.array([model_version] * n, pa.string()),
+            "modality": pa.array([modality] * n, pa.string()),
+            "category": pa.array(list(categories), pa.string()),
+            "content": pa.array(list(contents), content_type),
+            "created_at": pa.array([ts] * n, pa.timestamp("us")),
+            "seed": pa.array([seed] * n, pa.int64()),
+        }
+    )
+
+
+def write_batch(table: pa.Table, directory: Path, batch_id: str) -> Path:
+    path = Path(directory) / f"{batch_id}.parquet"
+    atomic_write_parquet(table, path)
+    return path

@@ -1,0 +1,65 @@
+import duckdb
+import pyarrow as pa
+import pytest
+
+from gen_assets.store import warehouse as wh
+from gen_assets.store.batches import batch_table, write_batch
+from gen_assets.store.registry import latest_models
+from gen_assets.store.snapshots import write_snapshot
+
+
+@pytest.fixture
+def con(tmp_path):
+    c = duckdb.connect(str(tmp_path / "w.duckdb"))
+    wh.ensure_schema(c)
+    yield c
+    c.close()
+
+
+def test_snapshot_is_named_by_content_and_immutable(tmp_path):
+    t = pa.table({"row_id": ["1", "2"], "content_hash": ["a", "b"]})
+    s1 = write_snapshot(t, tmp_path, hash_columns=["row_id", "content_hash"], source="x")
+    s2 = write_snapshot(t, tmp_path, hash_columns=["row_id", "content_hash"], source="x")
+    assert s1 == s2 and s1.rows == 2
+    changed = pa.table({"row_id": ["1", "2"], "content_hash": ["a", "c"]})
+    s3 = write_snapshot(changed, tmp_path, hash_columns=["row_id", "content_hash"], source="x")
+    assert s3.version != s1.version
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({f"{s1.version}.parquet", f"{s3.version}.parquet"})
+
+
+def test_generated_view_lists_every_batch_of_every_modality(tmp_path, con):
+    wh.refresh_generated_view(con)
+    assert con.execute("SELECT count(*) FROM generated").fetchone()[0] == 0
+    images = batch_table(batch_id="b1", model_version="m1", modality="image", categories=["0", "1"],
+                         contents=[b"\x89PNG1", b"\x89PNG2"], seed=3)
+    texts = batch_table(batch_id="b2", model_version="m2", modality="text", categories=["comedy"],
+                        contents=["Good morrow"], seed=4)
+    for table, bid, modality in ((images, "b1", "image"), (texts, "b2", "text")):
+        path = write_batch(table, tmp_path, bid)
+        wh.register_batch(con, batch_id=bid, modality=modality, model_version=table["model_version"][0].as_py(),
+                          path=str(path), grid_path=None, n_samples=table.num_rows)
+    rows = con.execute("SELECT sample_id, modality, category, content FROM generated ORDER BY sample_id").fetchall()
+    assert [r[0] for r in rows] == ["b1-00000", "b1-00001", "b2-00000"]
+    assert rows[2][3] == b"Good morrow"
+
+
+def test_new_champion_retires_the_old_and_report_shows_latest(con):
+    for version in ("v1", "v2"):
+        wh.register_model(con, model_version=version, modality="image", arch="dcgan", config={"a": 1},
+                          input_versions={"clean_images": "c"}, checkpoint_path=f"/m/{version}.pt", checkpoint_sha="s")
+        wh.record_metrics(con, model_version=version, modality="image", metrics={"fid": 2.0}, batch_id=None)
+    status = dict(con.execute("SELECT model_version, status FROM models").fetchall())
+    assert status == {"v1": "retired", "v2": "champion"}
+    [entry] = latest_models(con)
+    assert entry["version"] == "v2" and entry["metrics"] == {"fid": 2.0}
+    assert set(entry) == {"modality", "version", "arch", "status", "created_at", "metrics", "artifacts"}
+
+
+def test_register_model_is_transactional(con, monkeypatch):
+    wh.register_model(con, model_version="v1", modality="image", arch="dcgan", config={}, input_versions={},
+                      checkpoint_path="/m/v1.pt", checkpoint_sha="s")
+    with pytest.raises(TypeError):
+        # an unserializable config fails after the old champion was retired inside the transaction
+        wh.register_model(con, model_version="v2", modality="image", arch="dcgan", config={"x": {1, 2}},
+                          input_versions={"k": object()}, checkpoint_path="/m/v2.pt", checkpoint_sha="s")
+    assert con.execute("SELECT model_version, status FROM models").fetchall() == [("v1", "champion")]

@@ -1,0 +1,75 @@
+"""The whole definitions graph, snapshotted: an accidental change to it shows up in review."""
+
+import dagster as dg
+
+from gen_assets.definitions import build_definitions
+from gen_assets.settings import PROFILES, Paths, profile_run_config
+
+EXPECTED_ASSETS = {
+    "raw_images": ("collection", set()),
+    "clean_images": ("cleaning", {"raw_images"}),
+    "image_evaluator": ("training", {"clean_images"}),
+    "image_generator": ("training", {"clean_images", "image_evaluator"}),
+    "generated_images": ("generation", {"image_generator"}),
+    "image_metrics": ("evaluation", {"generated_images", "image_evaluator", "clean_images"}),
+    "raw_texts": ("collection", set()),
+    "clean_texts": ("cleaning", {"raw_texts"}),
+    "text_tokenizer": ("training", {"clean_texts"}),
+    "text_generator": ("training", {"clean_texts", "text_tokenizer"}),
+    "generated_texts": ("generation", {"text_generator"}),
+    "text_metrics": ("evaluation", {"generated_texts", "text_generator", "clean_texts"}),
+}
+EXPECTED_CHECKS = {
+    *{(t, f"{t}_{c}") for t in ("clean_images", "clean_texts")
+      for c in ("no_duplicates", "no_nulls", "split_ratios", "quarantine_rate")},
+    ("image_metrics", "image_quality"),
+    ("text_metrics", "text_quality"),
+}
+
+
+def build(tmp_path):
+    return build_definitions(Paths(tmp_path), timezone="Europe/Berlin")
+
+
+def test_definitions_load_and_validate(tmp_path):
+    defs = build(tmp_path)
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_asset_graph_snapshot(tmp_path):
+    graph = build(tmp_path).resolve_asset_graph()
+    got = {}
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        got[key.to_user_string()] = (node.group_name, {p.to_user_string() for p in node.parent_keys})
+    assert got == EXPECTED_ASSETS
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert checks == EXPECTED_CHECKS
+
+
+def test_every_asset_has_code_version_and_modality_tag(tmp_path):
+    graph = build(tmp_path).resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.code_version, key
+        assert node.tags.get("modality") in {"image", "text"}, key
+
+
+def test_jobs_schedule_and_timezone(tmp_path):
+    defs = build(tmp_path)
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"image_job", "text_job", "nightly_job"}
+    schedule = defs.resolve_schedule_def("nightly_schedule")
+    assert schedule.cron_schedule == "0 2 * * *"
+    assert schedule.execution_timezone == "Europe/Berlin"
+    assert schedule.job_name == "nightly_job"
+    nightly = defs.resolve_job_def("nightly_job")
+    assert set(EXPECTED_ASSETS) <= set(nightly.graph.node_dict)
+
+
+def test_profiles_are_valid_run_config_for_every_job(tmp_path):
+    defs = build(tmp_path)
+    for job_name in ("image_job", "text_job", "nightly_job"):
+        job = defs.resolve_job_def(job_name)
+        for profile in PROFILES:
+            config = profile_run_config(profile, set(job.graph.node_dict))
+            assert dg.validate_run_config(job, config), (job_name, profile)
