@@ -1,0 +1,217 @@
+"""Text cleaning: run gen_assets/sql/clean_texts.sql on a Parquet snapshot in one DuckDB transaction.
+
+The SQL does the work (normalization, markup, whitespace, masking of personal data, length bounds,
+duplicates, the split); this module validates the arguments, binds the variables, owns the transaction
+and reads back the statistics. It also holds the readers of the clean table (`load_texts`,
+`categories`) and the queries the asset checks use; `split_fractions` and `quarantine_rate` are the
+image cleaning's, which work on any clean table.
+
+Quarantine rows are recorded under `asset = <table>` (by default "clean_texts"), so a clean table with
+another name (a test, the benchmark) never replaces the quarantine rows of the real one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import duckdb
+
+# One implementation of the table-name guard, the split arithmetic and the generic checks for both
+# modalities: the rule "bucket = first 8 hex digits % 10,000, test first, then val" must not drift.
+from gen_assets.cleaning.images import SPLITS, _buckets, _table_identifier, quarantine_rate, split_fractions
+from gen_assets.sql import load_sql
+from gen_assets.store.warehouse import ensure_schema, now, sql_literal
+
+__all__ = [
+    "CleanStats",
+    "clean_texts",
+    "load_texts",
+    "categories",
+    "duplicate_count",
+    "null_count",
+    "split_fractions",
+    "quarantine_rate",
+]
+
+REASON_KINDS = ("undecodable", "missing_category", "too_short", "too_long", "duplicate", "near_duplicate")
+SNAPSHOT_COLUMNS = ("source", "row_id", "category", "title", "section", "text", "content_hash", "decode_error")
+CLEAN_COLUMNS = ("row_id", "source", "category", "title", "section", "text", "content_hash", "n_chars", "split")
+# every clean column but title and section, which a document may lack
+REQUIRED_COLUMNS = ("row_id", "source", "category", "text", "content_hash", "n_chars", "split")
+_TEMP_TABLES = ("_clean_texts_checked",)
+_VARIABLES = (
+    "snapshot_path", "snapshot_version", "asset", "min_chars", "max_chars", "test_buckets", "val_buckets",
+    "quarantined_at",
+)
+
+
+@dataclass(frozen=True)
+class CleanStats:
+    """What one cleaning run did; `version` is the content hash of the clean table."""
+
+    rows_in: int
+    rows_clean: int
+    rows_quarantined: int
+    by_reason: dict[str, int] = field(default_factory=dict)  # reason kind (REASON_KINDS) -> rows
+    split_counts: dict[str, int] = field(default_factory=dict)  # train / val / test -> rows
+    version: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def clean_texts(
+    con: duckdb.DuckDBPyConnection,
+    snapshot_path: str,
+    *,
+    snapshot_version: str,
+    min_chars: int = 20,
+    max_chars: int = 20000,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    table: str = "clean_texts",
+) -> CleanStats:
+    """Replace `table` with the clean rows of the snapshot and its quarantine rows, in one transaction.
+
+    Each text is NFC-normalized, has e-mail addresses, phone numbers and URLs masked (<EMAIL>, <PHONE>,
+    <URL>), markdown markup removed (headings, **bold**, _emphasis_, links) and whitespace normalized
+    (single spaces, single newlines, trimmed). A row is quarantined, with the first reason that applies,
+    when its text could not be read (undecodable, or too long to keep: the reader's marker), its category
+    is missing or blank, its cleaned length is outside [min_chars, max_chars], or it repeats an earlier
+    row's cleaned text exactly or up to case, punctuation and spacing (first by row_id stays; the reason
+    names it). Categories are trimmed and lower-cased. Clean rows get a split from their cleaned text:
+    bucket = first 8 hex digits of sha256(text) % 10,000; bucket < test -> "test", then "val", then "train".
+    If anything fails, the previous clean table and quarantine rows are left exactly as they were.
+    """
+    ident = _table_identifier(table)
+    if table in _TEMP_TABLES:
+        raise ValueError(f"table name {table!r} is reserved for the cleaning's own temporary table")
+    test_buckets, val_buckets = _buckets(val_fraction, test_fraction)
+    for name, value in (("min_chars", min_chars), ("max_chars", max_chars)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    if min_chars > max_chars:
+        raise ValueError(f"min_chars ({min_chars}) is larger than max_chars ({max_chars})")
+    path = Path(snapshot_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text snapshot {snapshot_path} does not exist")
+    _check_snapshot_columns(con, str(path))
+    ensure_schema(con)
+
+    variables = {
+        "snapshot_path": str(path),
+        "snapshot_version": snapshot_version,
+        "asset": table,
+        "min_chars": min_chars,
+        "max_chars": max_chars,
+        "test_buckets": test_buckets,
+        "val_buckets": val_buckets,
+        "quarantined_at": now(),
+    }
+    sql = load_sql("clean_texts").replace("{table}", ident)
+    for name, value in variables.items():
+        con.execute(f"SET VARIABLE {name} = ?", [value])
+    try:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(sql)
+            stats = _read_stats(con, ident)
+            # quarantine_rate reads the input row count from here, written in the same transaction
+            comment = json.dumps({"snapshot_version": snapshot_version, "rows_in": stats.rows_in})
+            con.execute(f"COMMENT ON TABLE {ident} IS {sql_literal(comment)}")
+            for temp in _TEMP_TABLES:
+                con.execute(f"DROP TABLE IF EXISTS temp.{temp}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    finally:
+        for name in variables:
+            con.execute(f"RESET VARIABLE {name}")
+    return stats
+
+
+def load_texts(
+    con: duckdb.DuckDBPyConnection, *, split: str | None = None, table: str = "clean_texts"
+) -> list[tuple[str, str]]:
+    """(category, text) of the clean documents (all, or one split), in row_id order."""
+    ident = _table_identifier(table)
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+    where = "WHERE split = ?" if split is not None else ""
+    rows = con.execute(
+        f"SELECT category, text FROM {ident} {where} ORDER BY row_id, source", [split] if split else []
+    ).fetchall()
+    return [(category, text) for category, text in rows]
+
+
+def categories(con: duckdb.DuckDBPyConnection, table: str = "clean_texts") -> list[str]:
+    """The distinct categories of the clean table, sorted."""
+    ident = _table_identifier(table)
+    return sorted(r[0] for r in con.execute(f"SELECT DISTINCT category FROM {ident}").fetchall())
+
+
+# ---- queries for the asset checks (split_fractions and quarantine_rate: see the imports) ----------------
+
+
+def duplicate_count(con: duckdb.DuckDBPyConnection, table: str = "clean_texts") -> int:
+    """Rows whose text repeats another row's up to case, punctuation and spacing (0 after cleaning)."""
+    ident = _table_identifier(table)
+    letters = r"regexp_replace(lower(text), '[^\p{L}\p{N}]', '', 'g')"
+    return int(con.execute(f"SELECT count(*) - count(DISTINCT {letters}) FROM {ident}").fetchone()[0])
+
+
+def null_count(con: duckdb.DuckDBPyConnection, table: str = "clean_texts") -> int:
+    """Rows with a NULL in a required column, or a blank category or text (0 after cleaning)."""
+    ident = _table_identifier(table)
+    any_null = " OR ".join(f"{c} IS NULL" for c in REQUIRED_COLUMNS)
+    query = f"SELECT count(*) FROM {ident} WHERE {any_null} OR trim(category) = '' OR trim(text) = ''"
+    return int(con.execute(query).fetchone()[0])
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------
+
+
+def _check_snapshot_columns(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    try:
+        names = [r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [path]).fetchall()]
+    except duckdb.Error as e:
+        raise ValueError(f"text snapshot {path} cannot be read as Parquet: {e}") from None
+    missing = [c for c in SNAPSHOT_COLUMNS if c not in names]
+    if missing:
+        raise ValueError(f"text snapshot {path} lacks column(s) {', '.join(missing)}")
+
+
+def _read_stats(con: duckdb.DuckDBPyConnection, ident: str) -> CleanStats:
+    rows_in, rows_clean = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE reason_kind IS NULL) FROM _clean_texts_checked"
+    ).fetchone()
+    by_reason = dict(
+        con.execute(
+            "SELECT reason_kind, count(*) FROM _clean_texts_checked WHERE reason_kind IS NOT NULL "
+            "GROUP BY reason_kind ORDER BY reason_kind"
+        ).fetchall()
+    )
+    splits = dict(con.execute(f"SELECT split, count(*) FROM {ident} GROUP BY split").fetchall())
+    return CleanStats(
+        rows_in=int(rows_in),
+        rows_clean=int(rows_clean),
+        rows_quarantined=int(rows_in - rows_clean),
+        by_reason={k: int(v) for k, v in by_reason.items()},
+        split_counts={s: int(splits.get(s, 0)) for s in SPLITS},
+        version=_table_version(con, ident),
+    )
+
+
+def _table_version(con: duckdb.DuckDBPyConnection, ident: str) -> str:
+    """sha256 over what load_texts returns, in its order, plus the split: the clean table's content hash.
+
+    Row ids are in it because they set the order training sees the documents in.
+    """
+    (version,) = con.execute(
+        f"SELECT sha256(coalesce(string_agg(row_id || chr(31) || category || chr(31) || split || chr(31) "
+        f"|| sha256(text), chr(30) ORDER BY row_id, source), '')) FROM {ident}"
+    ).fetchone()
+    return version

@@ -1,0 +1,327 @@
+"""collect_texts: the builtin plays, a folder, CSV / JSONL / Parquet files, a URL, and bad input of each kind."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import threading
+import tracemalloc
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gen_assets.sources.common import SourceError
+from gen_assets.sources.texts import TEXT_SCHEMA, TEXT_SNAPSHOT_HASH_COLUMNS, _pack, collect_texts
+
+
+def rows_by_id(table: pa.Table) -> dict[str, dict]:
+    return {r["row_id"]: r for r in table.to_pylist()}
+
+
+# ---- builtin ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plays() -> pa.Table:
+    return collect_texts()  # ~1 s: read once for the module
+
+
+def test_builtin_shakespeare_documents_categories_titles_sections(plays):
+    assert plays.schema == TEXT_SCHEMA
+    rows = plays.to_pylist()
+    assert len(rows) > 800
+    assert {r["category"] for r in rows} == {"comedy", "history", "problem", "roman", "romance", "tragedy"}
+    assert len({r["row_id"] for r in rows}) == len(rows)
+    assert {r["source"] for r in rows} == {"builtin:shakespeare"}
+    assert all(r["title"] and r["section"] and r["text"] and r["decode_error"] is None for r in rows)
+    assert len({r["title"] for r in rows}) == 38
+    for r in rows:
+        raw = r["text"].encode("utf-8")
+        assert r["raw_bytes"] == len(raw) and r["content_hash"] == hashlib.sha256(raw).hexdigest()
+
+    by_id = rows_by_id(plays)
+    first = by_id["twelfth-night/001"]
+    assert (first["title"], first["section"]) == ("Twelfth Night", "Act 1, Scene 1")
+    assert first["text"].startswith("### SCENE I. DUKE ORSINO's palace.\n\n_Enter DUKE ORSINO")
+    assert first["category"] == "comedy" and by_id["hamlet/001"]["category"] == "tragedy"
+    sections = {(r["title"], r["section"]) for r in rows}
+    # heading levels vary between plays: "## SCENE" in Macbeth, "#### ACT" in Love's Labours Lost
+    assert ("Macbeth", "Act 1, Scene 1") in sections
+    assert any(t == "Love's Labours Lost" and s.startswith("Act 5, Scene 2") for t, s in sections)
+    assert ("Henry V", "Act 2, Prologue") in sections  # a chorus inside an act
+    assert ("The Taming of the Shrew", "Prologue, Scene 1") in sections  # the induction holds scenes
+    assert ("Pericles", "Epilogue") in sections
+    assert ("Measure for Measure", "Act 1, Scene 1") in sections  # its file has no title line
+
+
+def test_builtin_long_scenes_are_cut_into_parts_at_speeches(plays):
+    wanted = ("Love's Labours Lost", "Act 5, Scene 2")
+    rows = [r for r in plays.to_pylist() if (r["title"], r["section"][:14]) == wanted]
+    assert len(rows) == 6  # 47k characters in the source
+    assert [r["section"] for r in rows] == [f"Act 5, Scene 2 (part {i} of 6)" for i in range(1, 7)]
+    assert rows[0]["text"].startswith("### SCENE II.")
+    for r in rows[1:]:
+        assert r["text"].startswith(("**", "_"))  # a part starts at a speech or a stage direction
+    lengths = [len(r["text"]) for r in plays.to_pylist()]
+    assert max(lengths) < 10000 and sorted(lengths)[len(lengths) // 2] > 2000
+
+
+def test_unknown_builtin_is_an_error():
+    with pytest.raises(SourceError, match=r"builtin:sonnets: unknown builtin source; available: builtin:shakespeare"):
+        collect_texts("builtin:sonnets")
+
+
+def test_pack_cuts_at_blank_lines_into_near_equal_exact_slices():
+    paragraphs = [f"paragraph {i} " + "word " * (30 + 7 * (i % 5)) for i in range(40)]
+    text = "\n\n".join(paragraphs)
+    parts = _pack(text, 1000)
+    assert "".join(parts) == text
+    assert len(parts) == -(-len(text) // 1000)
+    assert all(p.startswith("paragraph ") for p in parts)
+    assert max(map(len, parts)) - min(map(len, parts)) < 400  # no runt last part
+    assert _pack("one block " * 500, 1000) == ["one block " * 500]  # nowhere to cut: kept whole
+    assert _pack("short", 1000) == ["short"]
+
+
+# ---- folder -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    root = tmp_path / "corpus"
+    (root / "comedy").mkdir(parents=True)
+    (root / "tragedy" / "greek").mkdir(parents=True)
+    (root / ".cache").mkdir()
+    (root / "comedy" / "a.txt").write_text("A merry tale of two lovers.\n", encoding="utf-8")
+    (root / "comedy" / "empty.txt").write_bytes(b"")
+    (root / "comedy" / "latin1.txt").write_bytes("Caf\xe9 cr\xe8me".encode("latin-1"))
+    (root / "tragedy" / "greek" / "b.md").write_text("# Oedipus\n\nA sad *tale*.\n", encoding="utf-8")
+    (root / "top.txt").write_text("A file with no category folder.", encoding="utf-8")
+    (root / ".cache" / "junk.txt").write_text("hidden", encoding="utf-8")
+    (root / "comedy" / "notes.csv").write_text("not,a,text,file\n", encoding="utf-8")
+    return root
+
+
+def test_folder_rows_categories_and_bad_files(folder):
+    table = collect_texts(str(folder))
+    rows = rows_by_id(table)
+    assert sorted(rows) == ["comedy/a.txt", "comedy/empty.txt", "comedy/latin1.txt", "top.txt", "tragedy/greek/b.md"]
+    assert {r["source"] for r in rows.values()} == {str(folder)}
+    assert rows["comedy/a.txt"]["category"] == "comedy" and rows["comedy/a.txt"]["title"] == "a"
+    assert rows["tragedy/greek/b.md"]["category"] == "tragedy"  # the first-level sub-folder
+    assert rows["tragedy/greek/b.md"]["text"] == "# Oedipus\n\nA sad *tale*.\n"  # raw: cleaning strips markup
+    assert rows["top.txt"]["category"] is None  # quarantined by cleaning
+    empty = rows["comedy/empty.txt"]
+    assert (empty["text"], empty["raw_bytes"], empty["decode_error"]) == ("", 0, None)
+    bad = rows["comedy/latin1.txt"]
+    assert bad["text"] is None and bad["decode_error"] == "not UTF-8: byte 0xe9 at offset 3"
+    assert bad["content_hash"] == hashlib.sha256("Caf\xe9 cr\xe8me".encode("latin-1")).hexdigest()
+    assert bad["raw_bytes"] == 10
+    assert collect_texts(f"file://{folder}").column("row_id").to_pylist() == table.column("row_id").to_pylist()
+
+
+def test_folder_long_file_is_cut_into_parts(tmp_path):
+    (tmp_path / "essays").mkdir()
+    text = "\n\n".join(f"Paragraph {i}. " + "Lorem ipsum dolor sit amet. " * 20 for i in range(30))
+    (tmp_path / "essays" / "long.txt").write_text(text, encoding="utf-8")
+    # larger than max_bytes as a whole, but cut at paragraphs into parts that are not
+    rows = collect_texts(str(tmp_path), doc_chars=2000, max_bytes=4000).to_pylist()
+    assert len(text) > 4000 and all(r["decode_error"] is None for r in rows)
+    assert [r["row_id"] for r in rows] == [f"essays/long.txt#{i:03d}" for i in range(1, len(rows) + 1)]
+    assert len(rows) == -(-len(text) // 2000)
+    assert "".join(r["text"] for r in rows) == text
+    assert rows[1]["section"] == f"part 2 of {len(rows)}"
+
+
+def test_fifty_megabyte_single_line_is_one_row_without_its_text(tmp_path):
+    (tmp_path / "logs").mkdir()
+    size = 50 * 1024 * 1024
+    (tmp_path / "logs" / "huge.txt").write_bytes(b"x" * size)
+    (tmp_path / "logs" / "small.txt").write_text("a normal document of some length", encoding="utf-8")
+    tracemalloc.start()
+    try:
+        table = collect_texts(str(tmp_path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    rows = rows_by_id(table)
+    huge = rows["logs/huge.txt"]
+    assert huge["text"] is None and huge["raw_bytes"] == size
+    assert huge["decode_error"] == f"too long: {size} bytes > limit {1 << 20} bytes (text not kept)"
+    assert huge["content_hash"] == hashlib.sha256(b"x" * size).hexdigest()
+    assert rows["logs/small.txt"]["text"] == "a normal document of some length"
+    assert peak < 2 * size  # the file's bytes once; no decoded copy of a text that is refused anyway
+    assert table.nbytes < 1 << 20  # the snapshot does not carry the 50 MB
+
+
+def test_folder_errors(tmp_path, monkeypatch):
+    with pytest.raises(SourceError, match=r"nowhere: does not exist"):
+        collect_texts(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "image.png").write_bytes(b"\x89PNG")
+    with pytest.raises(SourceError, match=r"empty: no \.txt / \.md files in the folder"):
+        collect_texts(str(tmp_path / "empty"))
+    (tmp_path / "locked" / "poems").mkdir(parents=True)
+    (tmp_path / "locked" / "poems" / "secret.txt").write_text("text", encoding="utf-8")
+    real_read_bytes = Path.read_bytes
+
+    def deny(self):
+        if self.name == "secret.txt":
+            raise PermissionError(13, "Permission denied")
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", deny)
+    with pytest.raises(SourceError, match=r"cannot read .*secret\.txt: Permission denied"):
+        collect_texts(str(tmp_path / "locked"))
+
+
+# ---- CSV / JSONL / Parquet ----------------------------------------------------------------------------
+
+
+def test_csv_rows_bad_cells_and_short_rows(tmp_path):
+    f = tmp_path / "poems.csv"
+    f.write_bytes(
+        b"title,text,category\n"
+        b'Ode,"Thou still unravish\'d bride,\nof quietness",ode\n'
+        b"Bad,caf\xe9,ode\n"
+        b"Short,only two\n"
+        b"\n"
+        b"Untitled,No category here,\n"
+    )
+    rows = collect_texts(str(f)).to_pylist()
+    assert [r["row_id"] for r in rows] == ["00000001", "00000002", "00000003", "00000004"]
+    assert (rows[0]["title"], rows[0]["category"]) == ("Ode", "ode")
+    assert rows[0]["text"] == "Thou still unravish'd bride,\nof quietness"  # a quoted field spanning two lines
+    assert rows[1]["text"] is None
+    assert rows[1]["decode_error"] == "record 2: column 'text' not UTF-8: byte 0xe9 at offset 3"
+    assert rows[2]["text"] is None and rows[2]["decode_error"] == "record 3: has 2 fields, the header has 3"
+    assert rows[3]["category"] is None and rows[3]["text"] == "No category here"
+
+
+def test_csv_without_the_configured_column_is_a_clear_error(tmp_path):
+    f = tmp_path / "data.csv"
+    f.write_text("body,genre\nhello,x\n", encoding="utf-8")
+    with pytest.raises(SourceError) as err:
+        collect_texts(str(f))
+    message = str(err.value)
+    assert str(f) in message and "no column 'text'" in message and "'body', 'genre'" in message
+    assert collect_texts(str(f), text_column="body", category_column="genre").column("category").to_pylist() == ["x"]
+    with pytest.raises(SourceError, match=r"no column 'category' \(columns present: 'body', 'genre'\)"):
+        collect_texts(str(f), text_column="body")
+    (tmp_path / "empty.csv").write_bytes(b"")
+    with pytest.raises(SourceError, match=r"empty\.csv: empty CSV file"):
+        collect_texts(str(tmp_path / "empty.csv"))
+
+
+def test_jsonl_malformed_lines_become_rows_with_the_line_number(tmp_path):
+    f = tmp_path / "lines.jsonl"
+    lines = [
+        json.dumps({"text": "First good line of text.", "category": "prose", "title": "One"}),
+        '{"text": "unterminated',
+        "",
+        "[1, 2, 3]",
+        json.dumps({"category": "prose"}),
+        json.dumps({"text": 42, "category": "prose"}),
+        json.dumps({"text": "Second good line.", "category": 7}),
+    ]
+    f.write_bytes("\n".join(lines).encode() + b"\n" + b'{"text": "caf\xe9", "category": "prose"}\n')
+    rows = rows_by_id(collect_texts(str(f)))
+    assert sorted(rows) == ["00000001", "00000002", "00000004", "00000005", "00000006", "00000007", "00000008"]
+    assert rows["00000001"]["text"] == "First good line of text." and rows["00000001"]["title"] == "One"
+    assert rows["00000002"]["decode_error"].startswith("line 2: invalid JSON: Unterminated string")
+    assert rows["00000004"]["decode_error"] == "line 4: expected a JSON object, got list"
+    assert rows["00000005"]["decode_error"] == "line 5: no field 'text'"
+    assert rows["00000006"]["decode_error"] == "line 6: field 'text' is int, not a string"
+    assert rows["00000007"]["category"] == "7" and rows["00000007"]["decode_error"] is None
+    assert rows["00000008"]["decode_error"] == "line 8: not UTF-8: byte 0xe9 at offset 13"
+    assert all(r["text"] is None for k, r in rows.items() if k not in ("00000001", "00000007"))
+    assert rows["00000002"]["content_hash"] == hashlib.sha256(b'{"text": "unterminated').hexdigest()
+
+
+def test_jsonl_without_the_text_field_anywhere_is_an_error(tmp_path):
+    f = tmp_path / "wrong.jsonl"
+    f.write_text(json.dumps({"body": "x", "category": "a"}) + "\n", encoding="utf-8")
+    with pytest.raises(SourceError, match=r"wrong\.jsonl: no column 'text' \(columns present: 'body', 'category'\)"):
+        collect_texts(str(f))
+    f.write_text("not json\n", encoding="utf-8")
+    with pytest.raises(SourceError, match=r"no line is a JSON object; first problem: line 1: invalid JSON"):
+        collect_texts(str(f))
+
+
+def test_parquet_with_custom_columns(tmp_path):
+    f = tmp_path / "docs.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "body": pa.array([b"Plain words here.", b"bad \xff byte", None], pa.binary()),
+                "genre": ["essay", "essay", None],
+                "id": [1, 2, 3],
+            }
+        ),
+        f,
+    )
+    rows = collect_texts(str(f), text_column="body", category_column="genre").to_pylist()
+    assert [r["row_id"] for r in rows] == ["00000001", "00000002", "00000003"]
+    assert rows[0]["text"] == "Plain words here." and rows[0]["category"] == "essay"
+    assert rows[1]["text"] is None and rows[1]["decode_error"] == "not UTF-8: byte 0xff at offset 4"
+    assert rows[2]["decode_error"] == "'body' is null"
+    with pytest.raises(SourceError, match=r"no column 'text' \(columns present: 'body', 'genre', 'id'\)"):
+        collect_texts(str(f))
+    with pytest.raises(SourceError, match=r"column 'id' has type int64, expected a string column"):
+        collect_texts(str(f), text_column="id", category_column="genre")
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(SourceError, match=r"broken\.parquet: not a readable Parquet file"):
+        collect_texts(str(tmp_path / "broken.parquet"))
+
+
+def test_tables_keep_long_records_out_of_the_snapshot(tmp_path):
+    f = tmp_path / "big.jsonl"
+    f.write_text(json.dumps({"text": "y" * 5000, "category": "c"}) + "\n", encoding="utf-8")
+    (row,) = collect_texts(str(f), max_bytes=4096).to_pylist()
+    assert row["text"] is None and row["raw_bytes"] == 5000
+    assert row["decode_error"] == "too long: 5000 bytes > limit 4096 bytes (text not kept)"
+
+
+# ---- URL ----------------------------------------------------------------------------------------------
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A local web server on 127.0.0.1 serving tmp_path (never the internet)."""
+    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_url_text_file_and_table_and_404(http_root):
+    folder, base = http_root
+    text = "\n\n".join(f"Sonnet {i}. " + "Shall I compare thee to a summer's day? " * 10 for i in range(12))
+    (folder / "sonnets.txt").write_text(text, encoding="utf-8")
+    (folder / "rows.jsonl").write_text(json.dumps({"text": "From the web.", "category": "web"}) + "\n", "utf-8")
+
+    rows = collect_texts(f"{base}/sonnets.txt", doc_chars=1500).to_pylist()
+    assert {r["category"] for r in rows} == {"sonnets"} and {r["source"] for r in rows} == {f"{base}/sonnets.txt"}
+    assert [r["row_id"] for r in rows] == [f"sonnets.txt#{i:03d}" for i in range(1, len(rows) + 1)]
+    assert "".join(r["text"] for r in rows) == text
+    assert collect_texts(f"{base}/rows.jsonl").column("text").to_pylist() == ["From the web."]
+    with pytest.raises(SourceError, match=r"missing\.txt: HTTP 404"):
+        collect_texts(f"{base}/missing.txt")
+
+
+def test_snapshot_hash_columns_exist():
+    assert set(TEXT_SNAPSHOT_HASH_COLUMNS) <= set(TEXT_SCHEMA.names)
