@@ -45,7 +45,7 @@ def clean_table_checks(asset: dg.AssetsDefinition, queries: ModuleType) -> list[
     def no_nulls(context, warehouse: DuckDBResource) -> dg.AssetCheckResult:
         with warehouse.get_connection() as con:
             n = queries.null_count(con, name)
-        return dg.AssetCheckResult(passed=n == 0, metadata={"null_cells": n})
+        return dg.AssetCheckResult(passed=n == 0, metadata={"rows_with_nulls": n})
 
     @dg.asset_check(asset=asset, name=f"{name}_split_ratios", description="train/val/test shares within tolerance")
     def split_ratios(context, config: SplitRatiosConfig, warehouse: DuckDBResource) -> dg.AssetCheckResult:

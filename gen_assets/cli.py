@@ -38,6 +38,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     defs = build_definitions(paths)
     job = defs.resolve_job_def(JOBS_BY_MODALITY[args.modality])
     run_config = profile_run_config(args.profile, set(job.graph.node_dict))
+    # the terminal shows progress and results; every event, debug ones too, is in the instance for the UI
+    run_config["loggers"] = {"console": {"config": {"log_level": "DEBUG" if args.verbose else "INFO"}}}
     print(f"gen-assets: running {job.name} with the {args.profile} profile; home {paths.home}", flush=True)
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="materialize the graph (recorded in the Dagster instance) and print a summary")
     run.add_argument("--modality", choices=["image", "text", "all"], default="all")
     run.add_argument("--profile", choices=sorted(PROFILES), default="demo")
+    run.add_argument("--verbose", action="store_true", help="print Dagster's debug events too")
     run.set_defaults(func=cmd_run)
     rep = sub.add_parser("report", help="latest model per modality with its metrics and artifact paths")
     rep.add_argument("--json", action="store_true", help="the stable JSON form for scripts")

@@ -74,12 +74,19 @@ PROFILES: dict[str, dict[str, dict]] = {
         "image_evaluator": {"max_epochs": 4, "patience": 2},
         "image_generator": {"max_epochs": 4, "patience": 4},
         "generated_images": {"samples_per_class": 20},
+        "text_generator": {"n_layer": 2, "n_embd": 64, "block_size": 64, "max_iters": 150, "iters_per_epoch": 50,
+                           "warmup_iters": 20, "val_batches": 5},
+        "generated_texts": {"samples_per_category": 4, "max_new_tokens": 80},
+        "text_metrics": {"val_batches": 5},
     },
     "demo": {},
     "full": {
         "image_evaluator": {"max_epochs": 60, "patience": 10},
         "image_generator": {"max_epochs": 600, "patience": 80},
         "generated_images": {"samples_per_class": 200},
+        "text_generator": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "batch_size": 32,
+                           "max_iters": 5000, "iters_per_epoch": 500, "dropout": 0.1},
+        "generated_texts": {"samples_per_category": 50, "max_new_tokens": 500},
     },
 }
 

@@ -50,16 +50,22 @@ def clean_images(
     context.log.info(
         f"clean_images: {stats.rows_clean} clean, {stats.rows_quarantined} quarantined of {stats.rows_in}"
     )
+    if not stats.rows_clean or stats.image_size is None:
+        raise ValueError(
+            f"clean_images: no usable image in snapshot {raw_images.version} from {raw_images.source} "
+            f"({stats.rows_quarantined} of {stats.rows_in} rows quarantined: {dict(stats.by_reason)}); "
+            "see the quarantine table for each row's reason"
+        )
     width, height = stats.image_size
     return dg.Output(
         CleanTable(
             table="clean_images",
-            version=stats.table_version,
+            version=stats.version,
             rows=stats.rows_clean,
             categories=tuple(categories),
             details={"image_size": [width, height], "channels": config.channels, "snapshot_version": raw_images.version},
         ),
-        data_version=dg.DataVersion(stats.table_version),
+        data_version=dg.DataVersion(stats.version),
         metadata={
             "rows_in": stats.rows_in,
             "rows_clean": stats.rows_clean,
@@ -68,7 +74,7 @@ def clean_images(
             "split_counts": dg.MetadataValue.json(dict(stats.split_counts)),
             "image_size": f"{width}x{height}",
             "categories": ", ".join(categories),
-            "table_version": stats.table_version,
+            "table_version": stats.version,
             "seconds": round(time.perf_counter() - t0, 3),
         },
     )

@@ -284,7 +284,7 @@ class TextGeneratorConfig(dg.Config):
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
-    block_size: int = 128
+    block_size: int = 64
     dropout: float = 0.0
     batch_size: int = 12
     max_iters: int = 2000

@@ -59,7 +59,8 @@ def atomic_write_parquet(table: pa.Table, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        # several row groups, so DuckDB reads and checks a large snapshot on all its threads
+        pq.write_table(table, tmp, compression="zstd", row_group_size=131_072)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

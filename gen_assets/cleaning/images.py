@@ -1,0 +1,275 @@
+"""Image cleaning: run gen_assets/sql/clean_images.sql on a Parquet snapshot in one DuckDB transaction.
+
+The SQL does the work (DuckDB reads the snapshot straight from Parquet); this module validates the
+arguments, binds the variables, owns the transaction, and reads back the statistics. It also holds the
+readers of the clean table (`load_images`, `categories`) and the small queries the asset checks use.
+
+Quarantine rows are recorded under `asset = <table>` (by default "clean_images"), so a clean table with
+another name (a test, the benchmark) never replaces the quarantine rows of the real one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from gen_assets.imaging import decode_image
+from gen_assets.sql import load_sql
+from gen_assets.store.warehouse import ensure_schema, now, sql_literal
+
+SPLITS = ("train", "val", "test")
+BUCKETS = 10_000  # the split resolution: a fraction is rounded to 1/10,000
+REASON_KINDS = ("undecodable", "hash_mismatch", "missing_label", "wrong_size", "duplicate")
+SNAPSHOT_COLUMNS = ("source", "row_id", "label", "image", "content_hash", "width", "height", "channels", "decode_error")
+CLEAN_COLUMNS = ("row_id", "source", "label", "image", "content_hash", "width", "height", "channels", "split")
+# The clean table's version: a hash of what is in it, blind to row ids and row order. Per (split, label):
+# the row count and the exact sums of the two 64-bit halves of each content_hash's first 128 bits (sha256
+# output, so uniform); then sha256 over those few lines. Hashing the rows in content_hash order instead
+# costs a sort of every row, which took longer than the whole rest of the cleaning.
+TABLE_VERSION_SQL = """
+SELECT sha256(coalesce(string_agg(line, chr(10) ORDER BY line), '')) FROM (
+    SELECT concat_ws(':', split, label, count(*),
+                     sum(('0x' || substr(content_hash, 1, 16))::UBIGINT::HUGEINT),
+                     sum(('0x' || substr(content_hash, 17, 16))::UBIGINT::HUGEINT)) AS line
+    FROM {table}
+    GROUP BY split, label
+)
+"""
+_TEMP_TABLES = ("_clean_images_expected", "_clean_images_checked")
+
+
+@dataclass(frozen=True)
+class CleanStats:
+    """What one cleaning run did; `version` is the content hash of the clean table."""
+
+    rows_in: int
+    rows_clean: int
+    rows_quarantined: int
+    by_reason: dict[str, int] = field(default_factory=dict)  # every reason kind (REASON_KINDS) -> rows
+    split_counts: dict[str, int] = field(default_factory=dict)  # train / val / test -> rows
+    image_size: tuple[int, int] | None = None  # (width, height) every clean image has
+    version: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ImageSet:
+    """Clean images in row_id order: uint8 N x H x W x C, with their labels (categories) and row ids."""
+
+    images: np.ndarray
+    labels: list[str]
+    row_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def clean_images(
+    con: duckdb.DuckDBPyConnection,
+    snapshot_path: str,
+    *,
+    snapshot_version: str,
+    image_size: int | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    table: str = "clean_images",
+) -> CleanStats:
+    """Replace `table` with the clean rows of the snapshot and its quarantine rows, in one transaction.
+
+    A row is quarantined when it does not decode, its content_hash is not the sha256 of its bytes, its
+    label is missing or blank, its size is not `image_size` x `image_size` (default: the most common
+    size), or it repeats an earlier row's image (first by row_id stays). Labels are trimmed and
+    lower-cased. Clean rows get a split from the first 8 hex digits of their content_hash:
+    bucket = value % 10,000; bucket < test -> "test", then "val", then "train".
+    If anything fails, the previous clean table and quarantine rows are left exactly as they were.
+    """
+    ident = _table_identifier(table)
+    if table in _TEMP_TABLES:
+        raise ValueError(f"table name {table!r} is reserved for the cleaning's own temporary tables")
+    test_buckets, val_buckets = _buckets(val_fraction, test_fraction)
+    if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
+        raise ValueError(f"image_size must be a positive int (pixels per side) or None, got {image_size!r}")
+    path = Path(snapshot_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image snapshot {snapshot_path} does not exist")
+    _check_snapshot_columns(con, str(path))
+    ensure_schema(con)
+
+    variables = {
+        "snapshot_path": str(path),
+        "snapshot_version": snapshot_version,
+        "asset": table,
+        "expected_width": image_size,
+        "expected_height": image_size,
+        "test_buckets": test_buckets,
+        "val_buckets": val_buckets,
+        "quarantined_at": now(),
+    }
+    sql = load_sql("clean_images").replace("{table}", ident)
+    for name, value in variables.items():
+        con.execute(f"SET VARIABLE {name} = ?", [value])
+    try:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(sql)
+            stats = _read_stats(con, ident)
+            comment = json.dumps({"snapshot_version": snapshot_version, "rows_in": stats.rows_in})
+            con.execute(f"COMMENT ON TABLE {ident} IS {sql_literal(comment)}")
+            for temp in _TEMP_TABLES:
+                con.execute(f"DROP TABLE IF EXISTS temp.{temp}")
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):  # the original error is the one worth seeing
+                con.execute("ROLLBACK")
+            raise
+    finally:
+        for name in variables:
+            con.execute(f"RESET VARIABLE {name}")
+    return stats
+
+
+def load_images(
+    con: duckdb.DuckDBPyConnection, *, split: str | None = None, channels: int = 1, table: str = "clean_images"
+) -> ImageSet:
+    """Decode the clean images (all, or one split) in row_id order into uint8 N x H x W x `channels`."""
+    ident = _table_identifier(table)
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    where = "WHERE split = ?" if split is not None else ""
+    rows = con.execute(
+        f"SELECT row_id, label, image FROM {ident} {where} ORDER BY row_id", [split] if split else []
+    ).fetchall()
+    if not rows:
+        return ImageSet(np.zeros((0, 0, 0, channels), dtype=np.uint8), [], [])
+    arrays = [decode_image(image, channels) for _, _, image in rows]
+    shape = arrays[0].shape
+    for (row_id, _, _), arr in zip(rows, arrays, strict=True):
+        if arr.shape != shape:
+            raise ValueError(f"{table}: row {row_id} has shape {arr.shape}, row {rows[0][0]} has {shape}")
+    return ImageSet(np.stack(arrays), [r[1] for r in rows], [r[0] for r in rows])
+
+
+def categories(con: duckdb.DuckDBPyConnection, table: str = "clean_images") -> list[str]:
+    """The distinct labels of the clean table, naturally sorted ("2" before "10", "a2" before "a10")."""
+    ident = _table_identifier(table)
+    labels = [r[0] for r in con.execute(f"SELECT DISTINCT label FROM {ident}").fetchall()]
+    return sorted(labels, key=natural_key)
+
+
+def natural_key(text: str) -> tuple:
+    # Digit runs compare as numbers, the rest as text; the (kind, ...) pairs keep int and str apart.
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.findall(r"\d+|\D+", text))
+
+
+# ---- queries for the asset checks ----------------------------------------------------------------------
+
+
+def duplicate_count(con: duckdb.DuckDBPyConnection, table: str = "clean_images") -> int:
+    """Rows whose content_hash already appears on another row of the clean table (0 after cleaning)."""
+    ident = _table_identifier(table)
+    return int(con.execute(f"SELECT count(*) - count(DISTINCT content_hash) FROM {ident}").fetchone()[0])
+
+
+def null_count(con: duckdb.DuckDBPyConnection, table: str = "clean_images") -> int:
+    """Rows with a NULL in any column of the clean table, or a blank label (0 after cleaning)."""
+    ident = _table_identifier(table)
+    any_null = " OR ".join(f"{c} IS NULL" for c in CLEAN_COLUMNS)
+    return int(con.execute(f"SELECT count(*) FROM {ident} WHERE {any_null} OR trim(label) = ''").fetchone()[0])
+
+
+def split_fractions(con: duckdb.DuckDBPyConnection, table: str = "clean_images") -> dict[str, float]:
+    """Share of the clean rows in each split (train / val / test; all 0.0 for an empty table)."""
+    ident = _table_identifier(table)
+    counts = dict(con.execute(f"SELECT split, count(*) FROM {ident} GROUP BY split").fetchall())
+    total = sum(counts.values())
+    return {s: (counts.get(s, 0) / total if total else 0.0) for s in SPLITS}
+
+
+def quarantine_rate(con: duckdb.DuckDBPyConnection, asset: str, snapshot_version: str) -> float:
+    """Quarantined rows / input rows of the run that cleaned `snapshot_version` into table `asset`.
+
+    The input row count comes from the clean table's comment, written in the same transaction; a table
+    built from another snapshot raises ValueError rather than returning a rate about the wrong data.
+    """
+    ident = _table_identifier(asset)
+    row = con.execute(
+        "SELECT comment FROM duckdb_tables() WHERE table_name = ? AND schema_name = current_schema()", [asset]
+    ).fetchone()
+    if row is None:
+        raise ValueError(f"no table {ident}: clean snapshot {snapshot_version} first")
+    try:
+        info = json.loads(row[0] or "{}")
+    except json.JSONDecodeError:
+        info = {}
+    if info.get("snapshot_version") != snapshot_version:
+        raise ValueError(
+            f"table {ident} was built from snapshot {info.get('snapshot_version')!r}, not {snapshot_version!r}"
+        )
+    rows_in = int(info["rows_in"])
+    quarantined = con.execute(
+        "SELECT count(*) FROM quarantine WHERE asset = ? AND snapshot_version = ?", [asset, snapshot_version]
+    ).fetchone()[0]
+    return quarantined / rows_in if rows_in else 0.0
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------
+
+
+def _table_identifier(table: str) -> str:
+    """A plain table name, double-quoted for SQL; anything else is refused (it is pasted into SQL)."""
+    if not isinstance(table, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table):
+        raise ValueError(f"invalid table name {table!r}: letters, digits and _ only, not starting with a digit")
+    return f'"{table}"'
+
+
+def _buckets(val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(f"val_fraction + test_fraction must leave rows for train, got {val_fraction + test_fraction}")
+    return round(test_fraction * BUCKETS), round(val_fraction * BUCKETS)
+
+
+def _check_snapshot_columns(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    try:
+        names = [r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [path]).fetchall()]
+    except duckdb.Error as e:
+        raise ValueError(f"image snapshot {path} cannot be read as Parquet: {e}") from None
+    missing = [c for c in SNAPSHOT_COLUMNS if c not in names]
+    if missing:
+        raise ValueError(f"image snapshot {path} lacks column(s) {', '.join(missing)}")
+
+
+def _read_stats(con: duckdb.DuckDBPyConnection, ident: str) -> CleanStats:
+    rows_in, rows_clean = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE reason_kind IS NULL) FROM _clean_images_checked"
+    ).fetchone()
+    by_reason = dict(
+        con.execute(
+            "SELECT reason_kind, count(*) FROM _clean_images_checked WHERE reason_kind IS NOT NULL "
+            "GROUP BY reason_kind ORDER BY reason_kind"
+        ).fetchall()
+    )
+    splits = dict(con.execute(f"SELECT split, count(*) FROM {ident} GROUP BY split").fetchall())
+    width, height = con.execute("SELECT width, height FROM _clean_images_expected").fetchone()
+    (version,) = con.execute(TABLE_VERSION_SQL.format(table=ident)).fetchone()
+    return CleanStats(
+        rows_in=int(rows_in),
+        rows_clean=int(rows_clean),
+        rows_quarantined=int(rows_in - rows_clean),
+        by_reason={k: int(by_reason.get(k, 0)) for k in REASON_KINDS},
+        split_counts={s: int(splits.get(s, 0)) for s in SPLITS},
+        image_size=None if width is None else (int(width), int(height)),
+        version=version,
+    )

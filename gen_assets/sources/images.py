@@ -1,0 +1,270 @@
+"""Raw image collection: a builtin corpus, a folder of labelled images, or IDX files (local or URL) -> rows.
+
+`collect_images` returns one pyarrow Table; it writes nothing. The caller lands it with
+`gen_assets.store.snapshots.write_snapshot` only after this function has returned, so a source that fails
+half-way (a missing labels file, a truncated download) raises before anything exists on disk and no
+partial snapshot can be left behind.
+
+Row-level problems are not errors here: an image file that Pillow cannot decode becomes a row with
+`decode_error` set, and cleaning quarantines it with that reason. Only a source that cannot be read at
+all raises `SourceError`, whose message names the source and what is wrong.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+import urllib.parse
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from gen_assets.imaging import encode_png
+from gen_assets.sources.common import SourceError, is_url, read_bytes
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = "builtin:digits"
+BUILTINS = ("builtin:digits",)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+# The columns that define a snapshot's version: the image bytes enter through their hash.
+IMAGE_SNAPSHOT_HASH_COLUMNS = ["source", "row_id", "label", "content_hash"]
+
+IMAGE_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("row_id", pa.string(), nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("content_hash", pa.string(), nullable=False),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("channels", pa.int32()),
+        pa.field("decode_error", pa.string()),
+    ]
+)
+
+IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (count, rows, cols)
+IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (count)
+
+
+def collect_images(source: str = DEFAULT_SOURCE, *, labels: str | None = None) -> pa.Table:
+    """Read every image of `source` into a table with the columns of IMAGE_SCHEMA.
+
+    Sources:
+    - ``builtin:digits`` (default): scikit-learn's 1,797 8x8 digits, scaled 0..16 -> 0..255 and stored as
+      grayscale PNG; label "0".."9"; row_id the zero-padded index.
+    - a local folder with one sub-folder per label: ``<folder>/<label>/**/<name>.png|.jpg|.jpeg``. The
+      label is the first-level sub-folder name, row_id the path relative to the folder ("7/a.png") and
+      source the folder. Everything else (files at the top level, files with other extensions) is
+      skipped: a README or a stray .csv in a dataset folder is not an image, and quarantining it would
+      only bury the real problems. The skipped count is logged with a few example names and stored in the
+      table's schema metadata (``skipped_files``). Hidden files and folders (.DS_Store,
+      .ipynb_checkpoints) are ignored without counting. A file with an image extension that does not
+      decode is kept as a row with `decode_error` set.
+    - IDX files (the MNIST / Fashion-MNIST format), gzipped or plain: `source` is the images file,
+      `labels` the labels file; when `labels` is omitted it is the images name with "images-idx3"
+      replaced by "labels-idx1" (train-images-idx3-ubyte.gz -> train-labels-idx1-ubyte.gz).
+    - the same IDX files at an http(s) URL (the labels URL is inferred the same way).
+    A ``file://`` prefix is accepted on local paths.
+
+    Raises SourceError for a missing or unreadable file or folder, an empty folder, a wrong IDX magic
+    number, mismatched counts, truncated data or a failed download.
+    """
+    source = str(source).strip()
+    if source.startswith("builtin:"):
+        if labels is not None:
+            raise SourceError(source, "labels= only applies to IDX image files")
+        if source != "builtin:digits":
+            raise SourceError(source, f"unknown builtin source; available: {', '.join(BUILTINS)}")
+        return _collect_digits()
+    if is_url(source):
+        return _collect_idx(source, labels if labels is not None else _infer_labels(source))
+
+    path = Path(_strip_file_scheme(source)).expanduser()
+    if path.is_dir():
+        if labels is not None:
+            raise SourceError(source, "labels= only applies to IDX image files, not to a folder")
+        return _collect_folder(path, _strip_file_scheme(source))
+    if not path.exists():
+        raise SourceError(source, "no such file or folder")
+    if labels is None:
+        labels = _infer_labels(_strip_file_scheme(source))
+        if not Path(labels).expanduser().exists():
+            raise SourceError(
+                source, f"labels file {labels} (inferred from the images name) does not exist; pass labels="
+            )
+    return _collect_idx(_strip_file_scheme(source), _strip_file_scheme(labels) if not is_url(labels) else labels)
+
+
+def image_table(rows: dict[str, list], metadata: dict[str, str] | None = None) -> pa.Table:
+    """Column lists -> a table with IMAGE_SCHEMA (and optional string metadata)."""
+    schema = IMAGE_SCHEMA.with_metadata(metadata) if metadata else IMAGE_SCHEMA
+    return pa.table({name: rows[name] for name in schema.names}, schema=schema)
+
+
+def inspect_image(data: bytes) -> tuple[int | None, int | None, int | None, str | None]:
+    """(width, height, channels, decode_error) of encoded image bytes; load() so truncated files fail here."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img.width, img.height, len(img.getbands()), None
+    except Exception as e:  # noqa: BLE001 (Pillow raises many types; each becomes the row's reason)
+        return None, None, None, f"{type(e).__name__}: {e}"
+
+
+def _strip_file_scheme(source: str) -> str:
+    return source.removeprefix("file://")
+
+
+def _array_rows(images: np.ndarray, labels: list[str], source: str) -> dict[str, list]:
+    """uint8 N x H x W images we encoded ourselves: size is known, nothing to decode back."""
+    n, h, w = images.shape
+    width = len(str(max(n - 1, 0)))  # zero-padded ids sort like the index, so "first by row_id" = file order
+    pngs = [encode_png(img) for img in images]
+    return {
+        "source": [source] * n,
+        "row_id": [f"{i:0{width}d}" for i in range(n)],
+        "label": labels,
+        "image": pngs,
+        "content_hash": [hashlib.sha256(b).hexdigest() for b in pngs],
+        "width": [w] * n,
+        "height": [h] * n,
+        "channels": [1] * n,
+        "decode_error": [None] * n,
+    }
+
+
+def _collect_digits() -> pa.Table:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+
+    digits = load_digits()
+    images = np.round(digits.images * 255 / 16).astype(np.uint8)
+    rows = _array_rows(images, [str(int(t)) for t in digits.target], "builtin:digits")
+    return image_table(rows)
+
+
+def _is_hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _collect_folder(root: Path, source: str) -> pa.Table:
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as e:
+        raise SourceError(source, f"cannot read folder: {e.strerror or e}") from None
+
+    files: list[tuple[str, Path]] = []  # (label, path)
+    skipped: list[str] = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            skipped.append(entry.name)
+            continue
+        try:
+            found = sorted(p for p in entry.rglob("*") if p.is_file())
+        except OSError as e:
+            raise SourceError(source, f"cannot read folder {entry.name}: {e.strerror or e}") from None
+        for p in found:
+            rel = p.relative_to(root)
+            if _is_hidden(rel):
+                continue
+            if p.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append((entry.name, p))
+            else:
+                skipped.append(rel.as_posix())
+
+    if skipped:
+        log.warning(
+            "%s: skipped %d file(s) that are not <label>/<image>.png|.jpg|.jpeg, e.g. %s",
+            source,
+            len(skipped),
+            ", ".join(skipped[:5]),
+        )
+    if not files:
+        raise SourceError(
+            source,
+            "no PNG/JPEG files in label sub-folders (expected <folder>/<label>/<name>.png)"
+            + (f"; skipped {len(skipped)} other file(s)" if skipped else ""),
+        )
+
+    rows: dict[str, list] = {name: [] for name in IMAGE_SCHEMA.names}
+    for label, path in files:
+        try:
+            data = path.read_bytes()
+            width, height, channels, error = inspect_image(data)
+        except OSError as e:
+            data, (width, height, channels), error = b"", (None, None, None), f"cannot read file: {e.strerror or e}"
+        rows["source"].append(source)
+        rows["row_id"].append(path.relative_to(root).as_posix())
+        rows["label"].append(label)
+        rows["image"].append(data)
+        rows["content_hash"].append(hashlib.sha256(data).hexdigest())
+        rows["width"].append(width)
+        rows["height"].append(height)
+        rows["channels"].append(channels)
+        rows["decode_error"].append(error)
+    return image_table(rows, {"skipped_files": str(len(skipped))})
+
+
+def _infer_labels(images_source: str) -> str:
+    """The labels file next to an IDX images file, by the MNIST naming convention."""
+    if is_url(images_source):
+        parts = urllib.parse.urlsplit(images_source)
+        head, _, name = parts.path.rpartition("/")
+        new_name = _labels_name(images_source, name)
+        return urllib.parse.urlunsplit(parts._replace(path=f"{head}/{new_name}"))
+    path = Path(images_source)
+    return str(path.with_name(_labels_name(images_source, path.name)))
+
+
+def _labels_name(source: str, name: str) -> str:
+    for images_part, labels_part in (("images-idx3", "labels-idx1"), ("images.idx3", "labels.idx1")):
+        if images_part in name:
+            return name.replace(images_part, labels_part)
+    raise SourceError(source, "cannot infer the labels file (name has no 'images-idx3'); pass labels=")
+
+
+def _read_idx(source: str, magic: int, ndim: int) -> tuple[tuple[int, ...], np.ndarray]:
+    """(dims, flat uint8 data) of one IDX file, validated: magic number, header and exact data length."""
+    data = read_bytes(source)
+    if data[:2] == b"\x1f\x8b":  # gzip magic: decide by content, not by the name
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise SourceError(source, f"not a valid gzip file: {e}") from None
+    header = 4 + 4 * ndim
+    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if found is not None and found != magic:
+        kind = "images" if magic == IDX_IMAGES_MAGIC else "labels"
+        raise SourceError(source, f"not an IDX {kind} file: magic number {found}, expected {magic}")
+    if len(data) < header:
+        raise SourceError(source, f"truncated: {len(data)} bytes, shorter than the {header}-byte IDX header")
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if ndim == 3 and (dims[1] == 0 or dims[2] == 0):
+        raise SourceError(source, f"images of size {dims[1]}x{dims[2]}")
+    expected = int(np.prod(dims))
+    body = len(data) - header
+    if body < expected:
+        raise SourceError(source, f"truncated: header promises {dims} = {expected} data bytes, found {body}")
+    if body > expected:
+        raise SourceError(source, f"{body - expected} unexpected bytes after the {dims} data")
+    return dims, np.frombuffer(data, dtype=np.uint8, offset=header)
+
+
+def _collect_idx(images_source: str, labels_source: str) -> pa.Table:
+    (n, h, w), pixels = _read_idx(images_source, IDX_IMAGES_MAGIC, 3)
+    (n_labels,), label_values = _read_idx(labels_source, IDX_LABELS_MAGIC, 1)
+    if n != n_labels:
+        raise SourceError(images_source, f"{n} images but {n_labels} labels in {labels_source}")
+    if n == 0:
+        raise SourceError(images_source, "contains no images")
+    rows = _array_rows(pixels.reshape(n, h, w), [str(int(v)) for v in label_values], images_source)
+    return image_table(rows)

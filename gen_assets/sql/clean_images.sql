@@ -1,0 +1,140 @@
+-- clean_images: an image snapshot (Parquet written by gen_assets/sources/images.py) -> the clean table
+-- {table} and this asset's rows in quarantine. Every input row ends in exactly one of the two.
+--
+-- gen_assets.cleaning.images.clean_images runs this file inside ONE transaction (it begins, commits or
+-- rolls back), so readers keep seeing the previous clean table and quarantine rows until the new ones
+-- are complete. {table} is the clean table's (quoted) name; the values arrive as DuckDB variables:
+--   snapshot_path, snapshot_version   the Parquet file and its data version
+--   asset                             quarantine.asset for these rows (the clean table's name)
+--   expected_width, expected_height   the required image size; NULL = the most common decodable size
+--   test_buckets, val_buckets         split sizes out of 10,000 hash buckets
+--   quarantined_at                    one timestamp for the whole run (UTC)
+
+
+-- 1. The size every image must have: the configured one, else the most common size among the rows that
+--    decode. Ties are broken by the size itself so the choice never depends on row order.
+CREATE OR REPLACE TEMP TABLE _clean_images_expected AS
+WITH most_common AS (
+    SELECT width, height
+    FROM read_parquet(getvariable('snapshot_path'))
+    WHERE decode_error IS NULL AND width IS NOT NULL AND height IS NOT NULL
+    GROUP BY width, height
+    ORDER BY count(*) DESC, width, height
+    LIMIT 1
+)
+SELECT
+    coalesce(getvariable('expected_width'),  (SELECT width  FROM most_common))::INTEGER AS width,
+    coalesce(getvariable('expected_height'), (SELECT height FROM most_common))::INTEGER AS height;
+
+
+-- 2. One verdict per row: reason_kind and reason are NULL for a clean row, else the FIRST problem found.
+--    Clean rows get their split here. The split is a function of the image content alone: the same
+--    image lands in the same split in every snapshot, so re-collected data never moves a test image
+--    into train.
+CREATE OR REPLACE TEMP TABLE _clean_images_checked AS
+WITH raw AS (
+    SELECT
+        file_row_number,               -- identifies a row even when row_ids repeat
+        row_id,
+        source,
+        lower(trim(label)) AS label,   -- " Cat" and "cat" are one category; nothing cleverer than that
+        image,
+        content_hash,
+        width,
+        height,
+        channels,
+        decode_error
+    FROM read_parquet(getvariable('snapshot_path'), file_row_number = true)
+),
+verdicts AS (
+    SELECT
+        raw.*,
+        expected.width AS expected_width,
+        expected.height AS expected_height,
+        CASE
+            WHEN raw.image IS NULL OR raw.decode_error IS NOT NULL OR raw.width IS NULL
+                 OR raw.height IS NULL OR raw.channels IS NULL                   THEN 'undecodable'
+            -- dedup and the split both trust content_hash, so it must really be the hash of the bytes
+            WHEN raw.content_hash IS DISTINCT FROM sha256(raw.image)             THEN 'hash_mismatch'
+            WHEN raw.label IS NULL OR raw.label = ''                             THEN 'missing_label'
+            WHEN raw.width <> expected.width OR raw.height <> expected.height    THEN 'wrong_size'
+        END AS reason_kind
+    FROM raw, _clean_images_expected AS expected
+)
+SELECT
+    file_row_number,
+    row_id,
+    source,
+    label,
+    image,
+    content_hash,
+    width,
+    height,
+    channels,
+    reason_kind,
+    CASE reason_kind
+        WHEN 'undecodable' THEN 'undecodable: ' || coalesce(
+            decode_error, CASE WHEN image IS NULL THEN 'no image bytes' ELSE 'no image size recorded' END)
+        WHEN 'hash_mismatch' THEN 'content_hash does not match the image bytes'
+        WHEN 'missing_label' THEN 'missing label'
+        WHEN 'wrong_size' THEN
+            format('wrong size: {}x{}, expected {}x{}', width, height, expected_width, expected_height)
+    END AS reason,
+    CASE
+        WHEN reason_kind IS NOT NULL THEN NULL
+        WHEN TRY_CAST('0x' || left(content_hash, 8) AS UBIGINT) % 10000 < getvariable('test_buckets') THEN 'test'
+        WHEN TRY_CAST('0x' || left(content_hash, 8) AS UBIGINT) % 10000
+             < getvariable('test_buckets') + getvariable('val_buckets') THEN 'val'
+        ELSE 'train'
+    END AS split
+FROM verdicts;
+
+
+-- 3. Exact duplicates among the rows still clean: each image's first row by row_id stays, its other
+--    copies are quarantined pointing at it. Only clean rows compete, so a bad copy (a blank label, say)
+--    never shadows a good one. A group-by on the hash, not a window: no sort that drags the image bytes.
+UPDATE _clean_images_checked AS checked
+SET reason_kind = 'duplicate', reason = 'duplicate of row ' || copies.first.row_id, split = NULL
+FROM (
+    SELECT content_hash, min({'row_id': row_id, 'n': file_row_number}) AS first
+    FROM _clean_images_checked
+    WHERE reason_kind IS NULL
+    GROUP BY content_hash
+    HAVING count(*) > 1
+) AS copies
+WHERE checked.reason_kind IS NULL
+  AND checked.content_hash = copies.content_hash
+  AND checked.file_row_number <> copies.first.n;
+
+
+-- 4. The clean table, replaced as a whole. The image bytes (PNG/JPEG: compressed already) and the hashes
+--    (random hex) are stored as they are: compression analysis on them costs time and wins little.
+CREATE OR REPLACE TABLE {table} (
+    row_id       VARCHAR NOT NULL,
+    source       VARCHAR NOT NULL,
+    label        VARCHAR NOT NULL,   -- the category: trimmed, lower-case, never blank
+    image        BLOB    NOT NULL USING COMPRESSION uncompressed,
+    content_hash VARCHAR NOT NULL USING COMPRESSION uncompressed,
+    width        INTEGER NOT NULL,
+    height       INTEGER NOT NULL,
+    channels     INTEGER NOT NULL,
+    split        VARCHAR NOT NULL    -- train | val | test
+);
+
+INSERT INTO {table}
+SELECT row_id, source, label, image, content_hash, width, height, channels, split
+FROM _clean_images_checked
+WHERE reason_kind IS NULL;
+
+
+-- 5. This asset's quarantine rows for this snapshot are replaced, not appended: cleaning the same
+--    snapshot twice must not count its bad rows twice. Rows of other snapshots stay as history.
+DELETE FROM quarantine
+WHERE asset = getvariable('asset') AND snapshot_version = getvariable('snapshot_version');
+
+INSERT INTO quarantine (asset, snapshot_version, source, row_id, reason, content_hash, quarantined_at)
+SELECT getvariable('asset'), getvariable('snapshot_version'), source, row_id, reason, content_hash,
+       getvariable('quarantined_at')
+FROM _clean_images_checked
+WHERE reason_kind IS NOT NULL
+ORDER BY row_id;

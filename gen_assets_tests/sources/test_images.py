@@ -1,0 +1,216 @@
+"""collect_images: the builtin digits, a labelled folder, IDX files (plain, gzipped, over http) and bad input."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import io
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gen_assets.imaging import decode_image, encode_png
+from gen_assets.sources.common import SourceError
+from gen_assets.sources.images import IMAGE_SCHEMA, IMAGE_SNAPSHOT_HASH_COLUMNS, collect_images
+
+
+def write_idx(folder: Path, images: np.ndarray, labels: np.ndarray, *, gz: bool, prefix: str = "train") -> Path:
+    """MNIST-format images + labels files; returns the images path."""
+    n, h, w = images.shape
+    img = (2051).to_bytes(4, "big") + b"".join(x.to_bytes(4, "big") for x in (n, h, w)) + images.tobytes()
+    lab = (2049).to_bytes(4, "big") + len(labels).to_bytes(4, "big") + labels.astype(np.uint8).tobytes()
+    suffix = ".gz" if gz else ""
+    pack = gzip.compress if gz else (lambda b: b)
+    (folder / f"{prefix}-labels-idx1-ubyte{suffix}").write_bytes(pack(lab))
+    path = folder / f"{prefix}-images-idx3-ubyte{suffix}"
+    path.write_bytes(pack(img))
+    return path
+
+
+@pytest.fixture
+def idx_arrays():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(5, 6, 4), dtype=np.uint8), np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+
+
+def test_builtin_digits_rows_labels_and_pixels():
+    from sklearn.datasets import load_digits
+
+    table = collect_images()
+    assert table.schema.equals(IMAGE_SCHEMA, check_metadata=False)
+    assert table.num_rows == 1797
+    rows = table.to_pydict()
+    assert sorted(set(rows["label"])) == [str(d) for d in range(10)]
+    assert rows["row_id"][:2] == ["0000", "0001"] and len(set(rows["row_id"])) == 1797
+    assert set(rows["source"]) == {"builtin:digits"}
+    assert set(rows["width"]) == {8} and set(rows["height"]) == {8} and set(rows["channels"]) == {1}
+    assert set(rows["decode_error"]) == {None}
+    digits = load_digits()
+    for i in (0, 1000, 1796):
+        assert rows["label"][i] == str(digits.target[i])
+        assert rows["content_hash"][i] == hashlib.sha256(rows["image"][i]).hexdigest()
+        pixels = decode_image(rows["image"][i])[:, :, 0]
+        np.testing.assert_array_equal(pixels, np.round(digits.images[i] * 255 / 16).astype(np.uint8))
+    assert set(IMAGE_SNAPSHOT_HASH_COLUMNS) <= set(table.column_names)
+
+
+def test_unknown_builtin_is_an_error():
+    with pytest.raises(SourceError, match="builtin:faces.*unknown builtin"):
+        collect_images("builtin:faces")
+
+
+def _png(value: int, size=(5, 4)) -> bytes:
+    return encode_png(np.full(size, value, dtype=np.uint8))
+
+
+def test_folder_of_png_and_jpeg_keeps_corrupt_files_as_rows(tmp_path, caplog):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "dog" / "more").mkdir(parents=True)
+    (tmp_path / "cat" / "a.png").write_bytes(_png(10))
+    (tmp_path / "cat" / "b.PNG").write_bytes(_png(20))
+    buf = io.BytesIO()
+    Image.fromarray(np.full((7, 9, 3), 128, dtype=np.uint8)).save(buf, format="JPEG")
+    (tmp_path / "dog" / "more" / "c.jpg").write_bytes(buf.getvalue())
+    (tmp_path / "dog" / "broken.png").write_bytes(_png(30)[:40])  # truncated PNG
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    (tmp_path / "README.md").write_text("top-level file")
+    (tmp_path / "cat" / ".DS_Store").write_bytes(b"\0\0")
+
+    table = collect_images(f"file://{tmp_path}")
+    rows = {r["row_id"]: r for r in table.to_pylist()}
+    assert sorted(rows) == ["cat/a.png", "cat/b.PNG", "dog/broken.png", "dog/more/c.jpg"]
+    assert rows["cat/a.png"]["label"] == "cat" and rows["dog/more/c.jpg"]["label"] == "dog"
+    assert (rows["cat/a.png"]["width"], rows["cat/a.png"]["height"], rows["cat/a.png"]["channels"]) == (4, 5, 1)
+    jpeg = rows["dog/more/c.jpg"]
+    assert (jpeg["width"], jpeg["height"], jpeg["channels"]) == (9, 7, 3)
+    broken = rows["dog/broken.png"]
+    assert broken["decode_error"] and broken["width"] is None and broken["channels"] is None
+    assert broken["content_hash"] == hashlib.sha256(broken["image"]).hexdigest()
+    assert all(rows[k]["decode_error"] is None for k in rows if k != "dog/broken.png")
+    assert table.schema.metadata[b"skipped_files"] == b"2"  # notes.txt and README.md, not .DS_Store
+    assert "skipped 2 file(s)" in caplog.text
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(SourceError, match="nowhere.*no such file or folder"):
+        collect_images(str(tmp_path / "nowhere"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SourceError, match="empty.*no PNG/JPEG files"):
+        collect_images(str(empty))
+    (empty / "cat").mkdir()
+    (empty / "cat" / "a.txt").write_text("x")
+    with pytest.raises(SourceError, match="skipped 1 other file"):
+        collect_images(str(empty))
+    with pytest.raises(SourceError, match="labels= only applies"):
+        collect_images(str(empty), labels="x")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_files(tmp_path, idx_arrays, gz):
+    images, labels = idx_arrays
+    path = write_idx(tmp_path, images, labels, gz=gz)
+    table = collect_images(str(path))  # labels file inferred from the name
+    rows = table.to_pydict()
+    assert rows["label"] == ["3", "1", "4", "1", "5"]
+    assert rows["row_id"] == ["0", "1", "2", "3", "4"]
+    assert set(rows["source"]) == {str(path)}
+    assert set(rows["width"]) == {4} and set(rows["height"]) == {6}
+    for i in range(5):
+        np.testing.assert_array_equal(decode_image(rows["image"][i])[:, :, 0], images[i])
+
+
+def test_idx_explicit_labels_and_file_scheme(tmp_path, idx_arrays):
+    images, labels = idx_arrays
+    path = write_idx(tmp_path, images, labels, gz=True)
+    renamed = tmp_path / "my-labels.gz"
+    (tmp_path / "train-labels-idx1-ubyte.gz").rename(renamed)
+    with pytest.raises(SourceError, match="train-labels-idx1-ubyte.gz.*does not exist"):
+        collect_images(str(path))
+    table = collect_images(f"file://{path}", labels=f"file://{renamed}")
+    assert table.column("label").to_pylist() == ["3", "1", "4", "1", "5"]
+
+
+def test_idx_wrong_magic_number(tmp_path, idx_arrays):
+    images, labels = idx_arrays
+    path = write_idx(tmp_path, images, labels, gz=False)
+    with pytest.raises(SourceError, match="not an IDX images file: magic number 2049, expected 2051"):
+        collect_images(str(tmp_path / "train-labels-idx1-ubyte"), labels=str(tmp_path / "train-labels-idx1-ubyte"))
+    with pytest.raises(SourceError, match="not an IDX labels file: magic number 2051, expected 2049"):
+        collect_images(str(path), labels=str(path))
+    png = tmp_path / "x-images-idx3-ubyte"
+    png.write_bytes(_png(5))
+    with pytest.raises(SourceError, match="magic number"):
+        collect_images(str(png), labels=str(tmp_path / "train-labels-idx1-ubyte"))
+
+
+def test_idx_count_mismatch(tmp_path, idx_arrays):
+    images, labels = idx_arrays
+    path = write_idx(tmp_path, images, labels[:4], gz=True)
+    with pytest.raises(SourceError, match="5 images but 4 labels"):
+        collect_images(str(path))
+
+
+def test_idx_truncated_trailing_and_bad_gzip(tmp_path, idx_arrays):
+    images, labels = idx_arrays
+    path = write_idx(tmp_path, images, labels, gz=False)
+    data = path.read_bytes()
+    path.write_bytes(data[:-7])
+    promise = r"train-images-idx3-ubyte: truncated: header promises \(5, 6, 4\) = 120 data bytes, found 113"
+    with pytest.raises(SourceError, match=promise):
+        collect_images(str(path))
+    path.write_bytes(data[:10])
+    with pytest.raises(SourceError, match="shorter than the 16-byte IDX header"):
+        collect_images(str(path))
+    path.write_bytes(data + b"xx")
+    with pytest.raises(SourceError, match="2 unexpected bytes"):
+        collect_images(str(path))
+    path.write_bytes(gzip.compress(data)[:-12])
+    with pytest.raises(SourceError, match="not a valid gzip file"):
+        collect_images(str(path))
+
+
+def test_idx_name_without_convention_needs_labels(tmp_path):
+    f = tmp_path / "pixels.bin"
+    f.write_bytes(b"\0" * 32)
+    with pytest.raises(SourceError, match="cannot infer the labels file"):
+        collect_images(str(f))
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A local web server on 127.0.0.1 serving tmp_path (never the internet)."""
+    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_idx_over_http(http_root, idx_arrays):
+    folder, base = http_root
+    images, labels = idx_arrays
+    write_idx(folder, images, labels, gz=True, prefix="t10k")
+    url = f"{base}/t10k-images-idx3-ubyte.gz"
+    table = collect_images(url)
+    assert table.column("label").to_pylist() == ["3", "1", "4", "1", "5"]
+    assert set(table.column("source").to_pylist()) == {url}
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(SourceError, match=r"t10k-labels-idx1-ubyte.gz: HTTP 404"):
+        collect_images(url)
+    with pytest.raises(SourceError, match=r"missing-images-idx3-ubyte.gz: HTTP 404"):
+        collect_images(f"{base}/missing-images-idx3-ubyte.gz")
