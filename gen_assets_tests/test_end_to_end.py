@@ -1,14 +1,18 @@
-"""The product path: `gen-assets run --profile smoke` through Dagster, then `gen-assets report --json`."""
+"""The product path: `gen-assets run --profile smoke` (the whole graph, both modalities) through Dagster,
+then `gen-assets report --json`."""
 
 import json
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
 
 from gen_assets import cli
 
 IMAGE_METRIC_KEYS = {"fid", "fid_noise", "fid_real_floor", "kid", "inception_score", "class_accuracy"}
+TEXT_METRIC_KEYS = {"val_loss", "perplexity", "bleu", "rouge1", "rouge2", "rougeL", "distinct_1", "distinct_2",
+                    "self_bleu", "novelty"}
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +22,7 @@ def smoke_home(tmp_path_factory):
     mp.setenv("GEN_ASSETS_HOME", str(home))
     mp.setenv("DAGSTER_HOME", str(home / "unused"))  # restored afterwards; the CLI points it into home
     try:
-        assert cli.main(["run", "--modality", "image", "--profile", "smoke"]) == 0
+        assert cli.main(["run", "--modality", "all", "--profile", "smoke"]) == 0
         yield home
     finally:
         mp.undo()
@@ -38,35 +42,50 @@ def test_state_lives_under_gen_assets_home(smoke_home):
     assert list((smoke_home / "artifacts" / "snapshots" / "raw_images").glob("*.parquet"))
     assert list((smoke_home / "artifacts" / "models" / "image").glob("dcgan-*.pt"))
     assert list((smoke_home / "artifacts" / "batches" / "image").glob("*.png"))
+    assert list((smoke_home / "artifacts" / "models" / "text").glob("gpt-*.pt"))
+    assert list((smoke_home / "artifacts" / "batches" / "text").glob("*.parquet"))
 
 
 def test_report_json_is_the_stable_interface(smoke_home, capsys, monkeypatch):
     data = report(smoke_home, capsys, monkeypatch)
-    [model] = data["models"]
-    assert set(model) == {"modality", "version", "arch", "status", "created_at", "metrics", "artifacts"}
-    assert model["modality"] == "image" and model["arch"] == "dcgan" and model["status"] == "champion"
-    assert IMAGE_METRIC_KEYS <= set(model["metrics"])
-    assert model["metrics"]["fid_noise"] > model["metrics"]["fid_real_floor"]
-    for path in model["artifacts"].values():
-        assert Path(path).is_file() and Path(path).is_relative_to(smoke_home)
+    models = {m["modality"]: m for m in data["models"]}
+    assert set(models) == {"image", "text"}
+    for model in models.values():
+        assert set(model) == {"modality", "version", "arch", "status", "created_at", "metrics", "artifacts"}
+        assert model["status"] == "champion"
+        for path in model["artifacts"].values():
+            assert Path(path).is_file() and Path(path).is_relative_to(smoke_home)
+    image, text = models["image"], models["text"]
+    assert image["arch"] == "dcgan" and text["arch"] == "gpt"
+    assert IMAGE_METRIC_KEYS <= set(image["metrics"]) and TEXT_METRIC_KEYS <= set(text["metrics"])
+    assert image["metrics"]["fid_noise"] > image["metrics"]["fid_real_floor"]
+    assert text["metrics"]["val_loss"] < 3.5  # below a uniform guess over ~100 characters (ln 100 = 4.6)
 
 
 def test_warehouse_tables_and_generated_view(smoke_home):
     with duckdb.connect(str(smoke_home / "warehouse.duckdb"), read_only=True) as con:
         n_clean = con.execute("SELECT count(*) FROM clean_images").fetchone()[0]
         assert n_clean > 1500  # the digits: 1797 rows, a few exact duplicates
-        n_gen, n_cat = con.execute("SELECT count(*), count(DISTINCT category) FROM generated").fetchone()
-        assert (n_gen, n_cat) == (200, 10)  # smoke: 20 per category
+        assert con.execute("SELECT count(*) FROM clean_texts").fetchone()[0] > 1000
+        generated = dict(con.execute(
+            "SELECT modality, count(*) || '/' || count(DISTINCT category) FROM generated GROUP BY modality").fetchall())
+        assert generated == {"image": "200/10", "text": "24/6"}  # smoke: 20 per digit, 4 per genre
+        text = con.execute("SELECT decode(content) FROM generated WHERE modality = 'text' LIMIT 1").fetchone()[0]
+        assert isinstance(text, str) and text
         metrics = {r[0] for r in con.execute("SELECT DISTINCT metric FROM metrics_history").fetchall()}
-        assert IMAGE_METRIC_KEYS <= metrics
-        assert con.execute("SELECT count(*) FROM models WHERE status = 'champion'").fetchone()[0] == 1
+        assert IMAGE_METRIC_KEYS | TEXT_METRIC_KEYS <= metrics
+        assert con.execute("SELECT count(*) FROM models WHERE status = 'champion'").fetchone()[0] == 2
 
 
 def test_second_run_with_unchanged_inputs_reuses_the_models(smoke_home, capsys, monkeypatch):
-    before = report(smoke_home, capsys, monkeypatch)["models"][0]["version"]
+    before = {m["version"] for m in report(smoke_home, capsys, monkeypatch)["models"]}
     monkeypatch.setenv("GEN_ASSETS_HOME", str(smoke_home))
-    assert cli.main(["run", "--modality", "image", "--profile", "smoke"]) == 0
-    out = capsys.readouterr().out
-    assert before in out
-    runs = list((smoke_home / "artifacts" / "training" / "image_generator").iterdir())
-    assert len(runs) == 1, "same data and config: one training run, reused"
+    assert cli.main(["run", "--modality", "all", "--profile", "smoke"]) == 0
+    after = {m["version"] for m in report(smoke_home, capsys, monkeypatch)["models"]}
+    assert after == before
+    with dg.DagsterInstance.from_config(str(smoke_home / "dagster_home")) as instance:
+        for name in ("image_evaluator", "image_generator", "text_generator"):
+            event = instance.get_latest_materialization_event(dg.AssetKey(name))
+            assert event.asset_materialization.metadata["reused"].value is True, f"{name} was retrained"
+            runs = list((smoke_home / "artifacts" / "training" / name).iterdir())
+            assert len(runs) == 1, f"{name}: same data and config, so one training run"
