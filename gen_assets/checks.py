@@ -9,8 +9,10 @@ from dagster_duckdb import DuckDBResource
 
 from gen_assets.assets.cleaning import clean_images, clean_texts
 from gen_assets.assets.evaluation import image_metrics, text_metrics
+from gen_assets.assets.feedback import feedback
 from gen_assets.cleaning import images as image_cleaning
 from gen_assets.cleaning import texts as text_cleaning
+from gen_assets.feedback.ingest import quarantine_share_by_file, unknown_sample_count
 
 
 class SplitRatiosConfig(dg.Config):
@@ -117,9 +119,34 @@ def text_quality(config: TextQualityConfig, text_metrics: dict) -> dg.AssetCheck
     )
 
 
+class FeedbackQuarantineConfig(dg.Config):
+    max_share: float = Field(default=0.2, description="largest share of a file's rows that may be quarantined")
+
+
+@dg.asset_check(asset=feedback, description="no rating file has more than a bounded share of invalid rows")
+def feedback_quarantine_share(config: FeedbackQuarantineConfig, warehouse: DuckDBResource) -> dg.AssetCheckResult:
+    with warehouse.get_connection() as con:
+        shares = quarantine_share_by_file(con)
+    bad = {name: round(share, 4) for name, share in shares.items() if share > config.max_share}
+    return dg.AssetCheckResult(
+        passed=not bad,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"files": len(shares), "files_over_bound": dg.MetadataValue.json(bad), "max_share": config.max_share},
+    )
+
+
+@dg.asset_check(asset=feedback, description="every stored rating references a sample of the generated view")
+def feedback_known_samples(warehouse: DuckDBResource) -> dg.AssetCheckResult:
+    with warehouse.get_connection() as con:
+        unknown = unknown_sample_count(con)
+    return dg.AssetCheckResult(passed=unknown == 0, metadata={"unknown_samples": unknown})
+
+
 checks = [
     *clean_table_checks(clean_images, image_cleaning),
     *clean_table_checks(clean_texts, text_cleaning),
     image_quality,
     text_quality,
+    feedback_quarantine_share,
+    feedback_known_samples,
 ]

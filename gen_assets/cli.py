@@ -85,6 +85,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feedback_import(args: argparse.Namespace) -> int:
+    """Validate a rating file and drop it into the landing zone atomically; the sensor picks it up."""
+    from gen_assets.feedback.landing import FeedbackFileError, import_file, validate_file
+
+    root = Paths.from_env().ensure().feedback
+    status = 0
+    for name in args.files:
+        try:
+            summary = validate_file(name)
+            landed = import_file(name, root)
+        except (FeedbackFileError, OSError) as e:
+            print(f"refused: {e}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"{name}: {summary.rows} rows -> {landed}")
+        for error in summary.errors:
+            print(f"  will be quarantined: {error}")
+    return status
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """`dagster dev` on the same instance as `gen-assets run`, so its runs show up in the UI."""
     prepare_dagster_home(Paths.from_env())
@@ -107,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="latest model per modality with its metrics and artifact paths")
     rep.add_argument("--json", action="store_true", help="the stable JSON form for scripts")
     rep.set_defaults(func=cmd_report)
+    fb = sub.add_parser("feedback", help="people's ratings")
+    fb_sub = fb.add_subparsers(dest="feedback_command", required=True)
+    fb_import = fb_sub.add_parser("import", help="validate rating files (CSV/JSONL) and land them in feedback/incoming")
+    fb_import.add_argument("files", nargs="+")
+    fb_import.set_defaults(func=cmd_feedback_import)
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on GEN_ASSETS_HOME's instance")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)

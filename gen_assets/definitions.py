@@ -2,14 +2,14 @@
 
 import dagster as dg
 
-from gen_assets.assets import cleaning, collection, evaluation, generation, training
+from gen_assets.assets import cleaning, collection, evaluation, feedback, generation, training
 from gen_assets.checks import checks
 from gen_assets.jobs import jobs
 from gen_assets.resources import build_resources
 from gen_assets.schedules import nightly_schedule_for
 from gen_assets.settings import Paths, timezone_from_env
 
-ASSET_MODULES = [collection, cleaning, training, generation, evaluation]
+ASSET_MODULES = [collection, cleaning, training, generation, evaluation, feedback]
 
 
 def build_definitions(paths: Paths | None = None, timezone: str | None = None) -> dg.Definitions:

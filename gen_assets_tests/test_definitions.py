@@ -18,12 +18,15 @@ EXPECTED_ASSETS = {
     "text_generator": ("training", {"clean_texts", "text_tokenizer"}),
     "generated_texts": ("generation", {"text_generator"}),
     "text_metrics": ("evaluation", {"generated_texts", "text_generator", "clean_texts"}),
+    "feedback": ("feedback", set()),
 }
 EXPECTED_CHECKS = {
     *{(t, f"{t}_{c}") for t in ("clean_images", "clean_texts")
       for c in ("no_duplicates", "no_nulls", "split_ratios", "quarantine_rate")},
     ("image_metrics", "image_quality"),
     ("text_metrics", "text_quality"),
+    ("feedback", "feedback_quarantine_share"),
+    ("feedback", "feedback_known_samples"),
 }
 
 
@@ -52,7 +55,7 @@ def test_every_asset_has_code_version_and_modality_tag(tmp_path):
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert node.code_version, key
-        assert node.tags.get("modality") in {"image", "text"}, key
+        assert node.tags.get("modality") in {"image", "text", "shared"}, key
 
 
 def test_jobs_schedule_and_timezone(tmp_path):
