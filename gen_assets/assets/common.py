@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
+import torch
 
 
 @dataclass(frozen=True)
@@ -63,3 +64,8 @@ def logger(context: dg.AssetExecutionContext):
 def numeric_metadata(values: Mapping[str, float]) -> dict[str, dg.MetadataValue]:
     """Metrics as float metadata, so the Dagster UI plots them across materializations."""
     return {k: dg.MetadataValue.float(float(v)) for k, v in values.items()}
+
+
+def inference_device() -> str:
+    """Generation and evaluation run on the GPU when there is one (training leaves it to Lightning)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import torch
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.assets.common import Batch, CleanTable, ModelRef, numeric_metadata
+from gen_assets.assets.common import Batch, CleanTable, ModelRef, inference_device, numeric_metadata
 from gen_assets.assets.training import label_indices, load_image_split
 from gen_assets.imaging import decode_image
 from gen_assets.cleaning import texts as text_cleaning
@@ -58,7 +58,7 @@ def image_metrics(
     with warehouse.get_connection() as con:
         train_x, _ = load_image_split(con, clean_images, "train")
         test_x, _ = load_image_split(con, clean_images, "test")
-    evaluator = load_model(image_evaluator.path)
+    evaluator = load_model(image_evaluator.path, inference_device())
     metrics = compute_image_metrics(
         evaluator,
         generated=images_to_tensor(pixels),
@@ -108,7 +108,7 @@ def text_metrics(
 ) -> dg.Output[dict]:
     """Validation loss / perplexity of the model on real data; BLEU, ROUGE, diversity and novelty of a batch."""
     t0 = time.perf_counter()
-    model = load_model(text_generator.path)
+    model = load_model(text_generator.path, inference_device())
     tokenizer = tokenizer_from_dict(model.extra["tokenizer"])
     with warehouse.get_connection() as con:
         train_docs = text_cleaning.load_texts(con, split="train", table=clean_texts.table)

@@ -7,7 +7,7 @@ from pydantic import Field
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.assets.common import Batch, ModelRef, md_png, stable_key
+from gen_assets.assets.common import Batch, ModelRef, inference_device, md_png, stable_key
 from gen_assets.generation import generate_per_class
 from gen_assets.imaging import encode_png, make_grid, to_uint8
 from gen_assets.models.checkpoint import load_model
@@ -36,7 +36,7 @@ def generated_images(
     """A batch of samples per category, listed in the DuckDB view `generated`, with a PNG grid."""
     t0 = time.perf_counter()
     categories = list(image_generator.details["categories"])
-    model = load_model(image_generator.path)
+    model = load_model(image_generator.path, inference_device())
     batch_id = "image-" + stable_key(image_generator.version, config.samples_per_class, config.seed)
 
     def progress(done: int, total: int) -> None:
@@ -115,7 +115,7 @@ def generated_texts(
     """A batch of texts per category (each prompted by its control token), listed in the view `generated`."""
     t0 = time.perf_counter()
     categories = list(text_generator.details["categories"])
-    model = load_model(text_generator.path)
+    model = load_model(text_generator.path, inference_device())
     tokenizer = tokenizer_from_dict(model.extra["tokenizer"])
     batch_id = "text-" + stable_key(text_generator.version, config.model_dump())
     rows: list[tuple[str, str]] = []
