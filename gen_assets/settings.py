@@ -72,7 +72,7 @@ def timezone_from_env() -> str:
 PROFILES: dict[str, dict[str, dict]] = {
     "smoke": {
         "image_evaluator": {"max_epochs": 4, "patience": 2},
-        "image_generator": {"max_epochs": 4, "patience": 4},
+        "image_generator": {"max_epochs": 8, "patience": 8},
         "generated_images": {"samples_per_class": 20},
         "text_generator": {"n_layer": 2, "n_embd": 64, "block_size": 64, "max_iters": 150, "iters_per_epoch": 50,
                            "warmup_iters": 20, "val_batches": 5},
@@ -82,7 +82,7 @@ PROFILES: dict[str, dict[str, dict]] = {
     "demo": {},
     "full": {
         "image_evaluator": {"max_epochs": 60, "patience": 10},
-        "image_generator": {"max_epochs": 600, "patience": 80},
+        "image_generator": {"max_epochs": 200, "patience": 50, "width": 32, "d_width": 32},
         "generated_images": {"samples_per_class": 200},
         "text_generator": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "batch_size": 32,
                            "max_iters": 5000, "iters_per_epoch": 500, "dropout": 0.1},

@@ -47,8 +47,8 @@ def image_metrics(
 ) -> dg.Output[dict]:
     """FID / KID / IS in the evaluator's feature space, class accuracy and diversity of a batch.
 
-    `fid_real_floor` (real train vs test) and `fid_noise` (uniform noise) bound `fid` from below and
-    above; all three use the same sample count.
+    Every FID is measured against the test split: `fid_real_floor` (real train images) and `fid_noise`
+    (uniform noise) bound `fid` from below and above; all three use the same sample count.
     """
     t0 = time.perf_counter()
     table = pq.read_table(generated_images.path, columns=["category", "content"])
@@ -56,15 +56,18 @@ def image_metrics(
     pixels = np.stack([decode_image(b, channels) for b in table.column("content").to_pylist()])
     labels = label_indices(table.column("category").to_pylist(), clean_images.categories)
     with warehouse.get_connection() as con:
-        train_x, _ = load_image_split(con, clean_images, "train")
+        train_x, train_y = load_image_split(con, clean_images, "train")
         test_x, _ = load_image_split(con, clean_images, "test")
     evaluator = load_model(image_evaluator.path, inference_device())
     metrics = compute_image_metrics(
         evaluator,
         generated=images_to_tensor(pixels),
         generated_labels=torch.from_numpy(labels),
-        reference=images_to_tensor(train_x),
-        held_out=images_to_tensor(test_x),
+        # measured against the test split, which neither the generator nor the evaluator saw; the
+        # floor is the train split measured the same way (so memorizing the train set earns no bonus)
+        reference=images_to_tensor(test_x),
+        real=images_to_tensor(train_x),
+        real_labels=torch.from_numpy(train_y),
         kid_subset_size=config.kid_subset_size,
         seed=config.seed,
         inception_weights=config.inception_weights,

@@ -179,11 +179,13 @@ def image_evaluator(
 
 class ImageGeneratorConfig(dg.Config):
     arch: Literal["dcgan", "vae"] = "dcgan"
-    max_epochs: int = 200
+    max_epochs: int = 90
     patience: int = 30
     batch_size: int = 64
-    lr: float | None = None
+    lr: float | None = Field(default=None, description="None: the architecture's default")
     latent_dim: int | None = None
+    width: int | None = Field(default=None, description="generator channels at full resolution")
+    d_width: int | None = Field(default=None, description="discriminator channels (dcgan)")
     seed: int = 0
     retrain: bool = False
 
@@ -206,7 +208,7 @@ def image_generator(
     cfg = config_for(
         config.arch,
         {"image_size": size, "channels": int(clean_images.details["channels"]), "num_classes": len(clean_images.categories)},
-        {"lr": config.lr, "latent_dim": config.latent_dim},
+        {"lr": config.lr, "latent_dim": config.latent_dim, "width": config.width, "d_width": config.d_width},
     )
     evaluator = load_model(image_evaluator.path)
     module = model_class(config.arch)(cfg, evaluator=evaluator)

@@ -1,0 +1,159 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from gen_assets.models import checkpoint
+from gen_assets.models.checkpoint import load_model, save_model
+from gen_assets.models.evaluator import EvaluatorConfig, ImageEvaluator
+from gen_assets.models.gpt import GPT, GPTConfig
+from gen_assets.models.reward import (
+    IMAGE_STAT_NAMES,
+    TEXT_STAT_NAMES,
+    RewardConfig,
+    RewardModel,
+    fit_reward,
+    image_features,
+    pixel_statistics,
+    text_features,
+)
+from gen_assets.models.tokenizers import CharTokenizer
+
+
+def planted(n: int = 500, d: int = 16, noise: float = 0.3, seed: int = 0):
+    """Features on very different scales and a rating that is linear in two of them."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g) * torch.logspace(-2, 2, d)
+    z = x / torch.logspace(-2, 2, d)
+    ratings = 3.0 + z[:, 0] - 0.5 * z[:, 5] + noise * torch.randn(n, generator=g)
+    return x, ratings
+
+
+def test_learns_a_planted_preference_on_held_out_ratings():
+    x, ratings = planted()
+    model, report = fit_reward(x, ratings, seed=0)
+    assert report.n == 500 and report.n_val == 100 and report.n_train == 400
+    assert report.val_pearson > 0.9 and report.val_spearman > 0.9
+    assert report.val_mae < 0.5 * report.val_mae_baseline
+    # predictions come back in rating units, not standardised ones
+    pred = model.predict(x)
+    assert abs(float(pred.mean()) - float(ratings.mean())) < 0.1
+    # and the fit is reproducible for a seed
+    _, again = fit_reward(x, ratings, seed=0)
+    assert again == report
+
+
+def test_the_mlp_learns_what_a_linear_model_cannot():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(800, 4, generator=g)
+    ratings = x[:, 0].square() + 0.1 * torch.randn(800, generator=g)  # a taste for extremes
+    _, linear = fit_reward(x, ratings, seed=0, hidden=0)
+    _, mlp = fit_reward(x, ratings, seed=0, hidden=32)
+    assert linear.val_mae > 0.9 * linear.val_mae_baseline  # hardly better than a constant guess
+    assert mlp.val_pearson > 0.8 and mlp.val_mae < 0.5 * mlp.val_mae_baseline
+
+
+def test_save_load_round_trip_keeps_the_normalisation(tmp_path, monkeypatch):
+    monkeypatch.setitem(checkpoint.ARCHS, "reward", "gen_assets.models.reward:RewardModel")
+    x, ratings = planted(n=100)
+    model, _ = fit_reward(x, ratings, seed=0, hidden=8)
+    assert float(model.feature_std.min()) < 0.1 and float(model.rating_mean) > 2  # real statistics, not 0/1
+    save_model(tmp_path / "reward.pt", "reward", model, extra={"features": "synthetic"})
+    loaded = load_model(tmp_path / "reward.pt")
+    assert isinstance(loaded, RewardModel) and loaded.config == model.config
+    assert loaded.extra == {"features": "synthetic"}
+    torch.testing.assert_close(loaded.predict(x), model.predict(x))
+
+
+def test_bad_inputs_are_named():
+    x, ratings = planted(n=20)
+    with pytest.raises(ValueError, match=r"ratings must be \(N,\) with N = 20"):
+        fit_reward(x, ratings[:-1], seed=0)
+    bad = x.clone()
+    bad[7, 2] = math.nan
+    with pytest.raises(ValueError, match=r"row\(s\) \[7\]"):
+        fit_reward(bad, ratings, seed=0)
+    r = ratings.clone()
+    r[3] = math.inf
+    with pytest.raises(ValueError, match=r"ratings hold NaN or inf at row\(s\) \[3\]"):
+        fit_reward(x, r, seed=0)
+    with pytest.raises(ValueError, match="at least"):
+        fit_reward(x[:3], ratings[:3], seed=0)
+    with pytest.raises(ValueError, match=r"\(N, 16\)"):
+        RewardModel(RewardConfig(16))(torch.zeros(2, 3))
+
+
+def test_constant_ratings_give_nan_correlation_not_a_crash():
+    x, _ = planted(n=40)
+    model, report = fit_reward(x, torch.full((40,), 4.0), seed=0)
+    assert math.isnan(report.val_pearson)
+    torch.testing.assert_close(model.predict(x), torch.full((40,), 4.0), atol=0.02, rtol=0)
+
+
+# ---- image features -----------------------------------------------------------------------------------
+
+
+def test_pixel_statistics_on_known_images():
+    blank = torch.zeros(1, 1, 8, 8)
+    full = torch.ones(1, 1, 8, 8)
+    left = torch.zeros(1, 1, 8, 8)
+    left[..., :, 0] = 1.0  # one bright column on the left edge
+    stats = pixel_statistics(torch.cat([blank, full, left]))
+    s = dict(zip(IMAGE_STAT_NAMES, stats.T))
+    torch.testing.assert_close(s["ink"], torch.tensor([0.0, 1.0, 1 / 8]))
+    torch.testing.assert_close(s["coverage"], torch.tensor([0.0, 1.0, 1 / 8]))
+    torch.testing.assert_close(s["center_x"], torch.tensor([0.5, 0.5, 0.0]))
+    torch.testing.assert_close(s["center_y"], torch.tensor([0.5, 0.5, 0.5]))
+    assert s["sharpness"][0] == 0 and s["sharpness"][1] == 0 and s["sharpness"][2] > 0
+
+
+def test_a_taste_for_ink_is_learnable_from_image_features():
+    d = load_digits()
+    images = torch.from_numpy(d.images[:600] / 16.0).float()[:, None]
+    torch.manual_seed(0)
+    evaluator = ImageEvaluator(EvaluatorConfig(8, 1, 10))  # untrained: the pixel statistics carry the taste
+    feats = image_features(evaluator, images)
+    assert feats.shape == (600, evaluator.config.num_features + len(IMAGE_STAT_NAMES))
+    g = torch.Generator().manual_seed(0)
+    ink = images.mean(dim=(1, 2, 3))
+    ratings = 1 + 4 * (ink - ink.min()) / (ink.max() - ink.min()) + 0.2 * torch.randn(600, generator=g)
+    _, report = fit_reward(feats, ratings, seed=0)
+    assert report.val_pearson > 0.85
+    assert evaluator.training, "image_features leaves the evaluator's mode as it found it"
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        image_features(evaluator, images * 2)
+
+
+# ---- text features ------------------------------------------------------------------------------------
+
+
+def test_text_statistics():
+    feats = text_features(["Who is there? Stand!", "", "a b\nc d."])
+    s = dict(zip(TEXT_STAT_NAMES, feats.T))
+    assert feats.shape == (3, len(TEXT_STAT_NAMES))
+    assert s["question_rate"][0] == pytest.approx(1 / 20) and s["exclamation_rate"][0] == pytest.approx(1 / 20)
+    assert s["question_rate"][1] == 0 and s["log_chars"][1] == 0
+    assert s["line_rate"][2] == pytest.approx(2 / 8) and s["mean_word_length"][2] == pytest.approx(1.0)
+    with pytest.raises(TypeError, match="text 1"):
+        text_features(["ok", None])
+
+
+def test_gpt_hidden_states_are_pooled_per_text_whatever_the_batch():
+    texts = ["to be or not to be?", "a much longer line that runs past the block of sixteen tokens, twice over", "x"]
+    tokenizer = CharTokenizer.train(texts, categories=["a", "b"])
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    feats = text_features(texts, model, tokenizer)
+    assert feats.shape == (3, len(TEXT_STAT_NAMES) + 8)
+    # padding and batching do not leak between texts
+    for i, t in enumerate(texts):
+        torch.testing.assert_close(text_features([t], model, tokenizer)[0], feats[i], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(text_features(texts, model, tokenizer, batch_size=1), feats, atol=1e-5, rtol=1e-5)
+    # the category token conditions the hidden states
+    conditioned = text_features(texts[:1], model, tokenizer, categories=["a"])
+    assert not torch.allclose(conditioned[0, len(TEXT_STAT_NAMES):], feats[0, len(TEXT_STAT_NAMES):])
+    with pytest.raises(ValueError, match="without its tokenizer"):
+        text_features(texts, model)
+    np.testing.assert_array_equal(feats[:, : len(TEXT_STAT_NAMES)].numpy(), text_features(texts).numpy())
