@@ -70,7 +70,7 @@ def test_warehouse_tables_and_generated_view(smoke_home):
         generated = dict(con.execute(
             "SELECT modality, count(*) || '/' || count(DISTINCT category) FROM generated GROUP BY modality").fetchall())
         assert generated == {"image": "200/10", "text": "24/6"}  # smoke: 20 per digit, 4 per genre
-        text = con.execute("SELECT decode(content) FROM generated WHERE modality = 'text' LIMIT 1").fetchone()[0]
+        text = con.execute("SELECT text FROM generated WHERE modality = 'text' LIMIT 1").fetchone()[0]
         assert isinstance(text, str) and text
         metrics = {r[0] for r in con.execute("SELECT DISTINCT metric FROM metrics_history").fetchall()}
         assert IMAGE_METRIC_KEYS | TEXT_METRIC_KEYS <= metrics

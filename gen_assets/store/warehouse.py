@@ -6,6 +6,7 @@ Tables (one name for one thing, see docs):
 - metrics_history: one row per (model_version, metric) measurement, appended, for trends
 - batches:         one row per generation batch (its Parquet file)
 - generated (view): every generated sample of every modality, read from the batch Parquet files
+                   (content BLOB: PNG bytes or UTF-8 text; text VARCHAR for text samples)
 """
 
 from __future__ import annotations
@@ -71,19 +72,31 @@ def sql_literal(value: str) -> str:
 
 
 def refresh_generated_view(con: duckdb.DuckDBPyConnection) -> None:
-    """(Re)define `generated` over every registered batch file; content is BLOB (PNG bytes or UTF-8 text)."""
-    paths = [r[0] for r in con.execute("SELECT path FROM batches ORDER BY created_at").fetchall()]
-    columns = "sample_id, batch_id, model_version, modality, category, CAST(content AS BLOB) AS content, created_at, seed"
-    if paths:
+    """(Re)define `generated` over every registered batch file of every modality.
+
+    `content` is BLOB for all of them (PNG bytes, or the UTF-8 bytes of a text); `text` holds a text
+    sample as a string (NULL for images), so text is readable in SQL without decoding.
+    """
+    rows = con.execute("SELECT modality, path FROM batches ORDER BY created_at, batch_id").fetchall()
+    by_modality: dict[str, list[str]] = {}
+    for modality, path in rows:
+        by_modality.setdefault(modality, []).append(path)
+    common = "sample_id, batch_id, model_version, modality, category, created_at, seed"
+    selects = []
+    for modality, paths in sorted(by_modality.items()):
         files = "[" + ", ".join(sql_literal(p) for p in paths) + "]"
-        body = f"SELECT {columns} FROM read_parquet({files}, union_by_name = true)"
-    else:
-        body = (
+        if modality == "text":
+            content = "encode(content) AS content, content AS text"
+        else:
+            content = "CAST(content AS BLOB) AS content, NULL::VARCHAR AS text"
+        selects.append(f"SELECT {common}, {content} FROM read_parquet({files})")
+    if not selects:
+        selects.append(
             "SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR AS batch_id, NULL::VARCHAR AS model_version, "
-            "NULL::VARCHAR AS modality, NULL::VARCHAR AS category, NULL::BLOB AS content, "
-            "NULL::TIMESTAMP AS created_at, NULL::BIGINT AS seed WHERE false"
+            "NULL::VARCHAR AS modality, NULL::VARCHAR AS category, NULL::TIMESTAMP AS created_at, "
+            "NULL::BIGINT AS seed, NULL::BLOB AS content, NULL::VARCHAR AS text WHERE false"
         )
-    con.execute(f"CREATE OR REPLACE VIEW generated AS {body}")
+    con.execute("CREATE OR REPLACE VIEW generated AS " + " UNION ALL ".join(selects))
 
 
 def register_batch(

@@ -33,14 +33,15 @@ def test_generated_view_lists_every_batch_of_every_modality(tmp_path, con):
     images = batch_table(batch_id="b1", model_version="m1", modality="image", categories=["0", "1"],
                          contents=[b"\x89PNG1", b"\x89PNG2"], seed=3)
     texts = batch_table(batch_id="b2", model_version="m2", modality="text", categories=["comedy"],
-                        contents=["Good morrow"], seed=4)
+                        contents=["Good morrow — “sweet” lady"], seed=4)
     for table, bid, modality in ((images, "b1", "image"), (texts, "b2", "text")):
         path = write_batch(table, tmp_path, bid)
         wh.register_batch(con, batch_id=bid, modality=modality, model_version=table["model_version"][0].as_py(),
                           path=str(path), grid_path=None, n_samples=table.num_rows)
-    rows = con.execute("SELECT sample_id, modality, category, content FROM generated ORDER BY sample_id").fetchall()
+    rows = con.execute("SELECT sample_id, modality, category, content, text FROM generated ORDER BY sample_id").fetchall()
     assert [r[0] for r in rows] == ["b1-00000", "b1-00001", "b2-00000"]
-    assert rows[2][3] == b"Good morrow"
+    assert rows[0][3] == b"\x89PNG1" and rows[0][4] is None
+    assert rows[2][3] == "Good morrow — “sweet” lady".encode() and rows[2][4] == "Good morrow — “sweet” lady"
 
 
 def test_new_champion_retires_the_old_and_report_shows_latest(con):
