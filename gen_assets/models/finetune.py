@@ -146,7 +146,8 @@ def _image_tensor(name: str, x: Any) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         return images_to_tensor(x)  # the warehouse's uint8 N x H x W x C
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(f"{name}: expected float images N x C x H x W in [0, 1] (or uint8 N x H x W x C), got {getattr(x, 'shape', type(x))}")
+        got = getattr(x, "shape", type(x))
+        raise ValueError(f"{name}: expected float images N x C x H x W in [0, 1] (or uint8 N x H x W x C), got {got}")
     if len(x) and (x.min() < 0 or x.max() > 1):
         raise ValueError(f"{name}: values must lie in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
     return x.detach().float().cpu()
@@ -157,7 +158,8 @@ def _labels(name: str, y: Any, n: int, num_classes: int) -> torch.Tensor:
     if y.shape != (n,):
         raise ValueError(f"{name}: expected {n} category indices, got shape {tuple(y.shape)}")
     if n and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"{name}: category indices must lie in [0, {num_classes}), got [{int(y.min())}, {int(y.max())}]")
+        got = f"[{int(y.min())}, {int(y.max())}]"
+        raise ValueError(f"{name}: category indices must lie in [0, {num_classes}), got {got}")
     return y
 
 
@@ -202,7 +204,7 @@ def finetune_image_generator(
     real_y = _labels("real_y", real_y, len(real_x), c.num_classes)
     rated_y = _labels("rated_y", rated_y, len(rated_x), c.num_classes)
     rated_w = _weights("weights", weights, len(rated_x))
-    real_w = torch.ones(len(real_x), dtype=torch.float64) if real_weights is None else _weights("real_weights", real_weights, len(real_x))
+    real_w = _weights("real_weights", torch.ones(len(real_x)) if real_weights is None else real_weights, len(real_x))
     p = _mixture(real_w, rated_w, mix)
 
     data = TensorDataset(torch.cat([real_x, rated_x]), torch.cat([real_y, rated_y]))
@@ -218,7 +220,9 @@ class _WeightedStarts(Sampler):
     token of it uniformly (the same as a start drawn by per-token probability, without one entry per
     token). Seeded by (seed, epoch), as the text loaders' RandomStarts."""
 
-    def __init__(self, lengths: Sequence[int], doc_p: torch.Tensor, n_starts: int, batch_size: int, batches: int, seed: int):
+    def __init__(
+        self, lengths: Sequence[int], doc_p: torch.Tensor, n_starts: int, batch_size: int, batches: int, seed: int
+    ):
         self.lengths = torch.as_tensor(lengths, dtype=torch.long)
         self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
         self.doc_p, self.n_starts = doc_p.float(), n_starts
@@ -289,12 +293,14 @@ def finetune_text_generator(
     real = _documents(tokenizer, real_docs, "real_docs")
     rated = _documents(tokenizer, rated_docs, "rated_docs")
     rated_w = _weights("weights", weights, len(rated))
-    real_w = torch.ones(len(real), dtype=torch.float64) if real_weights is None else _weights("real_weights", real_weights, len(real))
+    real_w = _weights("real_weights", torch.ones(len(real)) if real_weights is None else real_weights, len(real))
     doc_p = _mixture(real_w, rated_w, mix)
     docs = real + rated
     stream = torch.cat(docs) if docs else torch.zeros(0, dtype=torch.long)
     if len(stream) <= block:
-        raise ValueError(f"{len(stream)} tokens in all documents: windows of block_size={block} need at least {block + 1}")
+        raise ValueError(
+            f"{len(stream)} tokens in all documents: windows of block_size={block} need at least {block + 1}"
+        )
     sampler = _WeightedStarts([len(d) for d in docs], doc_p, len(stream) - block, batch_size, steps, seed)
     loader = DataLoader(TokenWindows(stream, block), sampler=sampler, batch_size=None)
     overrides = {

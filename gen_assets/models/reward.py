@@ -146,14 +146,17 @@ def _check_fit_inputs(features: Any, ratings: Any) -> tuple[torch.Tensor, torch.
     if features.ndim != 2:
         raise ValueError(f"features must be (N, D), got shape {tuple(features.shape)}")
     if ratings.ndim != 1 or len(ratings) != len(features):
-        raise ValueError(f"ratings must be (N,) with N = {len(features)} (one per feature row), got shape {tuple(ratings.shape)}")
+        raise ValueError(
+            f"ratings must be (N,) with N = {len(features)} (one per feature row), got shape {tuple(ratings.shape)}"
+        )
     features, ratings = features.double(), ratings.double()
     bad_rows = (~torch.isfinite(features)).any(1).nonzero().flatten().tolist()
     if bad_rows:
         raise ValueError(f"features hold NaN or inf in row(s) {bad_rows[:10]}{' ...' if len(bad_rows) > 10 else ''}")
     bad_ratings = (~torch.isfinite(ratings)).nonzero().flatten().tolist()
     if bad_ratings:
-        raise ValueError(f"ratings hold NaN or inf at row(s) {bad_ratings[:10]}{' ...' if len(bad_ratings) > 10 else ''}")
+        more = " ..." if len(bad_ratings) > 10 else ""
+        raise ValueError(f"ratings hold NaN or inf at row(s) {bad_ratings[:10]}{more}")
     return features.float(), ratings.float()
 
 
@@ -161,7 +164,8 @@ def _correlations(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, floa
     """(Pearson, Spearman); NaN when either side is constant (no ordering to agree with)."""
     if len(pred) < 2 or float(pred.std()) == 0.0 or float(target.std()) == 0.0:
         return math.nan, math.nan
-    return float(pearson_corrcoef(pred.double(), target.double())), float(spearman_corrcoef(pred.double(), target.double()))
+    pred, target = pred.double(), target.double()
+    return float(pearson_corrcoef(pred, target)), float(spearman_corrcoef(pred, target))
 
 
 def fit_reward(
@@ -264,7 +268,8 @@ def image_features(evaluator: nn.Module, images: torch.Tensor, *, batch_size: in
     The evaluator's penultimate features, then `pixel_statistics` (see the module doc for why both).
     """
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor N x C x H x W in [0, 1], got {getattr(images, 'shape', type(images))}")
+        got = getattr(images, "shape", type(images))
+        raise ValueError(f"images must be a float tensor N x C x H x W in [0, 1], got {got}")
     if len(images) and (images.min() < 0 or images.max() > 1):
         raise ValueError(f"images must lie in [0, 1], got [{float(images.min()):.3g}, {float(images.max()):.3g}]")
     device = next(evaluator.parameters()).device
@@ -348,7 +353,10 @@ def text_features(
     if categories is not None and len(categories) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(categories)} categories")
     block = int(model.config.block_size)
-    heads = [tokenizer.eos_id if categories is None else tokenizer.category_id(c) for c in (categories or [None] * len(texts))]
+    if categories is None:
+        heads = [tokenizer.eos_id] * len(texts)
+    else:
+        heads = [tokenizer.category_id(c) for c in categories]
     chunks: list[tuple[int, list[int]]] = []
     for i, (head, ids) in enumerate(zip(heads, tokenizer.encode_batch(texts))):
         ids = [head, *ids]
