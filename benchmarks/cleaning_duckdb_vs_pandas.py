@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"outputs agree (all three): {s.rows_clean:,} clean, splits {s.split_counts}, "
                 f"quarantined {s.rows_quarantined:,} {s.by_reason}, same quarantine rows, "
-                f"table_version {s.table_version[:16]}"
+                f"version {s.version[:16]}"
             )
     return 1 if problems else 0
 

@@ -243,8 +243,8 @@ def run_images(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str
         def measure(name: str, images: torch.Tensor, labels: torch.Tensor, started: float) -> Row:
             stars = rater(ink(images))
             per_class = per_class_accuracy(judge, images, labels)
-            metrics = image_metrics(judge, generated=images, generated_labels=labels, reference=train_x,
-                                    real=test_x, seed=args.seed)
+            metrics = image_metrics(judge, generated=images, generated_labels=labels, reference=test_x,
+                                    real=train_x, real_labels=train_y, seed=args.seed)
             return Row(
                 name=name,
                 mean_rating=float(stars.mean()),

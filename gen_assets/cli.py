@@ -27,22 +27,28 @@ def prepare_dagster_home(paths: Paths) -> Path:
     return home
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def execute(job_name: str, profile: str, verbose: bool, asset_selection: list[str] | None = None) -> int:
+    """Run a job of the definitions through Dagster (recorded in the instance), then print the report."""
+    import warnings
+
     import dagster as dg
 
     from gen_assets.definitions import build_definitions
-    from gen_assets.jobs import JOBS_BY_MODALITY
 
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)  # DataVersion on outputs: used on purpose
     paths = Paths.from_env()
     prepare_dagster_home(paths)
     defs = build_definitions(paths)
-    job = defs.resolve_job_def(JOBS_BY_MODALITY[args.modality])
-    run_config = profile_run_config(args.profile, set(job.graph.node_dict))
+    job = defs.resolve_job_def(job_name)
+    selection = [dg.AssetKey(key) for key in asset_selection] if asset_selection else None
+    run_config = profile_run_config(profile, set(asset_selection) if asset_selection else set(job.graph.node_dict))
     # the terminal shows progress and results; every event, debug ones too, is in the instance for the UI
-    run_config["loggers"] = {"console": {"config": {"log_level": "DEBUG" if args.verbose else "INFO"}}}
-    print(f"gen-assets: running {job.name} with the {args.profile} profile; home {paths.home}", flush=True)
+    run_config["loggers"] = {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}
+    print(f"gen-assets: running {job.name} with the {profile} profile; home {paths.home}", flush=True)
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False)
+        result = job.execute_in_process(
+            run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection
+        )
     if not result.success:
         failures = [e for e in result.all_events if e.is_step_failure]
         for event in failures:
@@ -53,6 +59,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     print(f"run {result.run_id} succeeded\n")
     return cmd_report(argparse.Namespace(json=False))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gen_assets.jobs import JOBS_BY_MODALITY
+
+    return execute(JOBS_BY_MODALITY[args.modality], args.profile, args.verbose)
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """What feedback_sensor requests, on demand: retrain_job for one modality (or both)."""
+    from gen_assets.jobs import RETRAIN_ASSETS
+
+    modalities = ["image", "text"] if args.modality == "all" else [args.modality]
+    keys = sorted({key for m in modalities for key in RETRAIN_ASSETS[m]})
+    return execute("retrain_job", args.profile, args.verbose, keys)
 
 
 def report(paths: Paths) -> dict:
@@ -124,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--profile", choices=sorted(PROFILES), default="demo")
     run.add_argument("--verbose", action="store_true", help="print Dagster's debug events too")
     run.set_defaults(func=cmd_run)
+    retrain = sub.add_parser("retrain", help="ingest waiting feedback and retrain from it now (what the sensor does)")
+    retrain.add_argument("--modality", choices=["image", "text", "all"], default="all")
+    retrain.add_argument("--profile", choices=sorted(PROFILES), default="demo")
+    retrain.add_argument("--verbose", action="store_true")
+    retrain.set_defaults(func=cmd_retrain)
     rep = sub.add_parser("report", help="latest model per modality with its metrics and artifact paths")
     rep.add_argument("--json", action="store_true", help="the stable JSON form for scripts")
     rep.set_defaults(func=cmd_report)

@@ -2,14 +2,15 @@
 
 import dagster as dg
 
-from gen_assets.assets import cleaning, collection, evaluation, feedback, generation, training
+from gen_assets.assets import cleaning, collection, curation, evaluation, feedback, generation, training, tuning
 from gen_assets.checks import checks
 from gen_assets.jobs import jobs
 from gen_assets.resources import build_resources
 from gen_assets.schedules import nightly_schedule_for
+from gen_assets.sensors import FeedbackPolicy, sensors
 from gen_assets.settings import Paths, timezone_from_env
 
-ASSET_MODULES = [collection, cleaning, training, generation, evaluation, feedback]
+ASSET_MODULES = [collection, cleaning, training, feedback, tuning, generation, curation, evaluation]
 
 
 def build_definitions(paths: Paths | None = None, timezone: str | None = None) -> dg.Definitions:
@@ -19,7 +20,8 @@ def build_definitions(paths: Paths | None = None, timezone: str | None = None) -
         asset_checks=checks,
         jobs=jobs,
         schedules=[nightly_schedule_for(timezone or timezone_from_env())],
-        resources=build_resources(paths),
+        sensors=sensors,
+        resources={**build_resources(paths), "feedback_policy": FeedbackPolicy()},
     )
 
 

@@ -4,13 +4,13 @@ import dagster as dg
 
 image_job = dg.define_asset_job(
     "image_job",
-    selection=dg.AssetSelection.tag("modality", "image"),
+    selection=dg.AssetSelection.tag("modality", "image") | dg.AssetSelection.assets("feedback"),
     description="Every image asset: collection to metrics.",
 )
 
 text_job = dg.define_asset_job(
     "text_job",
-    selection=dg.AssetSelection.tag("modality", "text"),
+    selection=dg.AssetSelection.tag("modality", "text") | dg.AssetSelection.assets("feedback"),
     description="Every text asset: collection to metrics.",
 )
 
@@ -20,5 +20,20 @@ nightly_job = dg.define_asset_job(
     description="The whole graph, every modality; run by nightly_schedule.",
 )
 
-jobs = [image_job, text_job, nightly_job]
+# what a retrain for one modality's feedback materializes, in graph order
+RETRAIN_ASSETS = {
+    "image": ["feedback", "image_reward_model", "tuned_image_generator", "generated_images", "curated_images",
+              "image_metrics"],
+    "text": ["feedback", "text_reward_model", "tuned_text_generator", "generated_texts", "curated_texts",
+             "text_metrics"],
+}
+
+retrain_job = dg.define_asset_job(
+    "retrain_job",
+    selection=dg.AssetSelection.assets(*sorted({key for keys in RETRAIN_ASSETS.values() for key in keys})),
+    description="Feedback -> reward model -> generator tuned on feedback -> generation -> curation -> "
+    "evaluation. feedback_sensor runs it for the modality its new ratings concern.",
+)
+
+jobs = [image_job, text_job, nightly_job, retrain_job]
 JOBS_BY_MODALITY = {"image": "image_job", "text": "text_job", "all": "nightly_job"}

@@ -78,6 +78,10 @@ PROFILES: dict[str, dict[str, dict]] = {
                            "warmup_iters": 20, "val_batches": 5},
         "generated_texts": {"samples_per_category": 4, "max_new_tokens": 80},
         "text_metrics": {"val_batches": 5},
+        "tuned_image_generator": {"candidates_per_category": 20, "steps": 20},
+        "tuned_text_generator": {"candidates_per_category": 4, "steps": 20, "real_passages": 50},
+        "image_reward_model": {"min_ratings": 10},
+        "text_reward_model": {"min_ratings": 10},
     },
     "demo": {},
     "full": {

@@ -10,15 +10,22 @@ EXPECTED_ASSETS = {
     "clean_images": ("cleaning", {"raw_images"}),
     "image_evaluator": ("training", {"clean_images"}),
     "image_generator": ("training", {"clean_images", "image_evaluator"}),
-    "generated_images": ("generation", {"image_generator"}),
+    "generated_images": ("generation", {"tuned_image_generator"}),
     "image_metrics": ("evaluation", {"generated_images", "image_evaluator", "clean_images"}),
     "raw_texts": ("collection", set()),
     "clean_texts": ("cleaning", {"raw_texts"}),
     "text_tokenizer": ("training", {"clean_texts"}),
     "text_generator": ("training", {"clean_texts", "text_tokenizer"}),
-    "generated_texts": ("generation", {"text_generator"}),
-    "text_metrics": ("evaluation", {"generated_texts", "text_generator", "clean_texts"}),
+    "generated_texts": ("generation", {"tuned_text_generator"}),
+    "text_metrics": ("evaluation", {"generated_texts", "tuned_text_generator", "clean_texts"}),
     "feedback": ("feedback", set()),
+    "image_reward_model": ("feedback", {"feedback", "image_evaluator"}),
+    "text_reward_model": ("feedback", {"feedback", "text_generator"}),
+    "tuned_image_generator": ("training", {"image_generator", "image_reward_model", "image_evaluator", "feedback",
+                                           "clean_images"}),
+    "tuned_text_generator": ("training", {"text_generator", "text_reward_model", "feedback", "clean_texts"}),
+    "curated_images": ("curation", {"generated_images", "image_reward_model", "image_evaluator", "clean_images"}),
+    "curated_texts": ("curation", {"generated_texts", "text_reward_model", "text_generator", "clean_texts"}),
 }
 EXPECTED_CHECKS = {
     *{(t, f"{t}_{c}") for t in ("clean_images", "clean_texts")
@@ -60,7 +67,7 @@ def test_every_asset_has_code_version_and_modality_tag(tmp_path):
 
 def test_jobs_schedule_and_timezone(tmp_path):
     defs = build(tmp_path)
-    assert {j.name for j in defs.resolve_all_job_defs()} >= {"image_job", "text_job", "nightly_job"}
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"image_job", "text_job", "nightly_job", "retrain_job"}
     schedule = defs.resolve_schedule_def("nightly_schedule")
     assert schedule.cron_schedule == "0 2 * * *"
     assert schedule.execution_timezone == "Europe/Berlin"
@@ -71,8 +78,21 @@ def test_jobs_schedule_and_timezone(tmp_path):
 
 def test_profiles_are_valid_run_config_for_every_job(tmp_path):
     defs = build(tmp_path)
-    for job_name in ("image_job", "text_job", "nightly_job"):
+    for job_name in ("image_job", "text_job", "nightly_job", "retrain_job"):
         job = defs.resolve_job_def(job_name)
         for profile in PROFILES:
             config = profile_run_config(profile, set(job.graph.node_dict))
             assert dg.validate_run_config(job, config), (job_name, profile)
+
+
+def test_feedback_sensor_is_on_by_default_and_retrains_one_modality_at_a_time(tmp_path):
+    from gen_assets.jobs import RETRAIN_ASSETS
+
+    defs = build(tmp_path)
+    sensor = defs.resolve_sensor_def("feedback_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.minimum_interval_seconds == 30
+    retrain = defs.resolve_job_def("retrain_job")
+    for modality, keys in RETRAIN_ASSETS.items():
+        assert set(keys) <= set(retrain.graph.node_dict), modality
+        assert keys[0] == "feedback" and keys[-1].endswith("_metrics")

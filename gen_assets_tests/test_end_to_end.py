@@ -89,3 +89,43 @@ def test_second_run_with_unchanged_inputs_reuses_the_models(smoke_home, capsys, 
             assert event.asset_materialization.metadata["reused"].value is True, f"{name} was retrained"
             runs = list((smoke_home / "artifacts" / "training" / name).iterdir())
             assert len(runs) == 1, f"{name}: same data and config, so one training run"
+
+
+def test_feedback_import_retrain_and_curation(smoke_home, capsys, monkeypatch, tmp_path):
+    """Ratings with a planted taste -> `gen-assets feedback import` -> `gen-assets retrain` -> curated view."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with duckdb.connect(str(smoke_home / "warehouse.duckdb"), read_only=True) as con:
+        images = con.execute("SELECT sample_id, content FROM generated WHERE modality = 'image'").fetchall()
+        texts = con.execute("SELECT sample_id, text FROM generated WHERE modality = 'text'").fetchall()
+    ink = {sid: float(np.asarray(Image.open(io.BytesIO(png))).mean()) for sid, png in images}
+    order = sorted(ink, key=ink.get)
+    lines = ["sample_id,rating,user_id,ts,comment"]
+    lines += [f"{sid},{1 + (4 * i) // len(order)},rater,2026-11-22T10:00:00Z,more ink please" for i, sid in enumerate(order)]
+    lines += [f"{sid},{5 if '?' in text else 2},rater,2026-11-22T10:00:00Z," for sid, text in texts]
+    lines += ["no-such-sample,5,rater,2026-11-22T10:00:00Z,", f"{order[0]},9,rater,2026-11-22T10:00:00Z,"]
+    ratings_file = tmp_path / "ratings.csv"
+    ratings_file.write_text("\n".join(lines) + "\n")
+
+    monkeypatch.setenv("GEN_ASSETS_HOME", str(smoke_home))
+    assert cli.main(["feedback", "import", str(ratings_file)]) == 0
+    assert len(list((smoke_home / "feedback" / "incoming").iterdir())) == 1
+    assert cli.main(["retrain", "--modality", "all", "--profile", "smoke"]) == 0
+
+    assert not list((smoke_home / "feedback" / "incoming").iterdir())
+    with duckdb.connect(str(smoke_home / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM feedback").fetchone()[0] == len(images) + len(texts)
+        reasons = [r[0] for r in con.execute("SELECT reason FROM quarantine WHERE asset = 'feedback'").fetchall()]
+        assert len(reasons) == 2 and any("no-such-sample" in r or "unknown" in r for r in reasons)
+        tuned = con.execute(
+            "SELECT modality, json_extract_string(input_versions, '$.feedback') FROM models WHERE status = 'champion'"
+        ).fetchall()
+        assert {m for m, fb in tuned if fb} == {"image", "text"}, "both champions were tuned on the feedback"
+        curated = dict(con.execute("SELECT modality, count(*) FROM curated GROUP BY modality").fetchall())
+        assert curated["image"] <= 10 * 10 and curated["text"] <= 5 * 6 and min(curated.values()) > 0
+        ranks = con.execute("SELECT min(rank), count(DISTINCT sample_id) = count(*) FROM curated").fetchone()
+        assert ranks == (1, True)
+        assert con.execute("SELECT count(*) FROM curated c ANTI JOIN generated g USING (sample_id)").fetchone()[0] == 0

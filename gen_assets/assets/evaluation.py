@@ -105,13 +105,13 @@ def text_metrics(
     context: dg.AssetExecutionContext,
     config: TextMetricsConfig,
     generated_texts: Batch,
-    text_generator: ModelRef,
+    tuned_text_generator: ModelRef,
     clean_texts: CleanTable,
     warehouse: DuckDBResource,
 ) -> dg.Output[dict]:
     """Validation loss / perplexity of the model on real data; BLEU, ROUGE, diversity and novelty of a batch."""
     t0 = time.perf_counter()
-    model = load_model(text_generator.path, inference_device())
+    model = load_model(tuned_text_generator.path, inference_device())
     tokenizer = tokenizer_from_dict(model.extra["tokenizer"])
     with warehouse.get_connection() as con:
         train_docs = text_cleaning.load_texts(con, split="train", table=clean_texts.table)

@@ -20,11 +20,18 @@ import duckdb
 import numpy as np
 
 from gen_assets.imaging import decode_image
+from gen_assets.cleaning.common import (  # noqa: F401 (split_fractions, quarantine_rate: re-exported for the checks)
+    BUCKETS,
+    SPLITS,
+    check_snapshot_columns,
+    quarantine_rate,
+    split_buckets,
+    split_fractions,
+    table_identifier,
+)
 from gen_assets.sql import load_sql
 from gen_assets.store.warehouse import ensure_schema, now, sql_literal
 
-SPLITS = ("train", "val", "test")
-BUCKETS = 10_000  # the split resolution: a fraction is rounded to 1/10,000
 REASON_KINDS = ("undecodable", "hash_mismatch", "missing_label", "wrong_size", "duplicate")
 SNAPSHOT_COLUMNS = ("source", "row_id", "label", "image", "content_hash", "width", "height", "channels", "decode_error")
 CLEAN_COLUMNS = ("row_id", "source", "label", "image", "content_hash", "width", "height", "channels", "split")
@@ -91,16 +98,16 @@ def clean_images(
     bucket = value % 10,000; bucket < test -> "test", then "val", then "train".
     If anything fails, the previous clean table and quarantine rows are left exactly as they were.
     """
-    ident = _table_identifier(table)
+    ident = table_identifier(table)
     if table in _TEMP_TABLES:
         raise ValueError(f"table name {table!r} is reserved for the cleaning's own temporary tables")
-    test_buckets, val_buckets = _buckets(val_fraction, test_fraction)
+    test_buckets, val_buckets = split_buckets(val_fraction, test_fraction)
     if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
         raise ValueError(f"image_size must be a positive int (pixels per side) or None, got {image_size!r}")
     path = Path(snapshot_path)
     if not path.is_file():
         raise FileNotFoundError(f"image snapshot {snapshot_path} does not exist")
-    _check_snapshot_columns(con, str(path))
+    check_snapshot_columns(con, str(path), SNAPSHOT_COLUMNS, "image")
     ensure_schema(con)
 
     variables = {
@@ -140,7 +147,7 @@ def load_images(
     con: duckdb.DuckDBPyConnection, *, split: str | None = None, channels: int = 1, table: str = "clean_images"
 ) -> ImageSet:
     """Decode the clean images (all, or one split) in row_id order into uint8 N x H x W x `channels`."""
-    ident = _table_identifier(table)
+    ident = table_identifier(table)
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     if channels not in (1, 3):
@@ -161,7 +168,7 @@ def load_images(
 
 def categories(con: duckdb.DuckDBPyConnection, table: str = "clean_images") -> list[str]:
     """The distinct labels of the clean table, naturally sorted ("2" before "10", "a2" before "a10")."""
-    ident = _table_identifier(table)
+    ident = table_identifier(table)
     labels = [r[0] for r in con.execute(f"SELECT DISTINCT label FROM {ident}").fetchall()]
     return sorted(labels, key=natural_key)
 
@@ -176,79 +183,18 @@ def natural_key(text: str) -> tuple:
 
 def duplicate_count(con: duckdb.DuckDBPyConnection, table: str = "clean_images") -> int:
     """Rows whose content_hash already appears on another row of the clean table (0 after cleaning)."""
-    ident = _table_identifier(table)
+    ident = table_identifier(table)
     return int(con.execute(f"SELECT count(*) - count(DISTINCT content_hash) FROM {ident}").fetchone()[0])
 
 
 def null_count(con: duckdb.DuckDBPyConnection, table: str = "clean_images") -> int:
     """Rows with a NULL in any column of the clean table, or a blank label (0 after cleaning)."""
-    ident = _table_identifier(table)
+    ident = table_identifier(table)
     any_null = " OR ".join(f"{c} IS NULL" for c in CLEAN_COLUMNS)
     return int(con.execute(f"SELECT count(*) FROM {ident} WHERE {any_null} OR trim(label) = ''").fetchone()[0])
 
 
-def split_fractions(con: duckdb.DuckDBPyConnection, table: str = "clean_images") -> dict[str, float]:
-    """Share of the clean rows in each split (train / val / test; all 0.0 for an empty table)."""
-    ident = _table_identifier(table)
-    counts = dict(con.execute(f"SELECT split, count(*) FROM {ident} GROUP BY split").fetchall())
-    total = sum(counts.values())
-    return {s: (counts.get(s, 0) / total if total else 0.0) for s in SPLITS}
-
-
-def quarantine_rate(con: duckdb.DuckDBPyConnection, asset: str, snapshot_version: str) -> float:
-    """Quarantined rows / input rows of the run that cleaned `snapshot_version` into table `asset`.
-
-    The input row count comes from the clean table's comment, written in the same transaction; a table
-    built from another snapshot raises ValueError rather than returning a rate about the wrong data.
-    """
-    ident = _table_identifier(asset)
-    row = con.execute(
-        "SELECT comment FROM duckdb_tables() WHERE table_name = ? AND schema_name = current_schema()", [asset]
-    ).fetchone()
-    if row is None:
-        raise ValueError(f"no table {ident}: clean snapshot {snapshot_version} first")
-    try:
-        info = json.loads(row[0] or "{}")
-    except json.JSONDecodeError:
-        info = {}
-    if info.get("snapshot_version") != snapshot_version:
-        raise ValueError(
-            f"table {ident} was built from snapshot {info.get('snapshot_version')!r}, not {snapshot_version!r}"
-        )
-    rows_in = int(info["rows_in"])
-    quarantined = con.execute(
-        "SELECT count(*) FROM quarantine WHERE asset = ? AND snapshot_version = ?", [asset, snapshot_version]
-    ).fetchone()[0]
-    return quarantined / rows_in if rows_in else 0.0
-
-
 # ---- helpers ---------------------------------------------------------------------------------------------
-
-
-def _table_identifier(table: str) -> str:
-    """A plain table name, double-quoted for SQL; anything else is refused (it is pasted into SQL)."""
-    if not isinstance(table, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table):
-        raise ValueError(f"invalid table name {table!r}: letters, digits and _ only, not starting with a digit")
-    return f'"{table}"'
-
-
-def _buckets(val_fraction: float, test_fraction: float) -> tuple[int, int]:
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {value}")
-    if val_fraction + test_fraction >= 1.0:
-        raise ValueError(f"val_fraction + test_fraction must leave rows for train, got {val_fraction + test_fraction}")
-    return round(test_fraction * BUCKETS), round(val_fraction * BUCKETS)
-
-
-def _check_snapshot_columns(con: duckdb.DuckDBPyConnection, path: str) -> None:
-    try:
-        names = [r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [path]).fetchall()]
-    except duckdb.Error as e:
-        raise ValueError(f"image snapshot {path} cannot be read as Parquet: {e}") from None
-    missing = [c for c in SNAPSHOT_COLUMNS if c not in names]
-    if missing:
-        raise ValueError(f"image snapshot {path} lacks column(s) {', '.join(missing)}")
 
 
 def _read_stats(con: duckdb.DuckDBPyConnection, ident: str) -> CleanStats:

@@ -20,7 +20,15 @@ import duckdb
 
 # One implementation of the table-name guard, the split arithmetic and the generic checks for both
 # modalities: the rule "bucket = first 8 hex digits % 10,000, test first, then val" must not drift.
-from gen_assets.cleaning.images import SPLITS, _buckets, _table_identifier, quarantine_rate, split_fractions
+from gen_assets.cleaning.common import (  # noqa: F401 (split_fractions, quarantine_rate: re-exported for the checks)
+    BUCKETS,
+    SPLITS,
+    check_snapshot_columns,
+    quarantine_rate,
+    split_buckets,
+    split_fractions,
+    table_identifier,
+)
 from gen_assets.sql import load_sql
 from gen_assets.store.warehouse import ensure_schema, now, sql_literal
 
@@ -85,10 +93,10 @@ def clean_texts(
     bucket = first 8 hex digits of sha256(text) % 10,000; bucket < test -> "test", then "val", then "train".
     If anything fails, the previous clean table and quarantine rows are left exactly as they were.
     """
-    ident = _table_identifier(table)
+    ident = table_identifier(table)
     if table in _TEMP_TABLES:
         raise ValueError(f"table name {table!r} is reserved for the cleaning's own temporary table")
-    test_buckets, val_buckets = _buckets(val_fraction, test_fraction)
+    test_buckets, val_buckets = split_buckets(val_fraction, test_fraction)
     for name, value in (("min_chars", min_chars), ("max_chars", max_chars)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be an int >= 0, got {value!r}")
@@ -97,7 +105,7 @@ def clean_texts(
     path = Path(snapshot_path)
     if not path.is_file():
         raise FileNotFoundError(f"text snapshot {snapshot_path} does not exist")
-    _check_snapshot_columns(con, str(path))
+    check_snapshot_columns(con, str(path), SNAPSHOT_COLUMNS, "text")
     ensure_schema(con)
 
     variables = {
@@ -137,7 +145,7 @@ def load_texts(
     con: duckdb.DuckDBPyConnection, *, split: str | None = None, table: str = "clean_texts"
 ) -> list[tuple[str, str]]:
     """(category, text) of the clean documents (all, or one split), in row_id order."""
-    ident = _table_identifier(table)
+    ident = table_identifier(table)
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     where = "WHERE split = ?" if split is not None else ""
@@ -149,7 +157,7 @@ def load_texts(
 
 def categories(con: duckdb.DuckDBPyConnection, table: str = "clean_texts") -> list[str]:
     """The distinct categories of the clean table, sorted."""
-    ident = _table_identifier(table)
+    ident = table_identifier(table)
     return sorted(r[0] for r in con.execute(f"SELECT DISTINCT category FROM {ident}").fetchall())
 
 
@@ -158,30 +166,20 @@ def categories(con: duckdb.DuckDBPyConnection, table: str = "clean_texts") -> li
 
 def duplicate_count(con: duckdb.DuckDBPyConnection, table: str = "clean_texts") -> int:
     """Rows whose text repeats another row's up to case, punctuation and spacing (0 after cleaning)."""
-    ident = _table_identifier(table)
+    ident = table_identifier(table)
     letters = r"regexp_replace(lower(text), '[^\p{L}\p{N}]', '', 'g')"
     return int(con.execute(f"SELECT count(*) - count(DISTINCT {letters}) FROM {ident}").fetchone()[0])
 
 
 def null_count(con: duckdb.DuckDBPyConnection, table: str = "clean_texts") -> int:
     """Rows with a NULL in a required column, or a blank category or text (0 after cleaning)."""
-    ident = _table_identifier(table)
+    ident = table_identifier(table)
     any_null = " OR ".join(f"{c} IS NULL" for c in REQUIRED_COLUMNS)
     query = f"SELECT count(*) FROM {ident} WHERE {any_null} OR trim(category) = '' OR trim(text) = ''"
     return int(con.execute(query).fetchone()[0])
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
-
-
-def _check_snapshot_columns(con: duckdb.DuckDBPyConnection, path: str) -> None:
-    try:
-        names = [r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [path]).fetchall()]
-    except duckdb.Error as e:
-        raise ValueError(f"text snapshot {path} cannot be read as Parquet: {e}") from None
-    missing = [c for c in SNAPSHOT_COLUMNS if c not in names]
-    if missing:
-        raise ValueError(f"text snapshot {path} lacks column(s) {', '.join(missing)}")
 
 
 def _read_stats(con: duckdb.DuckDBPyConnection, ident: str) -> CleanStats:

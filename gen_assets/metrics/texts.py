@@ -42,6 +42,10 @@ from torchmetrics.text import BLEUScore, ROUGEScore
 
 METRIC_KEYS = ("bleu", "rouge1", "rouge2", "rougeL", "distinct_1", "distinct_2", "self_bleu", "novelty")
 BLEU_N = 4
+# add-one smoothing of the 2..4-gram precisions (Lin & Och): without it one order with no match makes BLEU
+# exactly 0, which is what a small model's samples get against Shakespeare, and says nothing; identical
+# texts still score 1
+SMOOTH = True
 NOVELTY_N = 8
 ROUGE_CANDIDATES = 2
 
@@ -147,7 +151,7 @@ class _BleuStats:
                 self.numerator[len(gram) - 1] += matched
 
     def score(self) -> float:
-        metric = BLEUScore(n_gram=BLEU_N)
+        metric = BLEUScore(n_gram=BLEU_N, smooth=SMOOTH)
         metric.update([], [])  # marks the metric as updated; the states are set directly below
         metric.numerator = torch.tensor(self.numerator)
         metric.denominator = torch.tensor(self.denominator)

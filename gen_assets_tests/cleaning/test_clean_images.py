@@ -168,7 +168,7 @@ def test_digits_split_is_deterministic_and_within_tolerance(con, tmp_path):
     for row_id, h in hashes.items():
         bucket = int(h[:8], 16) % 10000
         assert splits[row_id] == ("test" if bucket < 1000 else "val" if bucket < 2500 else "train")
-    fractions = split_fractions(con)
+    fractions = split_fractions(con, "clean_images")
     assert fractions["train"] == pytest.approx(0.75, abs=0.03)
     assert fractions["val"] == pytest.approx(0.15, abs=0.03)
     assert fractions["test"] == pytest.approx(0.10, abs=0.03)
@@ -237,7 +237,7 @@ def test_all_rows_bad_gives_an_empty_clean_table(con, tmp_path):
     assert stats.image_size is None
     assert stats.version == hashlib.sha256(b"").hexdigest()
     assert load_images(con).images.shape == (0, 0, 0, 1)
-    assert split_fractions(con) == {"train": 0.0, "val": 0.0, "test": 0.0}
+    assert split_fractions(con, "clean_images") == {"train": 0.0, "val": 0.0, "test": 0.0}
 
 
 def test_bad_arguments(con, tmp_path, crafted):

@@ -1,0 +1,115 @@
+"""Content curation: of a generated batch, keep the reward model's top k per category, drop what is broken.
+
+The result is the DuckDB view `curated` (the columns of `generated` plus reward and rank): what the
+business application shows. Refused samples go to `quarantine` with their reason.
+"""
+
+import time
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from gen_assets.assets.common import Batch, CleanTable, ModelRef, inference_device
+from gen_assets.assets.training import label_indices
+from gen_assets.cleaning import texts as text_cleaning
+from gen_assets.curation import NgramIndex, curate, image_confidence, text_flags
+from gen_assets.imaging import decode_image
+from gen_assets.models.checkpoint import load_model
+from gen_assets.models.data import images_to_tensor
+from gen_assets.models.reward import image_features, text_features
+from gen_assets.models.tokenizers import tokenizer_from_dict
+from gen_assets.store import warehouse as wh
+from gen_assets.store.samples import replace_curated
+
+
+class CuratedImagesConfig(dg.Config):
+    k_per_category: int = 10
+    min_confidence: float = Field(default=0.9, description="evaluator probability of the conditioned category")
+
+
+class CuratedTextsConfig(dg.Config):
+    k_per_category: int = 5
+    blocklist: list[str] = Field(default=[], description="words (whole words, any case) a curated text must not contain")
+    max_copy_share: float = Field(default=0.5, description="largest share of a text's 8-grams found in the training split")
+
+
+def record(context, warehouse: DuckDBResource, *, asset: str, modality: str, batch: Batch, curated: pd.DataFrame,
+           dropped: pd.DataFrame, scored_by: str) -> dg.Output[pd.DataFrame]:
+    with warehouse.get_connection() as con:
+        replace_curated(con, modality, batch.batch_id, curated)
+        con.execute("DELETE FROM quarantine WHERE asset = ? AND snapshot_version = ?", [asset, batch.batch_id])
+        wh.insert_quarantine(con, [
+            {"asset": asset, "snapshot_version": batch.batch_id, "source": batch.path, "row_id": r.sample_id,
+             "reason": r.reason} for r in dropped.itertuples()
+        ])
+    context.log.info(f"{asset}: kept {len(curated)} of {batch.n_samples}, dropped {len(dropped)} (scored by {scored_by})")
+    reasons = dropped["reason"].str.split(":").str[0].value_counts().to_dict() if len(dropped) else {}
+    return dg.Output(
+        curated,
+        data_version=dg.DataVersion(f"{batch.batch_id}-{len(curated)}"),
+        metadata={"curated": len(curated), "candidates": batch.n_samples, "dropped": len(dropped),
+                  "dropped_by_reason": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()}),
+                  "scored_by": scored_by, "batch_id": batch.batch_id,
+                  "mean_reward": float(curated["reward"].mean()) if len(curated) else float("nan")},
+    )
+
+
+@dg.asset(group_name="curation", tags={"modality": "image"}, kinds={"duckdb"}, code_version="1")
+def curated_images(
+    context: dg.AssetExecutionContext, config: CuratedImagesConfig, generated_images: Batch,
+    image_reward_model: ModelRef, image_evaluator: ModelRef, clean_images: CleanTable, warehouse: DuckDBResource,
+) -> dg.Output[pd.DataFrame]:
+    """The top k images per category by predicted rating (by evaluator confidence before any rating exists)."""
+    t0 = time.perf_counter()
+    table = pq.read_table(generated_images.path, columns=["sample_id", "category", "content"])
+    evaluator = load_model(image_evaluator.path, inference_device())
+    channels = int(clean_images.details["channels"])
+    images = images_to_tensor(np.stack([decode_image(b, channels) for b in table.column("content").to_pylist()]))
+    categories = table.column("category").to_pylist()
+    labels = torch.from_numpy(label_indices(categories, clean_images.categories))
+    confidence = image_confidence(evaluator, images, labels).numpy()
+    if image_reward_model.details.get("fitted"):
+        reward = load_model(image_reward_model.path).predict(image_features(evaluator, images)).numpy()
+        scored_by = image_reward_model.version
+    else:
+        reward, scored_by = confidence, "evaluator confidence (no reward model yet)"
+    frame = pd.DataFrame({"sample_id": table.column("sample_id").to_pylist(), "category": categories,
+                          "reward": reward, "confidence": confidence})
+    result = curate(frame, k_per_category=config.k_per_category, min_confidence=config.min_confidence)
+    out = record(context, warehouse, asset="curated_images", modality="image", batch=generated_images,
+                 curated=result.curated, dropped=result.dropped, scored_by=scored_by)
+    out.metadata["seconds"] = dg.MetadataValue.float(round(time.perf_counter() - t0, 3))
+    return out
+
+
+@dg.asset(group_name="curation", tags={"modality": "text"}, kinds={"duckdb"}, code_version="1")
+def curated_texts(
+    context: dg.AssetExecutionContext, config: CuratedTextsConfig, generated_texts: Batch,
+    text_reward_model: ModelRef, text_generator: ModelRef, clean_texts: CleanTable, warehouse: DuckDBResource,
+) -> dg.Output[pd.DataFrame]:
+    """The top k texts per category by predicted rating; blocklisted, broken and copied texts dropped."""
+    t0 = time.perf_counter()
+    table = pq.read_table(generated_texts.path, columns=["sample_id", "category", "content"])
+    texts, categories = table.column("content").to_pylist(), table.column("category").to_pylist()
+    with warehouse.get_connection() as con:
+        train = [t for _, t in text_cleaning.load_texts(con, split="train", table=clean_texts.table)]
+    flags = text_flags(texts, blocklist=config.blocklist, train_ngrams=NgramIndex(train), max_copy_share=config.max_copy_share)
+    if text_reward_model.details.get("fitted"):
+        gpt = load_model(text_generator.path, inference_device())
+        feats = text_features(texts, gpt, tokenizer_from_dict(gpt.extra["tokenizer"]), categories=categories)
+        reward, scored_by = load_model(text_reward_model.path).predict(feats).numpy(), text_reward_model.version
+    else:
+        # before any rating: prefer fuller samples (a neutral, documented prior)
+        reward, scored_by = np.array([len(t.split()) for t in texts], dtype=float), "length in words (no reward model yet)"
+    frame = pd.DataFrame({"sample_id": table.column("sample_id").to_pylist(), "category": categories,
+                          "reward": reward, "reason": flags})
+    result = curate(frame, k_per_category=config.k_per_category)
+    out = record(context, warehouse, asset="curated_texts", modality="text", batch=generated_texts,
+                 curated=result.curated, dropped=result.dropped, scored_by=scored_by)
+    out.metadata["seconds"] = dg.MetadataValue.float(round(time.perf_counter() - t0, 3))
+    return out

@@ -1,0 +1,74 @@
+"""What the cleaning runners share: table names pasted into SQL, the split rule, snapshot checks, and
+the queries behind the clean tables' asset checks. Pure (DuckDB)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import duckdb
+
+SPLITS = ("train", "val", "test")
+BUCKETS = 10_000  # the split resolution: a fraction is rounded to 1/10,000
+
+
+def table_identifier(table: str) -> str:
+    """A plain table name, double-quoted for SQL; anything else is refused (it is pasted into SQL)."""
+    if not isinstance(table, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table):
+        raise ValueError(f"invalid table name {table!r}: letters, digits and _ only, not starting with a digit")
+    return f'"{table}"'
+
+
+def split_buckets(val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(f"val_fraction + test_fraction must leave rows for train, got {val_fraction + test_fraction}")
+    return round(test_fraction * BUCKETS), round(val_fraction * BUCKETS)
+
+
+def check_snapshot_columns(con: duckdb.DuckDBPyConnection, path: str, columns: tuple[str, ...], kind: str) -> None:
+    """A clear error when the snapshot is not Parquet or lacks a column the cleaning SQL reads."""
+    try:
+        names = [r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [path]).fetchall()]
+    except duckdb.Error as e:
+        raise ValueError(f"{kind} snapshot {path} cannot be read as Parquet: {e}") from None
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise ValueError(f"{kind} snapshot {path} lacks column(s) {', '.join(missing)}")
+
+
+def split_fractions(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, float]:
+    """Share of the clean rows in each split (train / val / test; all 0.0 for an empty table)."""
+    ident = table_identifier(table)
+    counts = dict(con.execute(f"SELECT split, count(*) FROM {ident} GROUP BY split").fetchall())
+    total = sum(counts.values())
+    return {s: (counts.get(s, 0) / total if total else 0.0) for s in SPLITS}
+
+
+def quarantine_rate(con: duckdb.DuckDBPyConnection, asset: str, snapshot_version: str) -> float:
+    """Quarantined rows / input rows of the run that cleaned `snapshot_version` into table `asset`.
+
+    The input row count comes from the clean table's comment, written in the same transaction; a table
+    built from another snapshot raises ValueError rather than returning a rate about the wrong data.
+    """
+    ident = table_identifier(asset)
+    row = con.execute(
+        "SELECT comment FROM duckdb_tables() WHERE table_name = ? AND schema_name = current_schema()", [asset]
+    ).fetchone()
+    if row is None:
+        raise ValueError(f"no table {ident}: clean snapshot {snapshot_version} first")
+    try:
+        info = json.loads(row[0] or "{}")
+    except json.JSONDecodeError:
+        info = {}
+    if info.get("snapshot_version") != snapshot_version:
+        raise ValueError(
+            f"table {ident} was built from snapshot {info.get('snapshot_version')!r}, not {snapshot_version!r}"
+        )
+    rows_in = int(info["rows_in"])
+    quarantined = con.execute(
+        "SELECT count(*) FROM quarantine WHERE asset = ? AND snapshot_version = ?", [asset, snapshot_version]
+    ).fetchone()[0]
+    return quarantined / rows_in if rows_in else 0.0

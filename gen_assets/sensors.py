@@ -1,0 +1,60 @@
+"""Sensors: retrain when new human feedback lands."""
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from gen_assets.feedback.pending import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MIN_NEW_RATINGS, decide, files_by_modality, run_key_for, scan
+from gen_assets.jobs import RETRAIN_ASSETS, retrain_job
+from gen_assets.resources import ArtifactStore
+
+
+class FeedbackPolicy(dg.ConfigurableResource):
+    """When waiting ratings call for a retrain."""
+
+    min_new_ratings: int = Field(default=DEFAULT_MIN_NEW_RATINGS, description="new ratings that trigger a retrain")
+    max_age_seconds: float = Field(
+        default=DEFAULT_MAX_AGE_SECONDS, description="a new rating file older than this triggers a retrain anyway"
+    )
+
+
+@dg.sensor(
+    job=retrain_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Watches GEN_ASSETS_HOME/feedback/incoming; requests retrain_job for the modality the new "
+    "ratings concern once enough are waiting or the oldest has waited long enough.",
+)
+def feedback_sensor(
+    context: dg.SensorEvaluationContext,
+    artifacts: ArtifactStore,
+    warehouse: DuckDBResource,
+    feedback_policy: FeedbackPolicy,
+):
+    incoming = artifacts.paths.feedback / "incoming"
+    decision = decide(
+        scan(incoming),
+        context.cursor,
+        min_new_ratings=feedback_policy.min_new_ratings,
+        max_age_seconds=feedback_policy.max_age_seconds,
+    )
+    if decision.run_key is None:
+        return dg.SkipReason(decision.reason)
+    with warehouse.get_connection() as con:
+        groups = files_by_modality(con, decision.files)
+    requests = []
+    for modality, files in sorted(groups.items(), key=lambda kv: kv[0] or ""):
+        selection = RETRAIN_ASSETS.get(modality, ["feedback"])  # unknown samples only: ingest (and quarantine)
+        requests.append(
+            dg.RunRequest(
+                run_key=run_key_for(files, modality),
+                asset_selection=[dg.AssetKey(key) for key in selection],
+                tags={"gen_assets/modality": modality or "none", "gen_assets/trigger": "feedback"},
+            )
+        )
+    context.update_cursor(decision.new_cursor)
+    context.log.info(decision.reason)
+    return requests
+
+
+sensors = [feedback_sensor]

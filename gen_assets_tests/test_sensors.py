@@ -1,0 +1,72 @@
+"""feedback_sensor ticks, with build_sensor_context: no files -> skip; new files -> one run; same -> none."""
+
+import json
+
+import dagster as dg
+import duckdb
+import pytest
+
+from gen_assets.feedback.landing import append_ratings
+from gen_assets.jobs import RETRAIN_ASSETS
+from gen_assets.resources import build_resources
+from gen_assets.sensors import FeedbackPolicy, feedback_sensor
+from gen_assets.settings import Paths
+from gen_assets.store import warehouse as wh
+from gen_assets.store.batches import batch_table, write_batch
+
+
+@pytest.fixture
+def home(tmp_path):
+    paths = Paths(tmp_path).ensure()
+    con = duckdb.connect(str(paths.warehouse))
+    for modality, contents in (("image", [b"png"] * 40), ("text", ["to be?"] * 40)):
+        table = batch_table(batch_id=f"{modality}-b", model_version="m", modality=modality,
+                            categories=["a"] * 40, contents=contents, seed=0)
+        path = write_batch(table, paths.batches, f"{modality}-b")
+        wh.register_batch(con, batch_id=f"{modality}-b", modality=modality, model_version="m", path=str(path),
+                          grid_path=None, n_samples=40)
+    con.close()
+    return paths
+
+
+def tick(paths, cursor=None, min_new_ratings=50):
+    resources = build_resources(paths)
+    context = dg.build_sensor_context(
+        cursor=cursor,
+        resources={"artifacts": resources["artifacts"], "warehouse": resources["warehouse"],
+                   "feedback_policy": FeedbackPolicy(min_new_ratings=min_new_ratings)},
+    )
+    return feedback_sensor(context), context.cursor
+
+
+def ratings(modality, n, start=0):
+    return [{"sample_id": f"{modality}-b-{i:05d}", "rating": 1 + i % 5, "user_id": f"u{i}"} for i in range(start, start + n)]
+
+
+def test_no_files_is_a_skip(home):
+    result, _ = tick(home)
+    assert isinstance(result, dg.SkipReason)
+
+
+def test_below_threshold_waits_and_keeps_the_cursor(home):
+    append_ratings(home.feedback, ratings("image", 10))
+    result, cursor = tick(home)
+    assert isinstance(result, dg.SkipReason) and "waiting" in result.skip_message
+    assert not json.loads(cursor or "[]")
+
+
+def test_new_files_request_one_run_per_modality_and_never_twice(home):
+    append_ratings(home.feedback, ratings("image", 30))
+    append_ratings(home.feedback, ratings("image", 25, start=5))
+    requests, cursor = tick(home)
+    assert len(requests) == 1
+    [request] = requests
+    assert {k.to_user_string() for k in request.asset_selection} == set(RETRAIN_ASSETS["image"])
+    assert request.tags["gen_assets/modality"] == "image"
+    again, _ = tick(home, cursor=cursor)
+    assert isinstance(again, dg.SkipReason)
+
+    append_ratings(home.feedback, ratings("text", 60))
+    more, _ = tick(home, cursor=cursor)
+    assert [r.tags["gen_assets/modality"] for r in more] == ["text"]
+    assert more[0].run_key != request.run_key
