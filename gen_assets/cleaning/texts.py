@@ -21,7 +21,6 @@ import duckdb
 # One implementation of the table-name guard, the split arithmetic and the generic checks for both
 # modalities: the rule "bucket = first 8 hex digits % 10,000, test first, then val" must not drift.
 from gen_assets.cleaning.common import (  # noqa: F401 (split_fractions, quarantine_rate: re-exported for the checks)
-    BUCKETS,
     SPLITS,
     check_snapshot_columns,
     quarantine_rate,
