@@ -131,7 +131,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     prepare_dagster_home(Paths.from_env())
     root = Path(__file__).resolve().parent.parent
     workspace = root / "workspace.yaml"
-    cmd = ["dagster", "dev", "--host", args.host, "--port", str(args.port)]
+    beside = Path(sys.executable).parent / "dagster"  # the venv's own, also when the venv is not activated
+    cmd = [str(beside) if beside.exists() else "dagster", "dev", "--host", args.host, "--port", str(args.port)]
     cmd += ["-w", str(workspace)] if workspace.exists() else ["-m", "gen_assets.definitions"]
     os.execvp(cmd[0], cmd)
     return 0  # not reached
