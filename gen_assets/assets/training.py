@@ -149,6 +149,7 @@ def image_evaluator(
         {"image_size": size, "channels": int(clean_images.details["channels"]), "num_classes": len(clean_images.categories)},
         {"lr": config.lr, "num_features": config.num_features},
     )
+    torch.manual_seed(config.seed)  # the initial weights too: same inputs, config and seed, same model
     module = model_class("evaluator")(cfg)
     loaders = image_loaders(train_x, train_y, val_x, val_y, batch_size=config.batch_size, seed=config.seed)
     ref, history, fit_info = train_and_save(
@@ -211,6 +212,7 @@ def image_generator(
         {"lr": config.lr, "latent_dim": config.latent_dim, "width": config.width, "d_width": config.d_width},
     )
     evaluator = load_model(image_evaluator.path)
+    torch.manual_seed(config.seed)
     module = model_class(config.arch)(cfg, evaluator=evaluator)
     loaders = image_loaders(train_x, train_y, val_x, val_y, batch_size=config.batch_size, seed=config.seed)
     ref, history, fit_info = train_and_save(
@@ -324,6 +326,7 @@ def text_generator(
         {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout", "learning_rate",
                                           "min_lr", "warmup_iters", "compile")},
     )
+    torch.manual_seed(config.seed)
     module = model_class("gpt")(cfg)
     loaders = text_loaders(train_ids, val_ids, block_size=cfg.block_size, batch_size=config.batch_size, seed=config.seed,
                            iters_per_epoch=config.iters_per_epoch, val_batches=config.val_batches)

@@ -150,7 +150,7 @@ def tuned_image_generator(
                           "reward": reward.predict(image_features(evaluator, cand_x)).numpy(),
                           "confidence": image_confidence(evaluator, cand_x, cand_y).numpy()})
     keep = ~frame["sample_id"].isin(curate(frame, k_per_category=1, min_confidence=config.min_confidence).dropped["sample_id"])
-    keep_t = torch.as_tensor(keep.to_numpy())
+    keep_t = torch.from_numpy(keep.to_numpy().copy())
     weights = preference_weights(frame["reward"].to_numpy()[keep.to_numpy()], top_fraction=config.top_fraction)
     real_w = preference_weights(reward.predict(image_features(evaluator, real_x)))
     key = stable_key(image_generator.version, image_reward_model.version, config.model_dump())

@@ -42,9 +42,9 @@ from torchmetrics.text import BLEUScore, ROUGEScore
 
 METRIC_KEYS = ("bleu", "rouge1", "rouge2", "rougeL", "distinct_1", "distinct_2", "self_bleu", "novelty")
 BLEU_N = 4
-# add-one smoothing of the 2..4-gram precisions (Lin & Och): without it one order with no match makes BLEU
-# exactly 0, which is what a small model's samples get against Shakespeare, and says nothing; identical
-# texts still score 1
+# add-one smoothing of the 2..4-gram precisions (Lin & Och), as torchmetrics implements it: short samples
+# are not sunk by one rare 4-gram count. An order with no match at all still gives 0 (torchmetrics' rule),
+# which is what a small model's samples get against Shakespeare; identical texts still score 1
 SMOOTH = True
 NOVELTY_N = 8
 ROUGE_CANDIDATES = 2
