@@ -11,6 +11,27 @@ from gen_assets.sources.texts import TEXT_SNAPSHOT_HASH_COLUMNS, collect_texts
 from gen_assets.store.snapshots import Snapshot, write_snapshot
 
 
+def land(context, table, name: str, hash_columns: list[str], source: str, artifacts: ArtifactStore, t0: float,
+         **extra) -> dg.Output[Snapshot]:
+    """Write the collected rows as the asset's snapshot; its data version is the snapshot's content hash."""
+    snapshot = write_snapshot(table, artifacts.paths.snapshots / name, hash_columns=hash_columns, source=source)
+    unreadable = sum(e is not None for e in table.column("decode_error").to_pylist())
+    context.log.info(f"collected {snapshot.rows} rows from {source} -> {snapshot.path}")
+    return dg.Output(
+        snapshot,
+        data_version=dg.DataVersion(snapshot.version),
+        metadata={
+            "source": source,
+            "rows": snapshot.rows,
+            "unreadable": unreadable,
+            **extra,
+            "path": dg.MetadataValue.path(snapshot.path),
+            "snapshot_version": snapshot.version,
+            "seconds": round(time.perf_counter() - t0, 3),
+        },
+    )
+
+
 class RawImagesConfig(dg.Config):
     source: str = Field(
         default="builtin:digits",
@@ -32,23 +53,7 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, artif
     """Images from the configured source, landed as an immutable snapshot named by its content hash."""
     t0 = time.perf_counter()
     table = collect_images(config.source, labels=config.labels)
-    snapshot = write_snapshot(
-        table, artifacts.paths.snapshots / "raw_images", hash_columns=IMAGE_SNAPSHOT_HASH_COLUMNS, source=config.source
-    )
-    undecodable = sum(e is not None for e in table.column("decode_error").to_pylist())
-    context.log.info(f"collected {snapshot.rows} images from {config.source} -> {snapshot.path}")
-    return dg.Output(
-        snapshot,
-        data_version=dg.DataVersion(snapshot.version),
-        metadata={
-            "source": config.source,
-            "rows": snapshot.rows,
-            "undecodable": undecodable,
-            "path": dg.MetadataValue.path(snapshot.path),
-            "snapshot_version": snapshot.version,
-            "seconds": round(time.perf_counter() - t0, 3),
-        },
-    )
+    return land(context, table, "raw_images", IMAGE_SNAPSHOT_HASH_COLUMNS, config.source, artifacts, t0)
 
 
 class RawTextsConfig(dg.Config):
@@ -66,21 +71,5 @@ def raw_texts(context: dg.AssetExecutionContext, config: RawTextsConfig, artifac
     """Text documents from the configured source, landed as an immutable snapshot named by its content hash."""
     t0 = time.perf_counter()
     table = collect_texts(config.source, text_column=config.text_column, category_column=config.category_column)
-    snapshot = write_snapshot(
-        table, artifacts.paths.snapshots / "raw_texts", hash_columns=TEXT_SNAPSHOT_HASH_COLUMNS, source=config.source
-    )
-    unreadable = sum(e is not None for e in table.column("decode_error").to_pylist())
-    context.log.info(f"collected {snapshot.rows} documents from {config.source} -> {snapshot.path}")
-    return dg.Output(
-        snapshot,
-        data_version=dg.DataVersion(snapshot.version),
-        metadata={
-            "source": config.source,
-            "rows": snapshot.rows,
-            "unreadable": unreadable,
-            "chars": int(sum(table.column("raw_bytes").to_pylist())),
-            "path": dg.MetadataValue.path(snapshot.path),
-            "snapshot_version": snapshot.version,
-            "seconds": round(time.perf_counter() - t0, 3),
-        },
-    )
+    return land(context, table, "raw_texts", TEXT_SNAPSHOT_HASH_COLUMNS, config.source, artifacts, t0,
+                chars=int(sum(table.column("raw_bytes").to_pylist())))

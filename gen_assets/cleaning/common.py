@@ -3,10 +3,17 @@ the queries behind the clean tables' asset checks. Pure (DuckDB)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import duckdb
+
+from gen_assets.store.warehouse import sql_literal
+
+Stats = TypeVar("Stats")
 
 SPLITS = ("train", "val", "test")
 BUCKETS = 10_000  # the split resolution: a fraction is rounded to 1/10,000
@@ -72,3 +79,41 @@ def quarantine_rate(con: duckdb.DuckDBPyConnection, asset: str, snapshot_version
         "SELECT count(*) FROM quarantine WHERE asset = ? AND snapshot_version = ?", [asset, snapshot_version]
     ).fetchone()[0]
     return quarantined / rows_in if rows_in else 0.0
+
+
+
+def run_cleaning(
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    *,
+    variables: Mapping[str, object],
+    ident: str,
+    temp_tables: tuple[str, ...],
+    snapshot_version: str,
+    read_stats: Callable[[duckdb.DuckDBPyConnection, str], Stats],
+) -> Stats:
+    """Run a cleaning SQL file in ONE transaction: the clean table, its quarantine rows and its comment
+    (snapshot version and input row count, which quarantine_rate reads) appear together or not at all.
+
+    The values reach the SQL as DuckDB variables (getvariable), reset afterwards.
+    """
+    for name, value in variables.items():
+        con.execute(f"SET VARIABLE {name} = ?", [value])
+    try:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(sql)
+            stats = read_stats(con, ident)
+            comment = json.dumps({"snapshot_version": snapshot_version, "rows_in": stats.rows_in})
+            con.execute(f"COMMENT ON TABLE {ident} IS {sql_literal(comment)}")
+            for temp in temp_tables:
+                con.execute(f"DROP TABLE IF EXISTS temp.{temp}")
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):  # the original error is the one worth seeing
+                con.execute("ROLLBACK")
+            raise
+    finally:
+        for name in variables:
+            con.execute(f"RESET VARIABLE {name}")
+    return stats

@@ -10,8 +10,6 @@ another name (a test, the benchmark) never replaces the quarantine rows of the r
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,13 +22,14 @@ from gen_assets.cleaning.common import (  # noqa: F401 (split_fractions, quarant
     BUCKETS,
     SPLITS,
     check_snapshot_columns,
+    run_cleaning,
     quarantine_rate,
     split_buckets,
     split_fractions,
     table_identifier,
 )
 from gen_assets.sql import load_sql
-from gen_assets.store.warehouse import ensure_schema, now, sql_literal
+from gen_assets.store.warehouse import ensure_schema, now
 
 REASON_KINDS = ("undecodable", "hash_mismatch", "missing_label", "wrong_size", "duplicate")
 SNAPSHOT_COLUMNS = ("source", "row_id", "label", "image", "content_hash", "width", "height", "channels", "decode_error")
@@ -121,26 +120,8 @@ def clean_images(
         "quarantined_at": now(),
     }
     sql = load_sql("clean_images").replace("{table}", ident)
-    for name, value in variables.items():
-        con.execute(f"SET VARIABLE {name} = ?", [value])
-    try:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(sql)
-            stats = _read_stats(con, ident)
-            comment = json.dumps({"snapshot_version": snapshot_version, "rows_in": stats.rows_in})
-            con.execute(f"COMMENT ON TABLE {ident} IS {sql_literal(comment)}")
-            for temp in _TEMP_TABLES:
-                con.execute(f"DROP TABLE IF EXISTS temp.{temp}")
-            con.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):  # the original error is the one worth seeing
-                con.execute("ROLLBACK")
-            raise
-    finally:
-        for name in variables:
-            con.execute(f"RESET VARIABLE {name}")
-    return stats
+    return run_cleaning(con, sql, variables=variables, ident=ident, temp_tables=_TEMP_TABLES,
+                        snapshot_version=snapshot_version, read_stats=_read_stats)
 
 
 def load_images(

@@ -12,7 +12,6 @@ another name (a test, the benchmark) never replaces the quarantine rows of the r
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,13 +22,14 @@ import duckdb
 from gen_assets.cleaning.common import (  # noqa: F401 (split_fractions, quarantine_rate: re-exported for the checks)
     SPLITS,
     check_snapshot_columns,
+    run_cleaning,
     quarantine_rate,
     split_buckets,
     split_fractions,
     table_identifier,
 )
 from gen_assets.sql import load_sql
-from gen_assets.store.warehouse import ensure_schema, now, sql_literal
+from gen_assets.store.warehouse import ensure_schema, now
 
 __all__ = [
     "CleanStats",
@@ -118,26 +118,8 @@ def clean_texts(
         "quarantined_at": now(),
     }
     sql = load_sql("clean_texts").replace("{table}", ident)
-    for name, value in variables.items():
-        con.execute(f"SET VARIABLE {name} = ?", [value])
-    try:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(sql)
-            stats = _read_stats(con, ident)
-            # quarantine_rate reads the input row count from here, written in the same transaction
-            comment = json.dumps({"snapshot_version": snapshot_version, "rows_in": stats.rows_in})
-            con.execute(f"COMMENT ON TABLE {ident} IS {sql_literal(comment)}")
-            for temp in _TEMP_TABLES:
-                con.execute(f"DROP TABLE IF EXISTS temp.{temp}")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    finally:
-        for name in variables:
-            con.execute(f"RESET VARIABLE {name}")
-    return stats
+    return run_cleaning(con, sql, variables=variables, ident=ident, temp_tables=_TEMP_TABLES,
+                        snapshot_version=snapshot_version, read_stats=_read_stats)
 
 
 def load_texts(
