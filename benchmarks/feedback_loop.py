@@ -209,7 +209,6 @@ def run_images(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str
         log(f"base DCGAN trained ({t_base:.0f}s)")
 
         rater = Rater(ink(train_x), args.noise, args.seed)
-        t0 = time.perf_counter()
         # 1. feedback on a plain batch
         rated_labels = torch.arange(n_cat).repeat_interleave(args.rated)
         rated = base.generate(rated_labels, seed=args.seed + 1)

@@ -57,10 +57,6 @@ def md_png(png: bytes, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
-def logger(context: dg.AssetExecutionContext):
-    return context.log.info
-
-
 def numeric_metadata(values: Mapping[str, float]) -> dict[str, dg.MetadataValue]:
     """Metrics as float metadata, so the Dagster UI plots them across materializations."""
     return {k: dg.MetadataValue.float(float(v)) for k, v in values.items()}
