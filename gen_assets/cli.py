@@ -126,6 +126,35 @@ def cmd_feedback_import(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_lineage(args: argparse.Namespace) -> int:
+    """Model, training data versions, raw sources and feedback files behind one sample."""
+    import duckdb
+
+    from gen_assets.store.registry import lineage
+
+    paths = Paths.from_env()
+    if not paths.warehouse.exists():
+        print(f"no warehouse at {paths.warehouse}: run `gen-assets run` first", file=sys.stderr)
+        return 1
+    with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+        try:
+            info = lineage(con, args.sample_id)
+        except KeyError as e:
+            print(e.args[0], file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"sample {info['sample_id']} ({info['modality']}, category {info['category']}) in batch {info['batch_id']}")
+    for depth, m in enumerate(info["models"]):
+        print(f"{'  ' * depth}model {m['version']} ({m.get('arch', '?')}, {m.get('status', '?')}, {m.get('created_at', '?')})")
+        for key, value in m.get("inputs", {}).items():
+            print(f"{'  ' * depth}  {key:<16} {value}")
+    for f in info["feedback_files"]:
+        print(f"feedback file {f['file']} ({f['ratings']} ratings, sha256 {f['sha256'][:16]}, ingested {f['ingested_at']})")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """`dagster dev` on the same instance as `gen-assets run`, so its runs show up in the UI."""
     prepare_dagster_home(Paths.from_env())
@@ -159,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     fb_import = fb_sub.add_parser("import", help="validate rating files (CSV/JSONL) and land them in feedback/incoming")
     fb_import.add_argument("files", nargs="+")
     fb_import.set_defaults(func=cmd_feedback_import)
+    lin = sub.add_parser("lineage", help="the model, data versions, raw sources and feedback files behind a sample")
+    lin.add_argument("sample_id")
+    lin.add_argument("--json", action="store_true")
+    lin.set_defaults(func=cmd_lineage)
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on GEN_ASSETS_HOME's instance")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)

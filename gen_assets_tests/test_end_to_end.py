@@ -129,3 +129,15 @@ def test_feedback_import_retrain_and_curation(smoke_home, capsys, monkeypatch, t
         ranks = con.execute("SELECT min(rank), count(DISTINCT sample_id) = count(*) FROM curated").fetchone()
         assert ranks == (1, True)
         assert con.execute("SELECT count(*) FROM curated c ANTI JOIN generated g USING (sample_id)").fetchone()[0] == 0
+
+    # lineage of a curated sample: tuned model -> base model -> data versions and raw source; the feedback file
+    with duckdb.connect(str(smoke_home / "warehouse.duckdb"), read_only=True) as con:
+        sample = con.execute("SELECT sample_id FROM curated WHERE modality = 'image' LIMIT 1").fetchone()[0]
+    capsys.readouterr()
+    assert cli.main(["lineage", sample, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    tuned, base = info["models"]
+    assert tuned["inputs"]["base_model"] == base["version"] and tuned["inputs"]["feedback"]
+    assert base["inputs"]["raw_source"] == "builtin:digits" and base["inputs"]["raw_images"]
+    assert [f["ratings"] for f in info["feedback_files"]] == [len(images) + len(texts)]
+    assert cli.main(["lineage", "no-such-sample"]) == 1

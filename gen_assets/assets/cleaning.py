@@ -63,7 +63,8 @@ def clean_images(
             version=stats.version,
             rows=stats.rows_clean,
             categories=tuple(categories),
-            details={"image_size": [width, height], "channels": config.channels, "snapshot_version": raw_images.version},
+            details={"image_size": [width, height], "channels": config.channels, "snapshot_version": raw_images.version,
+                     "source": raw_images.source},
         ),
         data_version=dg.DataVersion(stats.version),
         metadata={
@@ -115,7 +116,7 @@ def clean_texts(
             version=stats.version,
             rows=stats.rows_clean,
             categories=tuple(categories),
-            details={"snapshot_version": raw_texts.version, "chars": int(chars)},
+            details={"snapshot_version": raw_texts.version, "source": raw_texts.source, "chars": int(chars)},
         ),
         data_version=dg.DataVersion(stats.version),
         metadata={

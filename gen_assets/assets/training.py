@@ -243,7 +243,9 @@ def image_generator(
             modality="image",
             arch=ref.arch,
             config=dataclasses.asdict(cfg),
-            input_versions={"clean_images": clean_images.version, "image_evaluator": image_evaluator.version},
+            input_versions={"clean_images": clean_images.version, "image_evaluator": image_evaluator.version,
+                            "raw_images": clean_images.details["snapshot_version"],
+                            "raw_source": clean_images.details.get("source", "")},
             checkpoint_path=ref.path,
             checkpoint_sha=ref.sha256,
         )
@@ -360,7 +362,9 @@ def text_generator(
             modality="text",
             arch=ref.arch,
             config=dataclasses.asdict(cfg),
-            input_versions={"clean_texts": clean_texts.version, "text_tokenizer": text_tokenizer.version},
+            input_versions={"clean_texts": clean_texts.version, "text_tokenizer": text_tokenizer.version,
+                            "raw_texts": clean_texts.details["snapshot_version"],
+                            "raw_source": clean_texts.details.get("source", "")},
             checkpoint_path=ref.path,
             checkpoint_sha=ref.sha256,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import duckdb
@@ -56,3 +57,44 @@ def latest_models(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
             }
         )
     return models
+
+
+def lineage(con: duckdb.DuckDBPyConnection, sample_id: str) -> dict[str, Any]:
+    """Where a sample came from: its batch and model, the model's chain of base models with the data
+    versions and raw sources each was trained on, and the feedback files that influenced it."""
+    row = con.execute(
+        "SELECT batch_id, model_version, modality, category, created_at FROM generated WHERE sample_id = ?", [sample_id]
+    ).fetchone()
+    if row is None:
+        raise KeyError(f"no sample {sample_id!r} in the generated view")
+    batch_id, version, modality, category, created_at = row
+    models, feedback_versions = [], []
+    while version:
+        m = con.execute(
+            "SELECT model_version, arch, status, created_at, checkpoint_path, input_versions FROM models WHERE model_version = ?",
+            [version],
+        ).fetchone()
+        if m is None:
+            models.append({"version": version, "note": "not in the registry"})
+            break
+        inputs = json.loads(m[5] or "{}")
+        models.append({"version": m[0], "arch": m[1], "status": m[2], "created_at": str(m[3]),
+                       "checkpoint": m[4], "inputs": inputs})
+        if inputs.get("feedback"):
+            feedback_versions.append((inputs["feedback"], m[3]))
+        version = inputs.get("base_model")
+    files = []
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    if feedback_versions and "feedback_files" in tables:
+        # the files ingested up to the newest tuning that used feedback
+        newest = max(ts for _, ts in feedback_versions)
+        files = [
+            {"file": name, "sha256": sha, "ratings": ok, "ingested_at": str(at)}
+            for name, sha, ok, at in con.execute(
+                "SELECT file_name, file_sha, rows_ok, ingested_at FROM feedback_files WHERE ingested_at <= ? "
+                "ORDER BY ingested_at",
+                [newest],
+            ).fetchall()
+        ]
+    return {"sample_id": sample_id, "modality": modality, "category": category, "batch_id": batch_id,
+            "created_at": str(created_at), "models": models, "feedback_files": files}
