@@ -12,6 +12,27 @@ from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.store.snapshots import Snapshot
 
 
+def clean_output(name: str, stats, categories: list[str], raw: Snapshot, t0: float, *, details: dict,
+                 metadata: dict) -> dg.Output[CleanTable]:
+    """The clean table handed downstream, versioned by its content hash, with the cleaning's counts."""
+    return dg.Output(
+        CleanTable(table=name, version=stats.version, rows=stats.rows_clean, categories=tuple(categories),
+                   details={"snapshot_version": raw.version, "source": raw.source, **details}),
+        data_version=dg.DataVersion(stats.version),
+        metadata={
+            "rows_in": stats.rows_in,
+            "rows_clean": stats.rows_clean,
+            "rows_quarantined": stats.rows_quarantined,
+            "quarantine_by_reason": dg.MetadataValue.json(dict(stats.by_reason)),
+            "split_counts": dg.MetadataValue.json(dict(stats.split_counts)),
+            **metadata,
+            "categories": ", ".join(categories),
+            "table_version": stats.version,
+            "seconds": round(time.perf_counter() - t0, 3),
+        },
+    )
+
+
 class CleanImagesConfig(dg.Config):
     image_size: int | None = Field(
         default=None, description="expected width and height; None: the most common size in the snapshot"
@@ -57,28 +78,9 @@ def clean_images(
             "see the quarantine table for each row's reason"
         )
     width, height = stats.image_size
-    return dg.Output(
-        CleanTable(
-            table="clean_images",
-            version=stats.version,
-            rows=stats.rows_clean,
-            categories=tuple(categories),
-            details={"image_size": [width, height], "channels": config.channels, "snapshot_version": raw_images.version,
-                     "source": raw_images.source},
-        ),
-        data_version=dg.DataVersion(stats.version),
-        metadata={
-            "rows_in": stats.rows_in,
-            "rows_clean": stats.rows_clean,
-            "rows_quarantined": stats.rows_quarantined,
-            "quarantine_by_reason": dg.MetadataValue.json(dict(stats.by_reason)),
-            "split_counts": dg.MetadataValue.json(dict(stats.split_counts)),
-            "image_size": f"{width}x{height}",
-            "categories": ", ".join(categories),
-            "table_version": stats.version,
-            "seconds": round(time.perf_counter() - t0, 3),
-        },
-    )
+    return clean_output("clean_images", stats, categories, raw_images, t0,
+                        details={"image_size": [width, height], "channels": config.channels},
+                        metadata={"image_size": f"{width}x{height}"})
 
 
 class CleanTextsConfig(dg.Config):
@@ -110,24 +112,5 @@ def clean_texts(
         categories = text_cleaning.categories(con)
         chars = con.execute("SELECT coalesce(sum(n_chars), 0) FROM clean_texts").fetchone()[0]
     context.log.info(f"clean_texts: {stats.rows_clean} clean, {stats.rows_quarantined} quarantined of {stats.rows_in}")
-    return dg.Output(
-        CleanTable(
-            table="clean_texts",
-            version=stats.version,
-            rows=stats.rows_clean,
-            categories=tuple(categories),
-            details={"snapshot_version": raw_texts.version, "source": raw_texts.source, "chars": int(chars)},
-        ),
-        data_version=dg.DataVersion(stats.version),
-        metadata={
-            "rows_in": stats.rows_in,
-            "rows_clean": stats.rows_clean,
-            "rows_quarantined": stats.rows_quarantined,
-            "quarantine_by_reason": dg.MetadataValue.json(dict(stats.by_reason)),
-            "split_counts": dg.MetadataValue.json(dict(stats.split_counts)),
-            "chars": int(chars),
-            "categories": ", ".join(categories),
-            "table_version": stats.version,
-            "seconds": round(time.perf_counter() - t0, 3),
-        },
-    )
+    return clean_output("clean_texts", stats, categories, raw_texts, t0, details={"chars": int(chars)},
+                        metadata={"chars": int(chars)})

@@ -103,6 +103,21 @@ def load_image_split(con, clean: CleanTable, split: str) -> tuple[np.ndarray, np
     return data.images, label_indices(data.labels, clean.categories)
 
 
+def image_training_inputs(warehouse: DuckDBResource, clean: CleanTable, arch: str, overrides: dict[str, Any],
+                          *, batch_size: int, seed: int) -> tuple[Any, tuple[Any, Any]]:
+    """The model config (sized by the clean table) and the train/val loaders of an image model.
+
+    Seeds torch too: the initial weights, built next, are part of "same inputs, config and seed".
+    """
+    with warehouse.get_connection() as con:
+        train_x, train_y = load_image_split(con, clean, "train")
+        val_x, val_y = load_image_split(con, clean, "val")
+    base = {"image_size": int(clean.details["image_size"][0]), "channels": int(clean.details["channels"]),
+            "num_classes": len(clean.categories)}
+    torch.manual_seed(seed)
+    return config_for(arch, base, overrides), image_loaders(train_x, train_y, val_x, val_y, batch_size=batch_size, seed=seed)
+
+
 def training_metadata(history: list[dict[str, float]], fit_info: dict[str, Any], ref: ModelRef, keys: list[str]) -> dict:
     meta: dict[str, Any] = {
         "model_version": ref.version,
@@ -140,18 +155,10 @@ def image_evaluator(
     trainer: TrainerResource,
 ) -> dg.Output[ModelRef]:
     """A small classifier of the clean images: its features define FID/KID, its logits IS and accuracy."""
-    with warehouse.get_connection() as con:
-        train_x, train_y = load_image_split(con, clean_images, "train")
-        val_x, val_y = load_image_split(con, clean_images, "val")
-    size = int(clean_images.details["image_size"][0])
-    cfg = config_for(
-        "evaluator",
-        {"image_size": size, "channels": int(clean_images.details["channels"]), "num_classes": len(clean_images.categories)},
-        {"lr": config.lr, "num_features": config.num_features},
-    )
-    torch.manual_seed(config.seed)  # the initial weights too: same inputs, config and seed, same model
+    cfg, loaders = image_training_inputs(warehouse, clean_images, "evaluator",
+                                         {"lr": config.lr, "num_features": config.num_features},
+                                         batch_size=config.batch_size, seed=config.seed)
     module = model_class("evaluator")(cfg)
-    loaders = image_loaders(train_x, train_y, val_x, val_y, batch_size=config.batch_size, seed=config.seed)
     ref, history, fit_info = train_and_save(
         context,
         name="image_evaluator",
@@ -202,19 +209,13 @@ def image_generator(
     trainer: TrainerResource,
 ) -> dg.Output[ModelRef]:
     """A class-conditional generator (DCGAN or VAE), early-stopped on FID of its samples on the val split."""
-    with warehouse.get_connection() as con:
-        train_x, train_y = load_image_split(con, clean_images, "train")
-        val_x, val_y = load_image_split(con, clean_images, "val")
-    size = int(clean_images.details["image_size"][0])
-    cfg = config_for(
-        config.arch,
-        {"image_size": size, "channels": int(clean_images.details["channels"]), "num_classes": len(clean_images.categories)},
-        {"lr": config.lr, "latent_dim": config.latent_dim, "width": config.width, "d_width": config.d_width},
-    )
     evaluator = load_model(image_evaluator.path)
-    torch.manual_seed(config.seed)
+    cfg, loaders = image_training_inputs(
+        warehouse, clean_images, config.arch,
+        {"lr": config.lr, "latent_dim": config.latent_dim, "width": config.width, "d_width": config.d_width},
+        batch_size=config.batch_size, seed=config.seed,
+    )
     module = model_class(config.arch)(cfg, evaluator=evaluator)
-    loaders = image_loaders(train_x, train_y, val_x, val_y, batch_size=config.batch_size, seed=config.seed)
     ref, history, fit_info = train_and_save(
         context,
         name="image_generator",
