@@ -47,7 +47,7 @@ SELECT sha256(coalesce(string_agg(line, chr(10) ORDER BY line), '')) FROM (
     GROUP BY split, label
 )
 """
-_TEMP_TABLES = ("_clean_images_expected", "_clean_images_checked")
+_TEMP_TABLES = ("_clean_images_expected", "_clean_images_checked", "_clean_images_duplicates")
 
 
 @dataclass(frozen=True)
@@ -179,16 +179,18 @@ def null_count(con: duckdb.DuckDBPyConnection, table: str = "clean_images") -> i
 
 
 def _read_stats(con: duckdb.DuckDBPyConnection, ident: str) -> CleanStats:
-    rows_in, rows_clean = con.execute(
-        "SELECT count(*), count(*) FILTER (WHERE reason_kind IS NULL) FROM _clean_images_checked"
-    ).fetchone()
+    # _clean_images_checked holds every input row with its own verdict; the duplicates are the rows of
+    # _clean_images_duplicates (clean on their own, so not counted twice); the clean table is the rest.
     by_reason = dict(
         con.execute(
             "SELECT reason_kind, count(*) FROM _clean_images_checked WHERE reason_kind IS NOT NULL "
-            "GROUP BY reason_kind ORDER BY reason_kind"
+            "GROUP BY reason_kind"
         ).fetchall()
     )
+    (by_reason["duplicate"],) = con.execute("SELECT count(*) FROM _clean_images_duplicates").fetchone()
+    (rows_in,) = con.execute("SELECT count(*) FROM _clean_images_checked").fetchone()
     splits = dict(con.execute(f"SELECT split, count(*) FROM {ident} GROUP BY split").fetchall())
+    rows_clean = sum(splits.values())
     width, height = con.execute("SELECT width, height FROM _clean_images_expected").fetchone()
     (version,) = con.execute(TABLE_VERSION_SQL.format(table=ident)).fetchone()
     return CleanStats(

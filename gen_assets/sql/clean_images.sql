@@ -27,7 +27,8 @@ SELECT
     coalesce(getvariable('expected_height'), (SELECT height FROM most_common))::INTEGER AS height;
 
 
--- 2. One verdict per row: reason_kind and reason are NULL for a clean row, else the FIRST problem found.
+-- 2. One verdict per row from the row alone: reason_kind and reason are NULL for a row that passes every
+--    check, else the FIRST problem found (duplicates are step 3).
 --    Clean rows get their split here. The split is a function of the image content alone: the same
 --    image lands in the same split in every snapshot, so re-collected data never moves a test image
 --    into train.
@@ -92,19 +93,29 @@ FROM verdicts;
 
 -- 3. Exact duplicates among the rows still clean: each image's first row by row_id stays, its other
 --    copies are quarantined pointing at it. Only clean rows compete, so a bad copy (a blank label, say)
---    never shadows a good one. A group-by on the hash, not a window: no sort that drags the image bytes.
-UPDATE _clean_images_checked AS checked
-SET reason_kind = 'duplicate', reason = 'duplicate of row ' || copies.first.row_id, split = NULL
-FROM (
-    SELECT content_hash, min({'row_id': row_id, 'n': file_row_number}) AS first
+--    never shadows a good one. This table lists the copies that go (a few per cent of the rows, no image
+--    bytes); nothing is updated in place. Grouping a million 64-character hashes is the slow part, so a
+--    first pass groups their 64-bit hash() and only the rows whose hash() repeats are grouped exactly.
+CREATE OR REPLACE TEMP TABLE _clean_images_duplicates AS
+WITH candidates AS (
+    SELECT file_row_number, row_id, content_hash
     FROM _clean_images_checked
     WHERE reason_kind IS NULL
+      AND hash(content_hash) IN (
+          SELECT hash(content_hash) FROM _clean_images_checked
+          WHERE reason_kind IS NULL
+          GROUP BY ALL
+          HAVING count(*) > 1)
+),
+copies AS (
+    SELECT content_hash, min({'row_id': row_id, 'n': file_row_number}) AS first
+    FROM candidates
     GROUP BY content_hash
     HAVING count(*) > 1
-) AS copies
-WHERE checked.reason_kind IS NULL
-  AND checked.content_hash = copies.content_hash
-  AND checked.file_row_number <> copies.first.n;
+)
+SELECT candidates.file_row_number, copies.first.row_id AS first_row_id
+FROM candidates JOIN copies USING (content_hash)
+WHERE candidates.file_row_number <> copies.first.n;
 
 
 -- 4. The clean table, replaced as a whole. The image bytes (PNG/JPEG: compressed already) and the hashes
@@ -124,7 +135,8 @@ CREATE OR REPLACE TABLE {table} (
 INSERT INTO {table}
 SELECT row_id, source, label, image, content_hash, width, height, channels, split
 FROM _clean_images_checked
-WHERE reason_kind IS NULL;
+WHERE reason_kind IS NULL
+  AND file_row_number NOT IN (SELECT file_row_number FROM _clean_images_duplicates);
 
 
 -- 5. This asset's quarantine rows for this snapshot are replaced, not appended: cleaning the same
@@ -135,6 +147,12 @@ WHERE asset = getvariable('asset') AND snapshot_version = getvariable('snapshot_
 INSERT INTO quarantine (asset, snapshot_version, source, row_id, reason, content_hash, quarantined_at)
 SELECT getvariable('asset'), getvariable('snapshot_version'), source, row_id, reason, content_hash,
        getvariable('quarantined_at')
-FROM _clean_images_checked
-WHERE reason_kind IS NOT NULL
+FROM (
+    SELECT source, row_id, reason, content_hash
+    FROM _clean_images_checked
+    WHERE reason_kind IS NOT NULL
+    UNION ALL
+    SELECT checked.source, checked.row_id, 'duplicate of row ' || copies.first_row_id, checked.content_hash
+    FROM _clean_images_duplicates AS copies JOIN _clean_images_checked AS checked USING (file_row_number)
+)
 ORDER BY row_id;
