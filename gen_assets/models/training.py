@@ -6,6 +6,7 @@ progress shows live in the UI; `progress_bar` is for terminals.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
@@ -49,6 +51,32 @@ class History(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict.get("rows", []))
+
+
+class RandomState(Callback):
+    """Saves the random generators' state in every checkpoint and restores it on resume, so a resumed
+    run draws the same noise (dropout, GAN latents, VAE samples) as an uninterrupted one."""
+
+    def state_dict(self) -> dict[str, Any]:
+        # plain tensors and ints only: Lightning resumes with torch.load(weights_only=True)
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}
+        state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        torch.set_rng_state(state_dict["torch"])
+        n = state_dict["numpy"]
+        np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        version, internal, gauss_next = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
 @dataclass
@@ -92,17 +120,19 @@ def fit(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True, verbose=False)
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir,
-        filename="best",
-        monitor=monitor,
-        mode=mode,
-        save_last=True,
-        save_top_k=1 if monitor else 0,
-        enable_version_counter=False,
-    )
+    # Two checkpoints: best.ckpt by the monitored metric, and last.ckpt rewritten after EVERY epoch (what
+    # a killed run resumes from). ModelCheckpoint(save_last=True) alone moves last.ckpt only on epochs
+    # that saved a new best, so a run killed after a plateau would repeat epochs, and without a monitor
+    # there would be no last.ckpt until the end.
+    last_checkpoint = ModelCheckpoint(dirpath=run_dir, filename="last", monitor=None, save_top_k=1,
+                                      enable_version_counter=False)
     history = History(log=log, every=log_every_epochs)
-    callbacks: list[Callback] = [checkpoint, history, *extra_callbacks]
+    callbacks: list[Callback] = [last_checkpoint, history, RandomState(), *extra_callbacks]
+    checkpoint = None
+    if monitor:
+        checkpoint = ModelCheckpoint(dirpath=run_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+                                     enable_version_counter=False)
+        callbacks.insert(0, checkpoint)
     if monitor and patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
     precision = precision or default_precision(accelerator)
@@ -133,8 +163,10 @@ def fit(
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders, val_dataloaders, ckpt_path=resumed_from)
     seconds = time.perf_counter() - t0
-    best = checkpoint.best_model_path or None
-    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+    best = (checkpoint.best_model_path or None) if checkpoint else None
+    best_score = None
+    if checkpoint is not None and checkpoint.best_model_score is not None:
+        best_score = float(checkpoint.best_model_score)
     return FitResult(
         best_path=best,
         last_path=str(last),
