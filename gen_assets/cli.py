@@ -49,8 +49,14 @@ def execute(job_name: str, profile: str, verbose: bool, asset_selection: list[st
         result = job.execute_in_process(
             run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection
         )
+    refused = [ev for ev in result.get_asset_check_evaluations() if not ev.passed]
+    for ev in refused:
+        kind = "blocked the assets downstream" if ev.blocking else ev.severity.value.lower()
+        print(f"check {ev.asset_check_key.to_user_string()} failed ({kind}): {ev.description or ''}".rstrip(),
+              file=sys.stderr)
     if not result.success:
-        failures = [e for e in result.all_events if e.is_step_failure]
+        blocked = {ev.asset_check_key.to_user_string().replace(":", "_") for ev in refused if ev.blocking}
+        failures = [e for e in result.all_events if e.is_step_failure and e.step_key not in blocked]
         for event in failures:
             err = event.step_failure_data.error
             while err is not None and err.cause is not None:  # the user code's own error, not Dagster's wrapper
@@ -77,14 +83,25 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def report(paths: Paths) -> dict:
+    """`models`: the champion of each modality with its latest metrics and files (the stable interface);
+    `registry`: per modality the champion, newer candidates, recent promotion decisions, the metric trend
+    and the trend plot, written to artifacts/reports/metric_trend_<modality>.png."""
     import duckdb
 
-    from gen_assets.store.registry import latest_models
+    from gen_assets.plots import trend_png
+    from gen_assets.store.registry import TREND_METRICS, latest_models, registry_summary
+    from gen_assets.store.snapshots import atomic_write_bytes
 
     if not paths.warehouse.exists():
-        return {"models": []}
+        return {"models": [], "registry": {}}
     with duckdb.connect(str(paths.warehouse), read_only=True) as con:
-        return {"models": latest_models(con)}
+        data = {"models": latest_models(con), "registry": registry_summary(con)}
+    for modality, entry in data["registry"].items():
+        if entry["trend"]:
+            png = paths.artifacts / "reports" / f"metric_trend_{modality}.png"
+            atomic_write_bytes(png, trend_png(entry["trend"], TREND_METRICS.get(modality, ()), f"{modality} metrics"))
+            entry["trend_png"] = str(png)
+    return data
 
 
 def format_report(data: dict) -> str:
@@ -97,12 +114,75 @@ def format_report(data: dict) -> str:
             lines.append(f"    {key:<24} {value:12.4f}")
         for key, value in m["artifacts"].items():
             lines.append(f"    {key:<24} {value}")
+        entry = data.get("registry", {}).get(m["modality"], {})
+        for c in entry.get("candidates", []):
+            key = f"  {c['key_metric']}={c['key_value']:.4g}" if c["key_value"] is not None else ""
+            lines.append(f"    candidate {c['version']}  created {c['created_at']}{key}")
+        for p in entry.get("promotions", [])[:3]:
+            lines.append(f"    {p['acted_at'][:19]} {p['action']:<8} {p['model_version']} by {p['actor']}: {p['reason']}")
+        trend = entry.get("trend", [])
+        if len(trend) > 1:
+            keys = [k for k in trend[-1] if k not in ("model_version", "batch_id", "measured_at")]
+            shown = ", ".join(f"{k} " + " > ".join(f"{r[k]:.3g}" for r in trend[-5:] if k in r) for k in keys)
+            lines.append(f"    trend (last {min(5, len(trend))} evaluations): {shown}")
+        if entry.get("trend_png"):
+            lines.append(f"    {'trend plot':<24} {entry['trend_png']}")
     return "\n".join(lines)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     data = report(Paths.from_env())
     print(json.dumps(data, indent=2) if args.json else format_report(data))
+    return 0
+
+
+def actor(args: argparse.Namespace) -> str:
+    """Who acts: --by, else GEN_ASSETS_USER, else the login name."""
+    import getpass
+
+    return args.by or os.environ.get("GEN_ASSETS_USER") or getpass.getuser()
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """A person makes a model champion, whatever the promotion check said; recorded with who and when."""
+    import duckdb
+
+    from gen_assets.store import registry
+
+    paths = Paths.from_env()
+    if not paths.warehouse.exists():
+        print(f"no warehouse at {paths.warehouse}: run `gen-assets run` first", file=sys.stderr)
+        return 1
+    with duckdb.connect(str(paths.warehouse)) as con:
+        try:
+            previous = registry.promote(con, args.version, actor=actor(args), reason=args.reason or "promoted by hand")
+            model = registry.get_model(con, args.version)
+        except (KeyError, ValueError) as e:
+            print(e.args[0], file=sys.stderr)
+            return 1
+    was = f" (was {previous})" if previous else ""
+    print(f"{model['modality']} champion: {args.version}{was}, by {actor(args)}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Give the championship back to the previous champion; the demoted model is not auto-promoted again."""
+    import duckdb
+
+    from gen_assets.store import registry
+
+    paths = Paths.from_env()
+    if not paths.warehouse.exists():
+        print(f"no warehouse at {paths.warehouse}: run `gen-assets run` first", file=sys.stderr)
+        return 1
+    with duckdb.connect(str(paths.warehouse)) as con:
+        try:
+            restored, demoted = registry.rollback(con, args.modality, actor=actor(args),
+                                                  reason=args.reason or "rolled back by hand")
+        except ValueError as e:
+            print(e.args[0], file=sys.stderr)
+            return 1
+    print(f"{args.modality} champion: {restored} (rolled back from {demoted}, by {actor(args)})")
     return 0
 
 
@@ -188,6 +268,18 @@ def main(argv: list[str] | None = None) -> int:
     fb_import = fb_sub.add_parser("import", help="validate rating files (CSV/JSONL) and land them in feedback/incoming")
     fb_import.add_argument("files", nargs="+")
     fb_import.set_defaults(func=cmd_feedback_import)
+    for name, func, help_text in (
+        ("promote", cmd_promote, "make a model version its modality's champion (recorded with who and when)"),
+        ("rollback", cmd_rollback, "give the championship back to the previous champion of a modality"),
+    ):
+        cmd = sub.add_parser(name, help=help_text)
+        if name == "promote":
+            cmd.add_argument("version", help="a model_version of the registry (gen-assets report lists them)")
+        else:
+            cmd.add_argument("--modality", choices=["image", "text"], required=True)
+        cmd.add_argument("--reason", help="why, for the record")
+        cmd.add_argument("--by", help="who (default: GEN_ASSETS_USER, else the login name)")
+        cmd.set_defaults(func=func)
     lin = sub.add_parser("lineage", help="the model, data versions, raw sources and feedback files behind a sample")
     lin.add_argument("sample_id")
     lin.add_argument("--json", action="store_true")

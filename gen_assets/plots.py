@@ -28,3 +28,27 @@ def curves_png(history: Sequence[Mapping[str, float]], keys: Sequence[str], titl
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def trend_png(rows: Sequence[Mapping], keys: Sequence[str], title: str) -> bytes:
+    """A metric trend over evaluations: one panel per key (their scales differ), one point per row
+    (rows: {"measured_at": ..., "model_version": ..., key: value, ...}, oldest first); champion changes
+    show as vertical lines."""
+    keys = [k for k in keys if any(k in r for r in rows)] or list(keys[:1])
+    fig, axes = plt.subplots(len(keys), 1, figsize=(6, 1.8 * len(keys) + 0.6), dpi=100, sharex=True, squeeze=False)
+    xs = list(range(1, len(rows) + 1))
+    changes = [i + 1 for i in range(1, len(rows)) if rows[i]["model_version"] != rows[i - 1]["model_version"]]
+    for ax, key in zip(axes[:, 0], keys):
+        points = [(x, r[key]) for x, r in zip(xs, rows) if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3)
+        for x in changes:
+            ax.axvline(x - 0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_ylabel(key)
+    axes[-1, 0].set_xlabel("evaluation (dotted line: new model)")
+    axes[0, 0].set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

@@ -141,3 +141,27 @@ def test_feedback_import_retrain_and_curation(smoke_home, capsys, monkeypatch, t
     assert base["inputs"]["raw_source"] == "builtin:digits" and base["inputs"]["raw_images"]
     assert [f["ratings"] for f in info["feedback_files"]] == [len(images) + len(texts)]
     assert cli.main(["lineage", "no-such-sample"]) == 1
+
+
+def test_rollback_and_promote_by_hand_and_the_registry_report(smoke_home, capsys, monkeypatch):
+    """After the feedback round the tuned models are champions; a person rolls image back and forth."""
+    monkeypatch.setenv("GEN_ASSETS_HOME", str(smoke_home))
+    data = report(smoke_home, capsys, monkeypatch)
+    tuned = {m["modality"]: m["version"] for m in data["models"]}["image"]
+    entry = data["registry"]["image"]
+    assert entry["champion"]["version"] == tuned and entry["champion"]["key_metric"] == "fid"
+    assert [p["action"] for p in entry["promotions"]][:1] == ["promote"]
+    assert Path(entry["trend_png"]).read_bytes()[:4] == b"\x89PNG" and len(entry["trend"]) >= 2
+
+    assert cli.main(["rollback", "--modality", "image", "--by", "tester", "--reason", "too dark"]) == 0
+    data = report(smoke_home, capsys, monkeypatch)
+    restored = {m["modality"]: m for m in data["models"]}["image"]
+    assert restored["version"] != tuned and restored["status"] == "champion"
+    last = data["registry"]["image"]["promotions"][0]
+    assert (last["action"], last["actor"], last["reason"], last["previous_version"]) == (
+        "rollback", "tester", "too dark", tuned)
+
+    assert cli.main(["promote", tuned, "--by", "tester"]) == 0
+    assert {m["modality"]: m["version"] for m in report(smoke_home, capsys, monkeypatch)["models"]}["image"] == tuned
+    assert cli.main(["promote", "no-such-version"]) == 1
+    assert cli.main(["rollback", "--modality", "text", "--by", "tester"]) == 0

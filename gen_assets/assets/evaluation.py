@@ -21,6 +21,7 @@ from gen_assets.models.text_data import encode_documents
 from gen_assets.models.tokenizers import tokenizer_from_dict
 from gen_assets.models.checkpoint import load_model
 from gen_assets.models.data import images_to_tensor
+from gen_assets.store import registry
 from gen_assets.store import warehouse as wh
 
 
@@ -105,13 +106,14 @@ def text_metrics(
     context: dg.AssetExecutionContext,
     config: TextMetricsConfig,
     generated_texts: Batch,
-    tuned_text_generator: ModelRef,
     clean_texts: CleanTable,
     warehouse: DuckDBResource,
 ) -> dg.Output[dict]:
-    """Validation loss / perplexity of the model on real data; BLEU, ROUGE, diversity and novelty of a batch."""
+    """Validation loss / perplexity of the model that wrote the batch; BLEU, ROUGE, diversity and novelty of it."""
     t0 = time.perf_counter()
-    model = load_model(tuned_text_generator.path, inference_device())
+    with warehouse.get_connection() as con:
+        checkpoint = registry.get_model(con, generated_texts.model_version)["checkpoint_path"]
+    model = load_model(checkpoint, inference_device())
     tokenizer = tokenizer_from_dict(model.extra["tokenizer"])
     with warehouse.get_connection() as con:
         train_docs = text_cleaning.load_texts(con, split="train", table=clean_texts.table)

@@ -7,7 +7,7 @@ from pydantic import Field
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.assets.common import Batch, ModelRef, inference_device, md_png, stable_key
+from gen_assets.assets.common import Batch, ModelRef, champion_model, inference_device, md_png, stable_key
 from gen_assets.generation import generate_per_class
 from gen_assets.imaging import encode_png, make_grid, to_uint8
 from gen_assets.models.checkpoint import load_model
@@ -34,10 +34,11 @@ def generated_images(
     artifacts: ArtifactStore,
 ) -> dg.Output[Batch]:
     """A batch of samples per category, listed in the DuckDB view `generated`, with a PNG grid."""
+    champion = champion_model(warehouse, "image", tuned_image_generator, context.log)
     t0 = time.perf_counter()
-    categories = list(tuned_image_generator.details["categories"])
-    model = load_model(tuned_image_generator.path, inference_device())
-    batch_id = "image-" + stable_key(tuned_image_generator.version, config.samples_per_class, config.seed)
+    categories = list(champion.details["categories"])
+    model = load_model(champion.path, inference_device())
+    batch_id = "image-" + stable_key(champion.version, config.samples_per_class, config.seed)
 
     def progress(done: int, total: int) -> None:
         context.log.info(f"generated {done}/{total} samples")
@@ -49,7 +50,7 @@ def generated_images(
     contents = [encode_png(p) for p in pixels]
     table = batch_table(
         batch_id=batch_id,
-        model_version=tuned_image_generator.version,
+        model_version=champion.version,
         modality="image",
         categories=[categories[i] for i in labels.tolist()],
         contents=contents,
@@ -67,18 +68,18 @@ def generated_images(
             con,
             batch_id=batch_id,
             modality="image",
-            model_version=tuned_image_generator.version,
+            model_version=champion.version,
             path=str(path),
             grid_path=str(grid_path),
             n_samples=len(contents),
         )
     seconds = time.perf_counter() - t0
     return dg.Output(
-        Batch(batch_id, "image", tuned_image_generator.version, str(path), len(contents), str(grid_path)),
+        Batch(batch_id, "image", champion.version, str(path), len(contents), str(grid_path)),
         data_version=dg.DataVersion(batch_id),
         metadata={
             "batch_id": batch_id,
-            "model_version": tuned_image_generator.version,
+            "model_version": champion.version,
             "samples": len(contents),
             "path": dg.MetadataValue.path(str(path)),
             "grid_path": dg.MetadataValue.path(str(grid_path)),
@@ -113,11 +114,12 @@ def generated_texts(
     artifacts: ArtifactStore,
 ) -> dg.Output[Batch]:
     """A batch of texts per category (each prompted by its control token), listed in the view `generated`."""
+    champion = champion_model(warehouse, "text", tuned_text_generator, context.log)
     t0 = time.perf_counter()
-    categories = list(tuned_text_generator.details["categories"])
-    model = load_model(tuned_text_generator.path, inference_device())
+    categories = list(champion.details["categories"])
+    model = load_model(champion.path, inference_device())
     tokenizer = tokenizer_from_dict(model.extra["tokenizer"])
-    batch_id = "text-" + stable_key(tuned_text_generator.version, config.model_dump())
+    batch_id = "text-" + stable_key(champion.version, config.model_dump())
     rows: list[tuple[str, str]] = []
     for prompt in config.prompts or [""]:
         for i, category in enumerate(categories):
@@ -138,7 +140,7 @@ def generated_texts(
             context.log.info(f"generated {len(rows)} samples ({category!r}, prompt {prompt!r})")
     table = batch_table(
         batch_id=batch_id,
-        model_version=tuned_text_generator.version,
+        model_version=champion.version,
         modality="text",
         categories=[c for c, _ in rows],
         contents=[t for _, t in rows],
@@ -146,16 +148,16 @@ def generated_texts(
     )
     path = write_batch(table, artifacts.paths.batches / "text", batch_id)
     with warehouse.get_connection() as con:
-        wh.register_batch(con, batch_id=batch_id, modality="text", model_version=tuned_text_generator.version,
+        wh.register_batch(con, batch_id=batch_id, modality="text", model_version=champion.version,
                           path=str(path), grid_path=None, n_samples=len(rows))
     seconds = time.perf_counter() - t0
     preview = "\n\n".join(f"**{c}**\n\n> " + t[:300].replace("\n", "\n> ") for c, t in rows[:: max(1, config.samples_per_category)][:6])
     return dg.Output(
-        Batch(batch_id, "text", tuned_text_generator.version, str(path), len(rows)),
+        Batch(batch_id, "text", champion.version, str(path), len(rows)),
         data_version=dg.DataVersion(batch_id),
         metadata={
             "batch_id": batch_id,
-            "model_version": tuned_text_generator.version,
+            "model_version": champion.version,
             "samples": len(rows),
             "path": dg.MetadataValue.path(str(path)),
             "preview": dg.MetadataValue.md(preview),

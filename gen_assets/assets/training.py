@@ -249,6 +249,7 @@ def image_generator(
                             "raw_source": clean_images.details.get("source", "")},
             checkpoint_path=ref.path,
             checkpoint_sha=ref.sha256,
+            details=ref.details,
         )
     loss_keys = ["g_loss", "d_loss"] if config.arch == "dcgan" else ["train_loss", "val_loss"]
     meta = training_metadata(history, fit_info, ref, loss_keys)
@@ -368,6 +369,7 @@ def text_generator(
                             "raw_source": clean_texts.details.get("source", "")},
             checkpoint_path=ref.path,
             checkpoint_sha=ref.sha256,
+            details=ref.details,
         )
     meta = training_metadata(history, fit_info, ref, ["train_loss", "val_loss"])
     meta["parameters"] = sum(p.numel() for p in module.parameters())

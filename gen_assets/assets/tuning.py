@@ -109,12 +109,13 @@ def register_tuned(context, warehouse, artifacts, *, modality, base: ModelRef, r
     final = path.with_name(f"{version}.pt")
     os.replace(path, final)
     inputs = {"base_model": base.version, "reward_model": reward.version, "feedback": feedback.version}
+    details = {**base.details, "tuned_from": base.version}
     with warehouse.get_connection() as con:
         wh.register_model(con, model_version=version, modality=modality, arch=base.arch,
                           config=dataclasses.asdict(model.config), input_versions=inputs,
-                          checkpoint_path=str(final), checkpoint_sha=sha)
-    context.log.info(f"tuned {base.version} on feedback {feedback.version}: {version}")
-    ref = ModelRef(modality, base.arch, version, str(final), sha, {**base.details, "tuned_from": base.version})
+                          checkpoint_path=str(final), checkpoint_sha=sha, details=details)
+    context.log.info(f"tuned {base.version} on feedback {feedback.version}: {version} (a candidate until promoted)")
+    ref = ModelRef(modality, base.arch, version, str(final), sha, details)
     return dg.Output(ref, data_version=dg.DataVersion(sha[:16]),
                      metadata={"model_version": version, "tuned": True, **inputs, "path": dg.MetadataValue.path(str(final))})
 

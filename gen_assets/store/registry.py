@@ -1,4 +1,11 @@
-"""Reading the model registry: the latest model per modality with its metrics and artifacts."""
+"""The model registry (table `models`): champions, promotion and rollback, and what the report reads.
+
+A model enters the registry as a candidate (gen_assets.store.warehouse.register_model). It becomes the
+champion of its modality through `promote`: called by the blocking promotion check when the candidate's
+key metric is not worse than the champion's beyond the tolerance, or by a person (`gen-assets promote`).
+`rollback` gives the championship back to the previous champion. Every change, and every promotion the
+check refused, is a row of `promotions` with who and when. Generation and curation use `champion()`.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,124 @@ from typing import Any
 
 import duckdb
 
+from gen_assets.store.warehouse import ensure_schema, now
+
+MODEL_COLUMNS = ("model_version", "modality", "arch", "status", "created_at", "checkpoint_path", "checkpoint_sha",
+                 "config", "input_versions", "feedback_version", "details", "key_metric", "key_value", "pruned_at")
+
+
+def _model_dict(row: tuple) -> dict[str, Any]:
+    m = dict(zip(MODEL_COLUMNS, row, strict=True))
+    for key in ("config", "input_versions", "details"):
+        m[key] = json.loads(m[key]) if m[key] else {}
+    return m
+
+
+def get_model(con: duckdb.DuckDBPyConnection, model_version: str) -> dict[str, Any]:
+    """The registry row of a model version; KeyError naming it when there is none."""
+    row = con.execute(f"SELECT {', '.join(MODEL_COLUMNS)} FROM models WHERE model_version = ?", [model_version]).fetchone()
+    if row is None:
+        raise KeyError(f"no model {model_version!r} in the registry")
+    return _model_dict(row)
+
+
+def champion(con: duckdb.DuckDBPyConnection, modality: str) -> dict[str, Any] | None:
+    """The champion of a modality (the model generation and curation use), or None before the first."""
+    row = con.execute(
+        f"SELECT {', '.join(MODEL_COLUMNS)} FROM models WHERE modality = ? AND status = 'champion'", [modality]
+    ).fetchone()
+    return _model_dict(row) if row else None
+
+
+def record_key_metric(con: duckdb.DuckDBPyConnection, model_version: str, key_metric: str, value: float) -> None:
+    con.execute("UPDATE models SET key_metric = ?, key_value = ? WHERE model_version = ?", [key_metric, value, model_version])
+
+
+def _log(con, modality: str, action: str, version: str, previous: str | None, actor: str, reason: str) -> None:
+    con.execute(
+        "INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?)", [modality, action, version, previous, actor, reason, now()]
+    )
+
+
+def promote(con: duckdb.DuckDBPyConnection, model_version: str, *, actor: str, reason: str,
+            action: str = "promote") -> str | None:
+    """Make `model_version` the champion of its modality, retiring the previous one; one transaction.
+
+    Returns the previous champion's version (None when there was none, or it is the same model)."""
+    ensure_schema(con)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        model = get_model(con, model_version)
+        if model["pruned_at"] is not None:
+            raise ValueError(f"model {model_version} cannot be champion: its checkpoint was pruned at {model['pruned_at']}")
+        current = champion(con, model["modality"])
+        previous = current["model_version"] if current else None
+        if previous != model_version:
+            con.execute("UPDATE models SET status = 'retired' WHERE modality = ? AND status = 'champion'", [model["modality"]])
+            con.execute("UPDATE models SET status = 'champion' WHERE model_version = ?", [model_version])
+            _log(con, model["modality"], action, model_version, previous, actor, reason)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return previous if previous != model_version else None
+
+
+def rollback(con: duckdb.DuckDBPyConnection, modality: str, *, actor: str, reason: str) -> tuple[str, str]:
+    """Give the championship back to the model that held it before the current champion.
+
+    Returns (new champion, demoted model). The demoted model is not promoted again by the promotion
+    check (a person took it out); `promote` by hand brings it back."""
+    current = champion(con, modality)
+    if current is None:
+        raise ValueError(f"no {modality} champion to roll back")
+    row = con.execute(
+        # the champion it replaced when it was last promoted (a rollback row would only undo the rollback)
+        "SELECT previous_version FROM promotions WHERE modality = ? AND model_version = ? "
+        "AND action = 'promote' AND previous_version IS NOT NULL ORDER BY acted_at DESC LIMIT 1",
+        [modality, current["model_version"]],
+    ).fetchone()
+    if row is None:
+        raise ValueError(f"{modality} champion {current['model_version']} has no previous champion to roll back to")
+    promote(con, row[0], actor=actor, reason=reason, action="rollback")
+    return row[0], current["model_version"]
+
+
+def demoted_by_person(con: duckdb.DuckDBPyConnection, model_version: str) -> dict[str, Any] | None:
+    """The rollback that took `model_version` out, unless it was promoted again since; else None."""
+    row = con.execute(
+        "SELECT action, model_version, actor, acted_at, reason FROM promotions "
+        "WHERE (action = 'rollback' AND previous_version = ?) OR (action IN ('promote', 'rollback') AND model_version = ?) "
+        "ORDER BY acted_at DESC LIMIT 1",
+        [model_version, model_version],
+    ).fetchone()
+    if row is None or row[0] != "rollback" or row[1] == model_version:
+        return None
+    return {"actor": row[2], "at": str(row[3]), "reason": row[4]}
+
+
+def refuse(con: duckdb.DuckDBPyConnection, model_version: str, *, actor: str, reason: str) -> None:
+    """Record that the promotion check kept `model_version` a candidate, and why."""
+    model = get_model(con, model_version)
+    current = champion(con, model["modality"])
+    _log(con, model["modality"], "refuse", model_version, current["model_version"] if current else None, actor, reason)
+
+
+def promotion_history(con: duckdb.DuckDBPyConnection, modality: str | None = None, limit: int = 20) -> list[dict]:
+    where, args = ("WHERE modality = ?", [modality]) if modality else ("", [])
+    rows = con.execute(
+        f"SELECT modality, action, model_version, previous_version, actor, reason, acted_at FROM promotions {where} "
+        f"ORDER BY acted_at DESC LIMIT {int(limit)}",
+        args,
+    ).fetchall()
+    keys = ("modality", "action", "model_version", "previous_version", "actor", "reason", "acted_at")
+    return [{**dict(zip(keys, r, strict=True)), "acted_at": str(r[6])} for r in rows]
+
 
 
 def latest_models(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    """One entry per modality: its newest model, the latest value of each of its metrics, its files.
+    """One entry per modality: its champion (before the first promotion: its newest model), the latest
+    value of each of its metrics, its files.
 
     The shape is the stable JSON interface of `gen-assets report --json`.
     """
@@ -21,7 +142,8 @@ def latest_models(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
         """
         SELECT model_version, modality, arch, status, created_at, checkpoint_path
         FROM models
-        QUALIFY row_number() OVER (PARTITION BY modality ORDER BY created_at DESC, model_version) = 1
+        QUALIFY row_number() OVER (
+            PARTITION BY modality ORDER BY status = 'champion' DESC, created_at DESC, model_version) = 1
         ORDER BY modality
         """
     ).fetchall()
@@ -98,3 +220,49 @@ def lineage(con: duckdb.DuckDBPyConnection, sample_id: str) -> dict[str, Any]:
         ]
     return {"sample_id": sample_id, "modality": modality, "category": category, "batch_id": batch_id,
             "created_at": str(created_at), "models": models, "feedback_files": files}
+
+
+TREND_METRICS = {"image": ("fid", "fid_real_floor", "class_accuracy"), "text": ("val_loss", "bleu", "novelty")}
+
+
+def metric_trend(con: duckdb.DuckDBPyConnection, modality: str, metrics: tuple[str, ...] | None = None) -> list[dict]:
+    """One row per evaluated batch of a modality, oldest first: model_version, batch_id, measured_at and
+    the metrics (default: TREND_METRICS[modality])."""
+    metrics = metrics or TREND_METRICS.get(modality, ())
+    rows = con.execute(
+        # a batch evaluated again (an unchanged nightly run) counts once, with its latest values
+        "SELECT batch_id, model_version, min(first_at) AS first_at, map(list(metric), list(value)) FROM ("
+        "    SELECT batch_id, model_version, metric, arg_max(value, measured_at) AS value, min(measured_at) AS first_at"
+        "    FROM metrics_history WHERE modality = ? GROUP BY ALL"
+        ") GROUP BY batch_id, model_version ORDER BY first_at",
+        [modality],
+    ).fetchall()
+    return [{"model_version": v, "batch_id": b, "measured_at": str(at), **{k: m[k] for k in metrics if k in m}}
+            for b, v, at, m in rows]
+
+
+def registry_summary(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]]:
+    """Per modality: the champion, the candidates registered since it (newest first), the last promotion
+    decisions and the metric trend (what `gen-assets report` shows)."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    if not {"models", "metrics_history", "promotions"} <= tables:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for (modality,) in con.execute("SELECT DISTINCT modality FROM models ORDER BY modality").fetchall():
+        current = champion(con, modality)
+        since = current["created_at"] if current else None
+        candidates = con.execute(
+            "SELECT model_version, arch, created_at, key_metric, key_value FROM models "
+            "WHERE modality = ? AND status = 'candidate' AND (? IS NULL OR created_at > ?) ORDER BY created_at DESC",
+            [modality, since, since],
+        ).fetchall()
+        out[modality] = {
+            "champion": None if current is None else {
+                "version": current["model_version"], "arch": current["arch"], "created_at": str(current["created_at"]),
+                "key_metric": current["key_metric"], "key_value": current["key_value"]},
+            "candidates": [{"version": v, "arch": a, "created_at": str(c), "key_metric": k, "key_value": kv}
+                           for v, a, c, k, kv in candidates],
+            "promotions": promotion_history(con, modality, limit=5),
+            "trend": metric_trend(con, modality),
+        }
+    return out

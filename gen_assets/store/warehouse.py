@@ -2,7 +2,8 @@
 
 Tables (one name for one thing, see docs):
 - quarantine:      rows refused by any stage, with the reason (never silently dropped)
-- models:          the model registry (one row per model_version)
+- models:          the model registry (one row per model_version; status candidate | champion | retired)
+- promotions:      every change of champion and every refused promotion: who, when, why
 - metrics_history: one row per (model_version, metric) measurement, appended, for trends
 - batches:         one row per generation batch (its Parquet file)
 - generated (view): every generated sample of every modality, read from the batch Parquet files
@@ -37,6 +38,21 @@ CREATE TABLE IF NOT EXISTS models (
     checkpoint_sha  VARCHAR NOT NULL,
     status          VARCHAR NOT NULL,    -- candidate | champion | retired
     created_at      TIMESTAMP NOT NULL
+);
+-- columns added after the first release: ALTER keeps older warehouses readable
+ALTER TABLE models ADD COLUMN IF NOT EXISTS feedback_version VARCHAR;   -- feedback it was tuned on
+ALTER TABLE models ADD COLUMN IF NOT EXISTS details JSON;               -- e.g. the category names
+ALTER TABLE models ADD COLUMN IF NOT EXISTS key_metric VARCHAR;         -- promotion: fid | val_loss
+ALTER TABLE models ADD COLUMN IF NOT EXISTS key_value DOUBLE;           -- its value at the last check
+ALTER TABLE models ADD COLUMN IF NOT EXISTS pruned_at TIMESTAMP;        -- checkpoint file removed (retention)
+CREATE TABLE IF NOT EXISTS promotions (
+    modality         VARCHAR NOT NULL,
+    action           VARCHAR NOT NULL,   -- promote (the check, or a person) | rollback | refuse
+    model_version    VARCHAR NOT NULL,   -- the model the action is about (the new champion, or the refused one)
+    previous_version VARCHAR,            -- the champion before the action
+    actor            VARCHAR NOT NULL,   -- who: a user name, or dagster:<run id> for the promotion check
+    reason           VARCHAR NOT NULL,
+    acted_at         TIMESTAMP NOT NULL
 );
 CREATE TABLE IF NOT EXISTS metrics_history (
     model_version VARCHAR NOT NULL,
@@ -133,36 +149,35 @@ def register_model(
     input_versions: Mapping[str, str],
     checkpoint_path: str,
     checkpoint_sha: str,
-    status: str = "champion",
+    details: Mapping | None = None,
 ) -> None:
-    """Add a model to the registry. A new champion retires the previous champion of its modality."""
+    """Add a model to the registry as a candidate; a model already registered keeps its status.
+
+    Only a promotion (gen_assets.store.registry.promote: the blocking promotion check, or a person)
+    makes a model champion."""
     ensure_schema(con)
-    con.execute("BEGIN TRANSACTION")
-    try:
-        if status == "champion":
-            con.execute(
-                "UPDATE models SET status = 'retired' WHERE modality = ? AND status = 'champion' AND model_version <> ?",
-                [modality, model_version],
-            )
-        con.execute("DELETE FROM models WHERE model_version = ?", [model_version])
-        con.execute(
-            "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                model_version,
-                modality,
-                arch,
-                json.dumps(dict(config), default=str),
-                json.dumps(dict(input_versions)),
-                checkpoint_path,
-                checkpoint_sha,
-                status,
-                now(),
-            ],
-        )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+    con.execute(
+        """
+        INSERT INTO models (model_version, modality, arch, config, input_versions, feedback_version, details,
+                            checkpoint_path, checkpoint_sha, status, created_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'candidate', ?)
+        ON CONFLICT (model_version) DO UPDATE SET
+            checkpoint_path = excluded.checkpoint_path, checkpoint_sha = excluded.checkpoint_sha,
+            details = excluded.details, pruned_at = NULL
+        """,
+        [
+            model_version,
+            modality,
+            arch,
+            json.dumps(dict(config), default=str),
+            json.dumps(dict(input_versions)),
+            input_versions.get("feedback"),
+            json.dumps(dict(details or {}), default=str),
+            checkpoint_path,
+            checkpoint_sha,
+            now(),
+        ],
+    )
 
 
 def record_metrics(

@@ -4,7 +4,6 @@ import pytest
 
 from gen_assets.store import warehouse as wh
 from gen_assets.store.batches import batch_table, write_batch
-from gen_assets.store.registry import latest_models
 from gen_assets.store.snapshots import write_snapshot
 
 
@@ -42,25 +41,3 @@ def test_generated_view_lists_every_batch_of_every_modality(tmp_path, con):
     assert [r[0] for r in rows] == ["b1-00000", "b1-00001", "b2-00000"]
     assert rows[0][3] == b"\x89PNG1" and rows[0][4] is None
     assert rows[2][3] == "Good morrow — “sweet” lady".encode() and rows[2][4] == "Good morrow — “sweet” lady"
-
-
-def test_new_champion_retires_the_old_and_report_shows_latest(con):
-    for version in ("v1", "v2"):
-        wh.register_model(con, model_version=version, modality="image", arch="dcgan", config={"a": 1},
-                          input_versions={"clean_images": "c"}, checkpoint_path=f"/m/{version}.pt", checkpoint_sha="s")
-        wh.record_metrics(con, model_version=version, modality="image", metrics={"fid": 2.0}, batch_id=None)
-    status = dict(con.execute("SELECT model_version, status FROM models").fetchall())
-    assert status == {"v1": "retired", "v2": "champion"}
-    [entry] = latest_models(con)
-    assert entry["version"] == "v2" and entry["metrics"] == {"fid": 2.0}
-    assert set(entry) == {"modality", "version", "arch", "status", "created_at", "metrics", "artifacts"}
-
-
-def test_register_model_is_transactional(con, monkeypatch):
-    wh.register_model(con, model_version="v1", modality="image", arch="dcgan", config={}, input_versions={},
-                      checkpoint_path="/m/v1.pt", checkpoint_sha="s")
-    with pytest.raises(TypeError):
-        # an unserializable config fails after the old champion was retired inside the transaction
-        wh.register_model(con, model_version="v2", modality="image", arch="dcgan", config={"x": {1, 2}},
-                          input_versions={"k": object()}, checkpoint_path="/m/v2.pt", checkpoint_sha="s")
-    assert con.execute("SELECT model_version, status FROM models").fetchall() == [("v1", "champion")]

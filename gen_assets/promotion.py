@@ -1,0 +1,128 @@
+"""When a new model may replace the champion: its key metric, measured the same way for both, and the rule.
+
+Key metric per modality (lower is better for both):
+- image: `fid`, the Fréchet distance in the image evaluator's feature space between `per_class` samples
+  of every category and the clean val split (fixed seed, so both models see the same latent noise);
+- text: `val_loss`, the mean cross-entropy on fixed random windows of the clean val split.
+
+The rule (`decide`): the candidate passes when candidate <= champion * (1 + tolerance), or when there is
+no champion to compare with; for images also FID <= a multiple of the real-data floor (an absolute bar,
+so tolerated losses cannot add up over many rounds). Both values are measured in the same run with the same data and evaluator,
+so a change of evaluator or data between two training runs never makes an old number look better.
+
+Pure module (torch only): no dagster import.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from gen_assets.generation import generate_per_class
+from gen_assets.metrics.lm import validation_loss
+from gen_assets.models.evaluator import frechet_distance
+
+KEY_METRICS = {"image": "fid", "text": "val_loss"}
+
+
+@dataclass(frozen=True)
+class Decision:
+    passed: bool
+    reason: str
+    key_metric: str
+    candidate: float | None = None
+    champion: float | None = None
+    tolerance: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def decide(
+    key_metric: str,
+    candidate: float,
+    champion: float | None,
+    tolerance: float,
+    *,
+    champion_version: str | None = None,
+    ceiling: float | None = None,
+    ceiling_label: str = "",
+) -> Decision:
+    """Lower is better. Pass when candidate <= champion * (1 + tolerance) (or there is no champion) and,
+    when a ceiling is given, candidate <= ceiling: an absolute bar, so tolerated small losses cannot add up
+    over many promotions."""
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    args = (key_metric, candidate, champion, tolerance)
+    if not math.isfinite(candidate):
+        return Decision(False, f"the candidate's {key_metric} is {candidate}", *args)
+    if ceiling is not None and candidate > ceiling:
+        bar = f"{ceiling:.4g}" + (f", {ceiling_label}" if ceiling_label else "")
+        return Decision(False, f"{key_metric} {candidate:.4g} is above the bar of {bar}", *args)
+    if champion is None:
+        return Decision(True, f"{key_metric} {candidate:.4g}; no comparable champion", *args)
+    name = f"champion {champion_version}" if champion_version else "the champion"
+    change = (candidate - champion) / abs(champion) if champion else math.inf
+    if candidate <= champion * (1 + tolerance):
+        return Decision(True, f"{key_metric} {candidate:.4g} vs {name}'s {champion:.4g} ({change:+.1%}; "
+                              f"tolerance +{tolerance:.0%})", *args)
+    return Decision(False, f"{key_metric} {candidate:.4g} is worse than {name}'s {champion:.4g} by {change:+.1%}, "
+                           f"beyond the tolerance of +{tolerance:.0%}", *args)
+
+
+def image_floor(evaluator, real: torch.Tensor, reference: torch.Tensor, *, n: int, seed: int = 0) -> float:
+    """FID of `n` real images (a seeded subset of `real`, the train split) against `reference` (val split):
+    what a perfect generator would score with the same sample count."""
+    idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n]
+    was_training = evaluator.training
+    evaluator.eval()
+    try:
+        device = next(evaluator.parameters()).device
+        with torch.no_grad():
+            feats = [evaluator.features(x.to(device, torch.float32)) for x in (reference, real[idx])]
+    finally:
+        evaluator.train(was_training)
+    return frechet_distance(*feats)
+
+
+@torch.no_grad()
+def image_key_metric(generator, evaluator, reference: torch.Tensor, *, per_class: int, seed: int = 0) -> float:
+    """FID (evaluator features) of `per_class` samples of every class against `reference` images.
+
+    reference: float [0, 1] N x C x H x W (the val split); the generator must be class-conditional on the
+    evaluator's classes."""
+    num_classes = int(evaluator.config.num_classes)
+    if int(generator.config.num_classes) != num_classes:
+        raise ValueError(f"the generator has {generator.config.num_classes} classes, the evaluator {num_classes}")
+    was_training = evaluator.training
+    evaluator.eval()
+    try:
+        fake, _ = generate_per_class(generator, num_classes=num_classes, per_class=per_class, seed=seed)
+        device = next(evaluator.parameters()).device
+        feats = [evaluator.features(x.to(device, torch.float32)) for x in (reference, fake)]
+    finally:
+        evaluator.train(was_training)
+    return frechet_distance(*feats)
+
+
+def text_key_metric(model, val_ids: torch.Tensor, *, batches: int = 50, batch_size: int = 32, seed: int = 0) -> float:
+    """Validation loss (nats per token) on fixed random windows of the val token stream."""
+    return validation_loss(model, val_ids, batch_size=batch_size, batches=batches, seed=seed)
+
+
+def image_models_comparable(candidate_config, champion_config) -> str | None:
+    """None when both generators make the same images (size, channels, classes); else why not."""
+    for name in ("image_size", "channels", "num_classes"):
+        a, b = getattr(candidate_config, name, None), getattr(champion_config, name, None)
+        if a != b:
+            return f"{name} differs ({a} vs the champion's {b})"
+    return None
+
+
+def text_models_comparable(candidate_tokenizer: dict, champion_tokenizer: dict) -> str | None:
+    """None when both models read the same tokens (losses per token are then comparable); else why not."""
+    if candidate_tokenizer != champion_tokenizer:
+        return "the tokenizer differs, so losses per token are not comparable"
+    return None

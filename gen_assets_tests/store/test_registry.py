@@ -1,0 +1,121 @@
+"""The model registry: candidates, promotion and rollback with who/when, and what the report reads."""
+
+import duckdb
+import pytest
+
+from gen_assets.store import registry
+from gen_assets.store import warehouse as wh
+
+
+@pytest.fixture
+def con(tmp_path):
+    c = duckdb.connect(str(tmp_path / "w.duckdb"))
+    wh.ensure_schema(c)
+    yield c
+    c.close()
+
+
+def register(con, version, modality="image", **extra):
+    wh.register_model(con, model_version=version, modality=modality, arch="dcgan", config={"a": 1},
+                      input_versions={"clean_images": "c", **extra}, checkpoint_path=f"/m/{version}.pt",
+                      checkpoint_sha="s" + version, details={"categories": ["0", "1"]})
+
+
+def statuses(con):
+    return dict(con.execute("SELECT model_version, status FROM models").fetchall())
+
+
+def test_a_registered_model_is_a_candidate_until_promoted(con):
+    register(con, "v1")
+    assert statuses(con) == {"v1": "candidate"} and registry.champion(con, "image") is None
+    [entry] = registry.latest_models(con)  # before any promotion the report shows the newest model
+    assert entry["version"] == "v1" and entry["status"] == "candidate"
+    assert registry.promote(con, "v1", actor="ana", reason="first") is None
+    champion = registry.champion(con, "image")
+    assert champion["model_version"] == "v1" and champion["details"] == {"categories": ["0", "1"]}
+
+
+def test_promotion_retires_the_old_champion_and_is_recorded_with_who_and_when(con):
+    register(con, "v1")
+    registry.promote(con, "v1", actor="ana", reason="first")
+    register(con, "v2", feedback="fb1")
+    assert registry.promote(con, "v2", actor="dagster:run-1", reason="fid better") == "v1"
+    assert statuses(con) == {"v1": "retired", "v2": "champion"}
+    [last, first] = registry.promotion_history(con, "image")
+    assert (last["action"], last["model_version"], last["previous_version"], last["actor"]) == (
+        "promote", "v2", "v1", "dagster:run-1")
+    assert last["reason"] == "fid better" and last["acted_at"] >= first["acted_at"]
+    assert registry.get_model(con, "v2")["feedback_version"] == "fb1"
+
+
+def test_registering_again_keeps_the_status(con):
+    register(con, "v1")
+    registry.promote(con, "v1", actor="ana", reason="first")
+    register(con, "v1")  # an unchanged nightly run registers the reused model again
+    assert statuses(con) == {"v1": "champion"}
+
+
+def test_the_report_shows_the_champion_not_a_newer_candidate(con):
+    register(con, "v1")
+    registry.promote(con, "v1", actor="ana", reason="first")
+    wh.record_metrics(con, model_version="v1", modality="image", metrics={"fid": 2.0}, batch_id="b1")
+    register(con, "v2")
+    [entry] = registry.latest_models(con)
+    assert entry["version"] == "v1" and entry["status"] == "champion" and entry["metrics"] == {"fid": 2.0}
+    summary = registry.registry_summary(con)["image"]
+    assert summary["champion"]["version"] == "v1"
+    assert [c["version"] for c in summary["candidates"]] == ["v2"]
+
+
+def test_promote_is_one_transaction(con, monkeypatch):
+    register(con, "v1")
+    registry.promote(con, "v1", actor="ana", reason="first")
+    register(con, "v2")
+
+    def broken_log(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(registry, "_log", broken_log)
+    with pytest.raises(RuntimeError):
+        registry.promote(con, "v2", actor="ana", reason="x")
+    assert statuses(con) == {"v1": "champion", "v2": "candidate"}
+
+
+def test_promote_refuses_unknown_and_pruned_models(con):
+    with pytest.raises(KeyError, match="no-such"):
+        registry.promote(con, "no-such", actor="ana", reason="x")
+    register(con, "v1")
+    con.execute("UPDATE models SET pruned_at = now()")
+    with pytest.raises(ValueError, match="pruned"):
+        registry.promote(con, "v1", actor="ana", reason="x")
+
+
+def test_rollback_restores_the_previous_champion_and_remembers_who_demoted(con):
+    for v in ("v1", "v2", "v3"):
+        register(con, v)
+        registry.promote(con, v, actor="dagster:run", reason="better")
+    assert registry.rollback(con, "image", actor="bo", reason="customers complained") == ("v2", "v3")
+    assert statuses(con) == {"v1": "retired", "v2": "champion", "v3": "retired"}
+    assert registry.demoted_by_person(con, "v3")["actor"] == "bo"
+    assert registry.demoted_by_person(con, "v2") is None
+    assert registry.rollback(con, "image", actor="bo", reason="again") == ("v1", "v2")
+    assert registry.demoted_by_person(con, "v2")["actor"] == "bo"
+    registry.promote(con, "v3", actor="cy", reason="fixed upstream")  # a person brings v3 back
+    assert registry.demoted_by_person(con, "v3") is None
+    with pytest.raises(ValueError, match="no text champion"):
+        registry.rollback(con, "text", actor="bo", reason="x")
+
+
+def test_rollback_needs_a_previous_champion(con):
+    register(con, "v1")
+    registry.promote(con, "v1", actor="ana", reason="first")
+    with pytest.raises(ValueError, match="no previous champion"):
+        registry.rollback(con, "image", actor="bo", reason="x")
+
+
+def test_metric_trend_counts_a_batch_evaluated_twice_once(con):
+    for version, batch, fid in (("v1", "b1", 3.0), ("v1", "b1", 2.5), ("v2", "b2", 2.0)):
+        wh.record_metrics(con, model_version=version, modality="image", metrics={"fid": fid, "class_accuracy": 0.9},
+                          batch_id=batch)
+    trend = registry.metric_trend(con, "image")
+    assert [(r["model_version"], r["fid"]) for r in trend] == [("v1", 2.5), ("v2", 2.0)]

@@ -1,0 +1,118 @@
+"""Promotion: the decision rule, and the blocking check's bookkeeping (champion, refusals, rollbacks)."""
+
+import logging
+import math
+from types import SimpleNamespace
+
+import duckdb
+import pytest
+import torch
+from dagster_duckdb import DuckDBResource
+
+from gen_assets import checks, promotion
+from gen_assets.assets.common import ModelRef
+from gen_assets.store import registry
+from gen_assets.store import warehouse as wh
+
+
+def test_decide_within_and_beyond_the_tolerance():
+    assert promotion.decide("fid", 10.9, 10.0, 0.1).passed
+    refused = promotion.decide("fid", 11.5, 10.0, 0.1, champion_version="dcgan-1")
+    assert not refused.passed and "dcgan-1" in refused.reason and "+15.0%" in refused.reason
+    assert promotion.decide("val_loss", 1.0, 1.2, 0.0).passed  # better always passes
+    assert promotion.decide("fid", 50.0, None, 0.1).passed  # the first model has nothing to beat
+
+
+def test_decide_absolute_bar_and_broken_values():
+    assert not promotion.decide("fid", 12.0, 30.0, 0.1, ceiling=11.0, ceiling_label="3x the floor").passed
+    assert not promotion.decide("fid", math.nan, 10.0, 0.1).passed
+    assert not promotion.decide("val_loss", math.inf, None, 0.1).passed
+    with pytest.raises(ValueError):
+        promotion.decide("fid", 1.0, 1.0, -0.1)
+
+
+def test_image_key_metric_ranks_a_copy_of_the_data_above_noise():
+    """FID of the real val images themselves ~0; of uniform noise, large."""
+
+    class Copy(torch.nn.Module):  # a "generator" that returns real images of the asked class
+        def __init__(self, images):
+            super().__init__()
+            self.images, self.config = images, SimpleNamespace(num_classes=2)
+
+        def generate(self, labels, seed=None):
+            return self.images[: len(labels)]
+
+    class Noise(Copy):
+        def generate(self, labels, seed=None):
+            return torch.rand((len(labels), 1, 8, 8), generator=torch.Generator().manual_seed(seed or 0))
+
+    class Evaluator(torch.nn.Module):
+        config = SimpleNamespace(num_classes=2)
+
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(64, 6)
+
+        def features(self, x):
+            return self.proj(x.flatten(1))
+
+    torch.manual_seed(0)
+    val = torch.rand(200, 1, 8, 8) * 0.3
+    evaluator = Evaluator()
+    same = promotion.image_key_metric(Copy(val), evaluator, val, per_class=100)
+    noise = promotion.image_key_metric(Noise(val), evaluator, val, per_class=100)
+    assert same < 1e-6 < noise and noise > 0.1
+
+
+class Context:
+    def __init__(self):
+        self.run = SimpleNamespace(run_id="run-1")
+        self.log = logging.getLogger("test")
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    """A warehouse, a fake model loader (path -> its key metric) and the check's measure/comparable."""
+    database = str(tmp_path / "w.duckdb")
+    values: dict[str, float] = {}
+    monkeypatch.setattr(checks, "load_model", lambda path, device=None: path)
+
+    def run(version: str, value: float, tolerance: float = 0.1) -> bool:
+        values[f"/m/{version}.pt"] = value
+        with duckdb.connect(database) as con:
+            wh.register_model(con, model_version=version, modality="image", arch="dcgan", config={},
+                              input_versions={}, checkpoint_path=f"/m/{version}.pt", checkpoint_sha=version)
+        ref = ModelRef("image", "dcgan", version, f"/m/{version}.pt", version)
+        result = checks.promotion_check(Context(), DuckDBResource(database=database), ref, tolerance,
+                                        measure=values.__getitem__, comparable=lambda a, b: None)
+        return result.passed
+
+    def state():
+        with duckdb.connect(database) as con:
+            status = dict(con.execute("SELECT model_version, status FROM models").fetchall())
+            return status, registry.promotion_history(con, "image")
+
+    return SimpleNamespace(run=run, state=state, database=database)
+
+
+def test_check_promotes_the_first_and_better_models_and_refuses_a_worse_one(setup):
+    assert setup.run("v1", 10.0)
+    assert setup.run("v2", 10.5)  # within 10%
+    assert not setup.run("v3", 20.0)
+    status, history = setup.state()
+    assert status == {"v1": "retired", "v2": "champion", "v3": "candidate"}
+    refusal = history[0]
+    assert refusal["action"] == "refuse" and refusal["model_version"] == "v3" and refusal["actor"] == "dagster:run-1"
+    assert "20" in refusal["reason"] and "10.5" in refusal["reason"]
+    assert setup.run("v2", 10.5)  # the champion itself passes (an unchanged nightly run)
+    with duckdb.connect(setup.database) as con:
+        assert registry.get_model(con, "v3")["key_value"] == 20.0
+
+
+def test_check_does_not_undo_a_persons_rollback(setup):
+    assert setup.run("v1", 10.0) and setup.run("v2", 9.0)
+    with duckdb.connect(setup.database) as con:
+        registry.rollback(con, "image", actor="bo", reason="complaints")
+    assert not setup.run("v2", 9.0)  # better by the metric, but a person took it out
+    status, history = setup.state()
+    assert status["v1"] == "champion" and "rolled back by bo" in history[0]["reason"]
