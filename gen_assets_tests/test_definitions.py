@@ -17,7 +17,7 @@ EXPECTED_ASSETS = {
     "text_tokenizer": ("training", {"clean_texts"}),
     "text_generator": ("training", {"clean_texts", "text_tokenizer"}),
     "generated_texts": ("generation", {"tuned_text_generator"}),
-    "text_metrics": ("evaluation", {"generated_texts", "tuned_text_generator", "clean_texts"}),
+    "text_metrics": ("evaluation", {"generated_texts", "clean_texts"}),
     "feedback": ("feedback", set()),
     "image_reward_model": ("feedback", {"feedback", "image_evaluator"}),
     "text_reward_model": ("feedback", {"feedback", "text_generator"}),
@@ -34,6 +34,8 @@ EXPECTED_CHECKS = {
     ("text_metrics", "text_quality"),
     ("feedback", "feedback_quarantine_share"),
     ("feedback", "feedback_known_samples"),
+    ("tuned_image_generator", "promotion"),
+    ("tuned_text_generator", "promotion"),
 }
 
 
@@ -55,6 +57,8 @@ def test_asset_graph_snapshot(tmp_path):
     assert got == EXPECTED_ASSETS
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == EXPECTED_CHECKS
+    blocking = {k.asset_key.to_user_string() for k in graph.asset_check_keys if graph.get_check_spec(k).blocking}
+    assert blocking == {"tuned_image_generator", "tuned_text_generator"}  # a refused model never reaches generation
 
 
 def test_every_asset_has_code_version_and_modality_tag(tmp_path):
