@@ -99,6 +99,8 @@ def image_quality(config: ImageQualityConfig, image_metrics: dict) -> dg.AssetCh
     return dg.AssetCheckResult(
         passed=passed,
         severity=dg.AssetCheckSeverity.WARN,
+        description=f"FID {ratio:.2f}x the real-data floor (at most {config.max_fid_ratio:g}x), class accuracy "
+        f"{image_metrics['class_accuracy']:.1%} (at least {config.min_class_accuracy:.0%})",
         metadata={
             "fid_ratio_to_floor": round(ratio, 3),
             "class_accuracy": round(image_metrics["class_accuracy"], 4),
@@ -119,6 +121,8 @@ def text_quality(config: TextQualityConfig, text_metrics: dict) -> dg.AssetCheck
     return dg.AssetCheckResult(
         passed=passed,
         severity=dg.AssetCheckSeverity.WARN,
+        description=f"val loss {text_metrics['val_loss']:.3f} (at most {config.max_val_loss:g}), novelty "
+        f"{text_metrics['novelty']:.1%} (at least {config.min_novelty:.0%})",
         metadata={
             "val_loss": round(text_metrics["val_loss"], 4),
             "novelty": round(text_metrics["novelty"], 4),

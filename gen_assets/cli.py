@@ -186,6 +186,33 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """The retention rules (gen_assets.store.retention) applied now; --dry-run only lists."""
+    import duckdb
+
+    from gen_assets.store import retention
+
+    paths = Paths.from_env()
+    if not paths.warehouse.exists():
+        print(f"no warehouse at {paths.warehouse}: nothing to prune")
+        return 0
+    with duckdb.connect(str(paths.warehouse)) as con:
+        try:
+            plan = retention.prune(con, paths.training, keep_models=args.keep_models, keep_batches=args.keep_batches,
+                                   dry_run=args.dry_run)
+        except ValueError as e:
+            print(e.args[0], file=sys.stderr)
+            return 1
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb}: {len(plan.models)} model checkpoints, {len(plan.batches)} batches, "
+          f"{len(plan.training_dirs)} training run folders")
+    for version, path in plan.models:
+        print(f"  model {version}  {path}")
+    for batch_id, path, _ in plan.batches:
+        print(f"  batch {batch_id}  {path}")
+    return 0
+
+
 def cmd_feedback_import(args: argparse.Namespace) -> int:
     """Validate a rating file and drop it into the landing zone atomically; the sensor picks it up."""
     from gen_assets.feedback.landing import FeedbackFileError, import_file, validate_file
@@ -280,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--reason", help="why, for the record")
         cmd.add_argument("--by", help="who (default: GEN_ASSETS_USER, else the login name)")
         cmd.set_defaults(func=func)
+    prune = sub.add_parser("prune", help="remove old checkpoints and batches (never a champion or anything in use)")
+    prune.add_argument("--keep-models", type=int, default=int(os.environ.get("GEN_ASSETS_KEEP_MODELS", 5)),
+                       help="newest models kept per modality (default 5, or GEN_ASSETS_KEEP_MODELS)")
+    prune.add_argument("--keep-batches", type=int, default=int(os.environ.get("GEN_ASSETS_KEEP_BATCHES", 5)),
+                       help="newest batches kept per modality (default 5, or GEN_ASSETS_KEEP_BATCHES)")
+    prune.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    prune.set_defaults(func=cmd_prune)
     lin = sub.add_parser("lineage", help="the model, data versions, raw sources and feedback files behind a sample")
     lin.add_argument("sample_id")
     lin.add_argument("--json", action="store_true")

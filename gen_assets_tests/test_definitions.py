@@ -76,6 +76,8 @@ def test_jobs_schedule_and_timezone(tmp_path):
     assert schedule.cron_schedule == "0 2 * * *"
     assert schedule.execution_timezone == "Europe/Berlin"
     assert schedule.job_name == "nightly_job"
+    prune = defs.resolve_schedule_def("prune_schedule")
+    assert (prune.cron_schedule, prune.execution_timezone, prune.job_name) == ("0 4 * * *", "Europe/Berlin", "prune_job")
     nightly = defs.resolve_job_def("nightly_job")
     assert set(EXPECTED_ASSETS) <= set(nightly.graph.node_dict)
 

@@ -165,3 +165,16 @@ def test_rollback_and_promote_by_hand_and_the_registry_report(smoke_home, capsys
     assert {m["modality"]: m["version"] for m in report(smoke_home, capsys, monkeypatch)["models"]}["image"] == tuned
     assert cli.main(["promote", "no-such-version"]) == 1
     assert cli.main(["rollback", "--modality", "text", "--by", "tester"]) == 0
+
+
+def test_prune_keeps_what_is_in_use(smoke_home, capsys, monkeypatch):
+    monkeypatch.setenv("GEN_ASSETS_HOME", str(smoke_home))
+    assert cli.main(["prune", "--keep-models", "1", "--keep-batches", "1"]) == 0
+    with duckdb.connect(str(smoke_home / "warehouse.duckdb"), read_only=True) as con:
+        champions = con.execute("SELECT checkpoint_path FROM models WHERE status = 'champion'").fetchall()
+        assert len(champions) == 2 and all(Path(p).is_file() for (p,) in champions)
+        # every batch the view lists still has its file, and the rated batches are all there
+        assert con.execute("SELECT count(*) FROM generated").fetchone()[0] > 0
+        assert con.execute("SELECT count(*) FROM feedback f ANTI JOIN generated g USING (sample_id)").fetchone()[0] == 0
+    # the graph still runs after pruning (models it needs are retrained or kept)
+    assert cli.main(["run", "--modality", "image", "--profile", "smoke"]) == 0

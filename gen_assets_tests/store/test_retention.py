@@ -1,0 +1,91 @@
+"""Retention: old checkpoints and batches go; a champion, its base models and anything rated, curated or
+still in use stay, and the `generated` view never points at a missing file."""
+
+import json
+
+import duckdb
+import pandas as pd
+import pytest
+
+from gen_assets.store import registry, retention
+from gen_assets.store import warehouse as wh
+from gen_assets.store.batches import batch_table, write_batch
+from gen_assets.store.samples import replace_curated
+
+
+@pytest.fixture
+def home(tmp_path):
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    wh.ensure_schema(con)
+    yield tmp_path, con
+    con.close()
+
+
+def add_model(tmp_path, con, version, base=None, modality="image"):
+    path = tmp_path / "models" / f"{version}.pt"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b"weights")
+    inputs = {"base_model": base} if base else {}
+    wh.register_model(con, model_version=version, modality=modality, arch="dcgan", config={}, input_versions=inputs,
+                      checkpoint_path=str(path), checkpoint_sha=version)
+    run = tmp_path / "training" / "image_generator" / f"run-{version}"
+    run.mkdir(parents=True)
+    (run / "done.json").write_text(json.dumps({"version": version}))
+    (run / "last.ckpt").write_bytes(b"ckpt")
+    return path
+
+
+def add_batch(tmp_path, con, batch_id, version, modality="image"):
+    table = batch_table(batch_id=batch_id, model_version=version, modality=modality, categories=["a"],
+                        contents=[b"\x89PNG"], seed=0)
+    path = write_batch(table, tmp_path / "batches", batch_id)
+    wh.register_batch(con, batch_id=batch_id, modality=modality, model_version=version, path=str(path),
+                      grid_path=None, n_samples=1)
+    return path
+
+
+def test_prune_keeps_the_champion_its_base_and_the_newest(home):
+    tmp_path, con = home
+    paths = {v: add_model(tmp_path, con, v) for v in ("old1", "old2", "base", "mid", "new")}
+    paths["tuned"] = add_model(tmp_path, con, "tuned", base="base")
+    registry.promote(con, "tuned", actor="t", reason="x")
+    plan = retention.prune(con, tmp_path / "training", keep_models=2, keep_batches=5)
+    # newest two: tuned (also champion) and new; base is tuned's base model
+    assert sorted(v for v, _ in plan.models) == ["mid", "old1", "old2"]
+    for v in ("old1", "old2", "mid"):
+        assert not paths[v].exists() and not (tmp_path / "training" / "image_generator" / f"run-{v}").exists()
+        assert registry.get_model(con, v)["pruned_at"] is not None  # the row stays for lineage
+    for v in ("base", "new", "tuned"):
+        assert paths[v].exists() and registry.get_model(con, v)["pruned_at"] is None
+    assert retention.prune(con, tmp_path / "training", keep_models=2, keep_batches=5).to_dict()["models"] == []
+
+
+def test_prune_keeps_rated_curated_and_champion_batches(home):
+    tmp_path, con = home
+    add_model(tmp_path, con, "champ")
+    registry.promote(con, "champ", actor="t", reason="x")
+    add_model(tmp_path, con, "other")
+    files = {b: add_batch(tmp_path, con, b, "other") for b in ("b1", "b2", "b3", "b4")}
+    files["bc"] = add_batch(tmp_path, con, "bc", "champ")
+    con.execute("CREATE TABLE feedback (sample_id VARCHAR, rating INTEGER)")
+    con.execute("INSERT INTO feedback VALUES ('b1-00000', 5)")  # b1 was rated
+    replace_curated(con, "image", "b2", pd.DataFrame({"sample_id": ["b2-00000"], "category": ["a"], "reward": [1.0],
+                                                        "rank": [1]}))
+    plan = retention.prune(con, tmp_path / "training", keep_models=5, keep_batches=1)
+    # newest: bc (also the champion's); b1 rated; b2 curated; b3 and b4 go
+    assert sorted(b for b, _, _ in plan.batches) == ["b3", "b4"]
+    assert not files["b3"].exists() and files["b1"].exists() and files["bc"].exists()
+    ids = {r[0] for r in con.execute("SELECT batch_id FROM generated").fetchall()}
+    assert ids == {"b1", "b2", "bc"}  # the view reads only files that exist
+    assert con.execute("SELECT count(*) FROM curated").fetchone()[0] == 1
+    # "other" made a kept batch, so its checkpoint stays even beyond keep_models
+    assert retention.plan_pruning(con, tmp_path / "training", keep_models=1, keep_batches=1).models == []
+
+
+def test_dry_run_changes_nothing_and_bad_limits_are_refused(home):
+    tmp_path, con = home
+    paths = [add_model(tmp_path, con, v) for v in ("a", "b", "c")]
+    plan = retention.prune(con, tmp_path / "training", keep_models=1, keep_batches=1, dry_run=True)
+    assert sorted(plan.to_dict()["models"]) == ["a", "b"] and all(p.exists() for p in paths)
+    with pytest.raises(ValueError, match="keep_models"):
+        retention.plan_pruning(con, tmp_path / "training", keep_models=0, keep_batches=1)
