@@ -102,3 +102,10 @@ def test_feedback_sensor_is_on_by_default_and_retrains_one_modality_at_a_time(tm
     for modality, keys in RETRAIN_ASSETS.items():
         assert set(keys) <= set(retrain.graph.node_dict), modality
         assert keys[0] == "feedback" and keys[-1].endswith("_metrics")
+
+
+def test_training_assets_share_the_gpu_pool(tmp_path):
+    graph = build(tmp_path).resolve_asset_graph()
+    pooled = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).pools == {"gpu"}}
+    assert pooled == {"image_evaluator", "image_generator", "text_generator", "tuned_image_generator",
+                      "tuned_text_generator"}

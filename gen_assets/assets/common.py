@@ -14,6 +14,11 @@ from dagster_duckdb import DuckDBResource
 from gen_assets.store import registry
 
 
+# The Dagster concurrency pool of the assets that train on the accelerator: limit it to one slot per GPU
+# in dagster.yaml (docs/deploy/) so two trainings never share a GPU; unlimited by default.
+TRAINING_POOL = "gpu"
+
+
 @dataclass(frozen=True)
 class CleanTable:
     """A cleaned DuckDB table, as passed to downstream assets (the data itself stays in DuckDB)."""
