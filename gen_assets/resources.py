@@ -1,5 +1,6 @@
 """Resources: the DuckDB warehouse, the artifact store under GEN_ASSETS_HOME, and the Lightning trainer."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -46,10 +47,28 @@ class TrainerResource(dg.ConfigurableResource):
         }
 
 
+TRAINER_ENV = {  # TrainerResource field -> the environment variable that sets it for `gen-assets` and the UI
+    "accelerator": "GEN_ASSETS_ACCELERATOR",
+    "devices": "GEN_ASSETS_DEVICES",
+    "strategy": "GEN_ASSETS_STRATEGY",
+    "num_nodes": "GEN_ASSETS_NUM_NODES",
+    "precision": "GEN_ASSETS_PRECISION",
+}
+
+
+def trainer_from_env() -> TrainerResource:
+    """TrainerResource with the fields set in the environment (e.g. GEN_ASSETS_STRATEGY=ddp_spawn,
+    GEN_ASSETS_DEVICES=2); the run config of a single run (resources.trainer.config) still overrides."""
+    values = {field: os.environ[var] for field, var in TRAINER_ENV.items() if os.environ.get(var)}
+    if "num_nodes" in values:
+        values["num_nodes"] = int(values["num_nodes"])
+    return TrainerResource(**values)
+
+
 def build_resources(paths: Paths) -> dict:
     return {
         "warehouse": DuckDBResource(database=str(paths.warehouse)),
         "artifacts": ArtifactStore(home=str(paths.home)),
-        "trainer": TrainerResource(),
+        "trainer": trainer_from_env(),
         "io_manager": dg.FilesystemIOManager(base_dir=str(paths.dagster_home / "storage")),
     }

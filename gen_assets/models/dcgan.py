@@ -202,14 +202,14 @@ class DCGAN(L.LightningModule):
         n_batches = self.trainer.num_training_batches
         if n_batches == float("inf"):  # a loader without a length: fall back to Lightning's own means
             for name, value in losses.items():
-                self.log(name, value.detach(), on_step=False, on_epoch=True)
+                self.log(name, value.detach(), on_step=False, on_epoch=True, sync_dist=True)
             return
         for name, value in losses.items():
             self._loss_sums[name] = self._loss_sums.get(name, 0.0) + value.detach().float()
         self._loss_count += 1
         if batch_idx + 1 >= n_batches:
             for name, total in self._loss_sums.items():
-                self.log(name, total / self._loss_count, on_step=False, on_epoch=True)
+                self.log(name, total / self._loss_count, on_step=False, on_epoch=True, sync_dist=True)
 
     @torch.no_grad()
     def generate(self, labels: torch.Tensor, seed: int | None = None) -> torch.Tensor:
@@ -240,5 +240,6 @@ class DCGAN(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self._quality is not None:
-            self.log_dict(self._quality.compute())
+            # sync_dist: under DDP each rank measured its shard of the val split; the ranks log the mean
+            self.log_dict(self._quality.compute(), sync_dist=True)
             self._quality = None

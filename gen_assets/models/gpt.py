@@ -223,12 +223,12 @@ class GPT(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
         # epoch mean, accumulated on the device: no host sync per step
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=batch[0].size(0))
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=batch[0].size(0), sync_dist=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        self.log("val_loss", loss, on_epoch=True, batch_size=batch[0].size(0))
+        self.log("val_loss", loss, on_epoch=True, batch_size=batch[0].size(0), sync_dist=True)
         return loss
 
     def lr_at(self, it: int) -> float:

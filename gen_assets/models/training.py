@@ -49,6 +49,10 @@ class History(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # sent to the processes of ddp_spawn: the run logger (Dagster's) stays in the calling process
+        return {**self.__dict__, "emit": None}
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict.get("rows", []))
 
@@ -136,6 +140,10 @@ def fit(
     if monitor and patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
     precision = precision or default_precision(accelerator)
+    if isinstance(strategy, str) and "spawn" in strategy:
+        # the spawned ranks receive the module and loaders pickled; torch's default file-descriptor
+        # sharing of their tensors fails in some sandboxes ("unable to resize file"), shared files do not
+        torch.multiprocessing.set_sharing_strategy("file_system")
     trainer = L.Trainer(
         default_root_dir=run_dir,
         max_epochs=max_epochs,
@@ -163,6 +171,15 @@ def fit(
     t0 = time.perf_counter()
     trainer.fit(module, train_dataloaders, val_dataloaders, ckpt_path=resumed_from)
     seconds = time.perf_counter() - t0
+    epochs = trainer.current_epoch
+    if not history.rows and last.exists():
+        # the training ran in processes this one started (ddp_spawn, ddp_fork): the weights came back
+        # (Lightning loads rank 0's into `module`), the callbacks' state is in last.ckpt
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        history.load_state_dict(state["callbacks"].get(history.state_key, {}))
+        if checkpoint is not None:
+            checkpoint.load_state_dict(state["callbacks"].get(checkpoint.state_key, {}))
+        epochs = max(epochs, int(state["epoch"]) + 1)
     best = (checkpoint.best_model_path or None) if checkpoint else None
     best_score = None
     if checkpoint is not None and checkpoint.best_model_score is not None:
@@ -171,7 +188,7 @@ def fit(
         best_path=best,
         last_path=str(last),
         history=history.rows,
-        epochs=trainer.current_epoch,
+        epochs=epochs,
         seconds=seconds,
         resumed_from=resumed_from,
         best_score=best_score,

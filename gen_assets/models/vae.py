@@ -115,7 +115,7 @@ class VAE(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss, _, _ = self.loss(x, y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def configure_optimizers(self):
@@ -149,11 +149,12 @@ class VAE(L.LightningModule):
         # for the reparameterisation keeps val_loss from jittering between epochs.
         g = torch.Generator().manual_seed(self.config.val_samples_seed + batch_idx)
         _, recon, kl = self.loss(x, y, noise=torch.randn(len(x), self.config.latent_dim, generator=g))
-        self.log("val_loss", recon + kl, on_step=False, on_epoch=True)
+        self.log("val_loss", recon + kl, on_step=False, on_epoch=True, sync_dist=True)
         if self._quality is not None:
             self._quality.update(x, self.generate(y, seed=self.config.val_samples_seed + batch_idx), y)
 
     def on_validation_epoch_end(self) -> None:
         if self._quality is not None:
-            self.log_dict(self._quality.compute())
+            # sync_dist: under DDP each rank measured its shard of the val split; the ranks log the mean
+            self.log_dict(self._quality.compute(), sync_dist=True)
             self._quality = None
