@@ -1,5 +1,7 @@
 """The one place that lists every asset, check, job, schedule, sensor and resource."""
 
+import os
+
 import dagster as dg
 
 from gen_assets.assets import cleaning, collection, curation, evaluation, feedback, generation, training, tuning
@@ -14,9 +16,27 @@ from gen_assets.settings import Paths, timezone_from_env
 ASSET_MODULES = [collection, cleaning, training, feedback, tuning, generation, curation, evaluation]
 
 
+def executor_from_env() -> dg.ExecutorDefinition | None:
+    """GEN_ASSETS_EXECUTOR: multiprocess (default: Dagster's own), k8s (pip install .[k8s]: one pod per
+    step) or celery (pip install .[celery]); their configuration is in docs/deploy/."""
+    name = os.environ.get("GEN_ASSETS_EXECUTOR", "multiprocess")
+    if name == "multiprocess":
+        return None
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    if name == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor
+    raise ValueError(f"GEN_ASSETS_EXECUTOR={name!r}: choose multiprocess, k8s or celery")
+
+
 def build_definitions(paths: Paths | None = None, timezone: str | None = None) -> dg.Definitions:
     paths = paths or Paths.from_env()
     return dg.Definitions(
+        executor=executor_from_env(),
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         asset_checks=checks,
         jobs=[*jobs, prune_job],

@@ -1,6 +1,7 @@
 """The whole definitions graph, snapshotted: an accidental change to it shows up in review."""
 
 import dagster as dg
+import pytest
 
 from gen_assets.definitions import build_definitions
 from gen_assets.settings import PROFILES, Paths, profile_run_config
@@ -109,3 +110,16 @@ def test_training_assets_share_the_gpu_pool(tmp_path):
     pooled = {k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).pools == {"gpu"}}
     assert pooled == {"image_evaluator", "image_generator", "text_generator", "tuned_image_generator",
                       "tuned_text_generator"}
+
+
+def test_executor_comes_from_the_environment(tmp_path, monkeypatch):
+    from gen_assets.definitions import executor_from_env
+
+    monkeypatch.delenv("GEN_ASSETS_EXECUTOR", raising=False)
+    assert executor_from_env() is None  # Dagster's multiprocess default
+    monkeypatch.setenv("GEN_ASSETS_EXECUTOR", "slurm")
+    with pytest.raises(ValueError, match="multiprocess, k8s or celery"):
+        executor_from_env()
+    monkeypatch.setenv("GEN_ASSETS_EXECUTOR", "k8s")
+    pytest.importorskip("dagster_k8s", reason="the k8s extra is not installed: pip install .[k8s]")
+    assert executor_from_env().name == "k8s"

@@ -17,6 +17,8 @@ from gen_assets.store import registry
 # The Dagster concurrency pool of the assets that train on the accelerator: limit it to one slot per GPU
 # in dagster.yaml (docs/deploy/) so two trainings never share a GPU; unlimited by default.
 TRAINING_POOL = "gpu"
+# ... and under the Celery executor they go to the workers of the "gpu" queue (docs/deploy/celery/)
+TRAINING_OP_TAGS = {"dagster-celery/queue": "gpu"}
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.assets.common import TRAINING_POOL, CleanTable, ModelRef, md_png, stable_key
+from gen_assets.assets.common import TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, md_png, stable_key
 from gen_assets.cleaning import images as image_cleaning
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.models.checkpoint import file_sha256, load_model, model_class, save_model
@@ -145,7 +145,8 @@ class ImageEvaluatorConfig(dg.Config):
     retrain: bool = False
 
 
-@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL)
+@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
+          op_tags=TRAINING_OP_TAGS)
 def image_evaluator(
     context: dg.AssetExecutionContext,
     config: ImageEvaluatorConfig,
@@ -198,7 +199,8 @@ class ImageGeneratorConfig(dg.Config):
     retrain: bool = False
 
 
-@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL)
+@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
+          op_tags=TRAINING_OP_TAGS)
 def image_generator(
     context: dg.AssetExecutionContext,
     config: ImageGeneratorConfig,
@@ -307,7 +309,8 @@ class TextGeneratorConfig(dg.Config):
     retrain: bool = False
 
 
-@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL)
+@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
+          op_tags=TRAINING_OP_TAGS)
 def text_generator(
     context: dg.AssetExecutionContext,
     config: TextGeneratorConfig,

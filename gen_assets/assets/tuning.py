@@ -10,7 +10,7 @@ import torch
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from gen_assets.assets.common import TRAINING_POOL, CleanTable, ModelRef, inference_device, stable_key
+from gen_assets.assets.common import TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, inference_device, stable_key
 from gen_assets.assets.feedback import FeedbackRef
 from gen_assets.assets.training import load_image_split
 from gen_assets.cleaning import texts as text_cleaning
@@ -126,7 +126,8 @@ def untuned(base: ModelRef, reward: ModelRef) -> dg.Output[ModelRef]:
                      metadata={"model_version": base.version, "tuned": False, "reason": f"the base model is used: {reason}"})
 
 
-@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL)
+@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
+          op_tags=TRAINING_OP_TAGS)
 def tuned_image_generator(
     context: dg.AssetExecutionContext, config: TunedGeneratorConfig, image_generator: ModelRef,
     image_reward_model: ModelRef, image_evaluator: ModelRef, feedback: FeedbackRef, clean_images: CleanTable,
@@ -164,7 +165,8 @@ def tuned_image_generator(
                           reward=image_reward_model, feedback=feedback, model=tuned, key=key)
 
 
-@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL)
+@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
+          op_tags=TRAINING_OP_TAGS)
 def tuned_text_generator(
     context: dg.AssetExecutionContext, config: TunedGeneratorConfig, text_generator: ModelRef,
     text_reward_model: ModelRef, feedback: FeedbackRef, clean_texts: CleanTable,
