@@ -8,7 +8,7 @@ PROFILE ?= demo
 MODALITY ?= all
 export GEN_ASSETS_HOME ?= $(CURDIR)/data
 
-.PHONY: install run test ui bench clean
+.PHONY: install run test ui serve browser screenshots bench clean
 
 install: $(VENV)/.installed
 
@@ -25,8 +25,21 @@ $(VENV)/.installed: pyproject.toml setup.py
 run: install
 	$(BIN)/gen-assets run --profile $(PROFILE) --modality $(MODALITY)
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
+
+serve: install
+	$(BIN)/gen-assets serve
+
+# Debian's Chromium for gen_assets_tests/web/test_browser.py (skipped, with the reason, where it is absent)
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
+		|| echo "no Chromium at /usr/bin/chromium (apt-get needs root and a mirror): the browser test will be skipped"; }
+
+# the README's screenshots of the review page, taken by the browser test
+screenshots: install browser
+	GEN_ASSETS_SCREENSHOTS=1 $(BIN)/python -m pytest -q gen_assets_tests/web/test_browser.py
 
 ui: install
 	$(BIN)/gen-assets ui

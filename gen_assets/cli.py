@@ -262,6 +262,14 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The review page: rate the champion's curated samples; a dashboard of models, metrics and runs."""
+    from gen_assets.web.config import WebConfig
+    from gen_assets.web.server import serve
+
+    return serve(Paths.from_env(), WebConfig.from_env(host=args.host, port=args.port))
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """`dagster dev` on the same instance as `gen-assets run`, so its runs show up in the UI."""
     prepare_dagster_home(Paths.from_env())
@@ -318,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     lin.add_argument("sample_id")
     lin.add_argument("--json", action="store_true")
     lin.set_defaults(func=cmd_lineage)
+    srv = sub.add_parser("serve", help="the review page: rate curated samples (and a JSON API), and a dashboard")
+    srv.add_argument("--host", default=None, help="bind address (default: GEN_ASSETS_WEB_HOST, else 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=None, help="port (default: GEN_ASSETS_WEB_PORT, else 8000)")
+    srv.set_defaults(func=cmd_serve)
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on GEN_ASSETS_HOME's instance")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)

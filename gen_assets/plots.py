@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def curves_png(history: Sequence[Mapping[str, float]], keys: Sequence[str], title: str) -> bytes:
@@ -46,6 +47,7 @@ def trend_png(rows: Sequence[Mapping], keys: Sequence[str], title: str) -> bytes
             ax.axvline(x - 0.5, color="grey", linestyle=":", linewidth=1)
         ax.set_ylabel(key)
     axes[-1, 0].set_xlabel("evaluation (dotted line: new model)")
+    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0, 0].set_title(title)
     fig.tight_layout()
     buf = io.BytesIO()

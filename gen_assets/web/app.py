@@ -41,7 +41,16 @@ from starlette.routing import Route
 from gen_assets.settings import Paths
 from gen_assets.web.catalog import Catalog, CuratedSample, Snapshot, WarehouseBusy
 from gen_assets.web.config import WebConfig
-from gen_assets.web.ratings import IDEMPOTENCY_KEY, SAMPLE_ID, THUMBS, RatingConflict, RatingDesk, WaitingRatings, check_rating
+from gen_assets.web.ratings import (
+    IDEMPOTENCY_KEY,
+    SAMPLE_ID,
+    THUMBS,
+    UNKNOWN_SAMPLE,
+    RatingConflict,
+    RatingDesk,
+    WaitingRatings,
+    check_rating,
+)
 from gen_assets.web.runs import RecentRuns
 from gen_assets.web.security import AUTH_COOKIE, SESSION_COOKIE, BodyTooLarge, Guard, SecurityHeaders, read_body
 
@@ -49,6 +58,7 @@ HERE = Path(__file__).resolve().parent
 STATIC_TYPES = {"review.css": "text/css; charset=utf-8", "review.js": "text/javascript; charset=utf-8"}
 MAX_PER_PAGE = 100
 MAX_FORM_FIELDS = 20
+TREND_COLUMNS = ("model_version", "batch_id", "measured_at")  # the rest of a trend row are metrics
 FORM = "application/x-www-form-urlencoded"
 
 
@@ -67,7 +77,7 @@ def create_app(paths: Paths | None = None, config: WebConfig | None = None) -> S
         routes=review.routes(),
         middleware=[Middleware(SecurityHeaders)],
         exception_handlers={HTTPException: review.http_error, ApiError: review.api_error,
-                            WarehouseBusy: review.busy_error},
+                            WarehouseBusy: review.busy_error, Exception: review.server_error},
     )
     app.state.review = review
     return app
@@ -148,6 +158,10 @@ class Review:
     async def busy_error(self, request: Request, exc: WarehouseBusy) -> Response:
         return self.error_response(request, 503, str(exc), {"Retry-After": str(exc.retry_after)})
 
+    async def server_error(self, request: Request, exc: Exception) -> Response:
+        # the traceback goes to the server's log (uvicorn); the answer names no internals
+        return self.error_response(request, 500, "internal error: the server's log has the details")
+
     def error_response(self, request: Request, status: int, message: str, headers: dict | None = None) -> Response:
         if self.wants_json(request):
             return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -168,9 +182,10 @@ class Review:
         page, pages = page_of(int_param(query.get("page"), "page", 1), len(samples), self.config.page_size, clamp=True)
         shown = samples[(page - 1) * self.config.page_size: page * self.config.page_size]
         context = {
-            "modalities": snap.modalities, "modality": modality, "categories": snap.categories(modality) if modality else [],
-            "category": category, "cards": [self.card(request, s) for s in shown], "page": page, "pages": pages,
-            "total": len(samples), "status": await self.status(snap, modality), "thumbs": THUMBS,
+            "modalities": snap.modalities, "modality": modality,
+            "categories": snap.categories(modality) if modality else [], "category": category,
+            "cards": [self.card(request, s) for s in shown], "page": page, "pages": pages, "total": len(samples),
+            "status": await self.status(snap, modality),
             "can_rate": self.guard.signed_in(request), "needs_token": self.guard.needs_token,
             "flash": self.flash(snap, query), "max_comment": self.config.max_comment_chars,
             "url": lambda **kw: gallery_url(**{"modality": modality, "category": category, "page": page, **kw}),
@@ -216,7 +231,7 @@ class Review:
             sections.append({
                 "modality": modality, "champion": entry.get("champion"), "candidates": entry.get("candidates", []),
                 "promotions": entry.get("promotions", []), "trend": trend[-5:][::-1],
-                "trend_keys": [k for k in (trend[-1] if trend else {}) if k not in ("model_version", "batch_id", "measured_at")],
+                "trend_keys": [k for k in (trend[-1] if trend else {}) if k not in TREND_COLUMNS],
                 "trend_url": request.url_for("trend_png", modality=modality).path if trend else None,
                 "curated": len(snap.curated(modality)), "last_retrain": snap.newest_retrain(modality),
             })
@@ -229,8 +244,8 @@ class Review:
         modality = request.path_params["modality"]
         entry = snap.registry.get(modality)
         if not entry or not entry.get("trend"):
-            raise ApiError(404, f"no metric trend for modality {modality!r}; " + choices("modalities with one",
-                                                                                          [m for m, e in snap.registry.items() if e.get("trend")]))
+            with_trend = [m for m, e in snap.registry.items() if e.get("trend")]
+            raise ApiError(404, f"no metric trend for modality {modality!r}; " + choices("modalities with one", with_trend))
         png = await run_in_threadpool(self.trend_png, modality, entry["trend"], snap.read_at)
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
 
@@ -402,6 +417,10 @@ class Review:
         snap = await self.snapshot()
         row, problem = check_rating(values, snap.known, max_comment=self.config.max_comment_chars,
                                     max_user_id=self.config.max_user_id_chars)
+        if problem and snap.stale and problem.startswith(UNKNOWN_SAMPLE):
+            # maybe a sample of a batch written since the last read: it cannot be checked until the run ends
+            raise ApiError(503, f"the warehouse is busy (a run is writing it): sample {values['sample_id']!r} "
+                                "cannot be checked now; retry in a few seconds", {"Retry-After": "2"})
         if problem:
             raise ApiError(422, problem)
         try:

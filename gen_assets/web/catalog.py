@@ -129,6 +129,7 @@ class Catalog:
         self._refresh = threading.Lock()  # one reader at a time; the others serve what is there
         self._quiet_until = 0.0
         self._busy_since: datetime | None = None
+        self._problem = "the warehouse is busy"  # why the last read failed
         self._images: OrderedDict[str, bytes] = OrderedDict()
         self._images_lock = threading.Lock()
 
@@ -140,34 +141,38 @@ class Catalog:
         snap = self._snapshot
         if snap is not None and self._fresh(snap, signature):
             return snap
-        if snap is not None and time.monotonic() < self._quiet_until:
-            return self._stale(snap)
+        if time.monotonic() < self._quiet_until:
+            return self._busy(snap)
         if not self._refresh.acquire(blocking=snap is None):
             return snap  # another request is reading it right now; this one shows the previous read
         try:
             snap = self._snapshot
             if snap is not None and self._fresh(snap, signature):
                 return snap
+            if time.monotonic() < self._quiet_until:
+                return self._busy(snap)  # the read this request waited for has just failed: no second try
             try:
                 new = self._read(signature, retry_seconds=0.0 if snap is not None else self.busy_retry_seconds)
             except (WarehouseBusy, duckdb.Error) as e:
                 self._quiet_until = time.monotonic() + self.busy_backoff_seconds
                 self._busy_since = self._busy_since or _utcnow()
-                if snap is None:
-                    raise e if isinstance(e, WarehouseBusy) else WarehouseBusy(f"the warehouse cannot be read: {e}") from e
-                return self._stale(snap)
+                self._problem = str(e) if isinstance(e, WarehouseBusy) else f"the warehouse cannot be read: {e}"
+                return self._busy(snap)
             self._snapshot, self._busy_since = new, None
             return new
         finally:
             self._refresh.release()
 
+    def _busy(self, snap: Snapshot | None) -> Snapshot:
+        """What to serve while the file cannot be read: the last snapshot, marked stale, or a 503."""
+        if snap is None:
+            raise WarehouseBusy(self._problem)
+        return dataclasses.replace(snap, stale=True, busy_since=self._busy_since)
+
     @staticmethod
     def _fresh(snap: Snapshot, signature: tuple) -> bool:
         age = (_utcnow() - snap.read_at).total_seconds() if snap.read_at else 0.0
         return snap.signature == signature and age < MAX_AGE_SECONDS
-
-    def _stale(self, snap: Snapshot) -> Snapshot:
-        return dataclasses.replace(snap, stale=True, busy_since=self._busy_since)
 
     def _read(self, signature: tuple, retry_seconds: float) -> Snapshot:
         if signature[0] is None:
@@ -238,7 +243,9 @@ def read_snapshot(con: duckdb.DuckDBPyConnection, signature: tuple = ()) -> Snap
     """Everything the pages show, in one read-only connection. Missing tables read as empty."""
     relations = _relations(con)
     samples, images = _curated(con) if "curated" in relations else ((), {})
-    known = dict(con.execute("SELECT sample_id, modality FROM generated").fetchall()) if "generated" in relations else {}
+    known = {}
+    if "generated" in relations:
+        known = dict(con.execute("SELECT sample_id, modality FROM generated").fetchall())
     return Snapshot(
         samples=samples,
         images=images,

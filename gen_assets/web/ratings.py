@@ -44,6 +44,7 @@ IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no space
 THUMBS = {"up": MAX_RATING, "down": MIN_RATING}  # the quick thumbs map to the ends of the scale
 REQUEST_FIELDS = ("sample_id", "rating", "comment", "user_id")
 KEY_TTL_SECONDS = 24 * 3600
+UNKNOWN_SAMPLE = "unknown sample_id"  # how check_rating's answer starts when the sample is not in `known`
 
 
 class RatingConflict(Exception):
@@ -56,7 +57,9 @@ class Landed:
     replayed: bool  # the same request (same key) landed before: nothing new was written
 
 
-def check_rating(values: Mapping, known: Mapping[str, str], *, max_comment: int, max_user_id: int) -> tuple[dict | None, str | None]:
+def check_rating(
+    values: Mapping, known: Mapping[str, str], *, max_comment: int, max_user_id: int
+) -> tuple[dict | None, str | None]:
     """(row, None) for a good rating, (None, what is wrong) otherwise. `known`: sample_id -> modality."""
     unknown = sorted(set(values) - set(REQUEST_FIELDS))
     if unknown:
@@ -68,7 +71,7 @@ def check_rating(values: Mapping, known: Mapping[str, str], *, max_comment: int,
     if not SAMPLE_ID.fullmatch(sample_id):
         return None, f"sample_id {sample_id[:140]!r} is not a sample id (letters, digits, '.', '_', '-'; at most 128)"
     if sample_id not in known:
-        return None, f"unknown sample_id {sample_id!r}: no such sample in generated"
+        return None, f"{UNKNOWN_SAMPLE} {sample_id!r}: no such sample in generated"
     if isinstance(comment, str) and len(comment) > max_comment:
         return None, f"comment is {len(comment)} characters; at most {max_comment}"
     if isinstance(user_id, str) and len(user_id) > max_user_id:

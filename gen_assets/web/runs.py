@@ -23,7 +23,12 @@ class RecentRuns:
         self._lock = threading.Lock()
 
     def has_storage(self) -> bool:
-        return (self.dagster_home / "history" / "runs.db").exists() or (self.dagster_home / "dagster.yaml").exists()
+        """Runs were recorded: the default SQLite run storage exists, or dagster.yaml names another storage."""
+        if (self.dagster_home / "history" / "runs.db").exists():
+            return True
+        config = self.dagster_home / "dagster.yaml"
+        return config.exists() and any(line.split(":")[0].strip() in ("storage", "run_storage")
+                                       for line in config.read_text().splitlines() if not line.startswith((" ", "#")))
 
     def get(self) -> tuple[list[dict], str | None]:
         """(runs newest first, None) or ([], why there are none to show)."""

@@ -124,6 +124,8 @@ def build_home(home: Path) -> Paths:
         _curate(con, "text", TEXT_BATCH, ids, text_categories)
         # a retrain: the champion tuned on feedback, registered as a candidate
         _register(con, IMAGE_TUNED, "image", "dcgan", base_model=IMAGE_CHAMPION, feedback="fb-5e2a")
+        registry.record_key_metric(con, IMAGE_CHAMPION, "fid", 11.1)
+        registry.record_key_metric(con, IMAGE_TUNED, "fid", 10.7)
     _record_dagster_run(paths)
     return paths
 
@@ -158,7 +160,7 @@ def home(built_home, tmp_path) -> Path:
 
 
 def test_config(**overrides) -> WebConfig:
-    settings = {"busy_retry_seconds": 0.3, "busy_backoff_seconds": 0.5, "page_size": 8, "secret": b"s" * 32,
+    settings = {"busy_retry_seconds": 0.3, "busy_backoff_seconds": 0.2, "page_size": 8, "secret": b"s" * 32,
                 "dagster_url": "http://dagster.test:3000", **overrides}
     return WebConfig(**settings)
 
@@ -175,12 +177,12 @@ def make_client(home):
 
     def make(home_dir: Path | None = None, **config):
         client = TestClient(create_app(Paths(home_dir or home), test_config(**config)), follow_redirects=False)
-        clients.append(client)
+        clients.append(client.__enter__())  # one event loop for all its requests
         return client
 
     yield make
     for client in clients:
-        client.close()
+        client.__exit__(None, None, None)
 
 
 @pytest.fixture

@@ -198,3 +198,19 @@ def test_every_response_carries_the_security_headers(client):
         assert "script-src 'self'" in response.headers["content-security-policy"]
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_an_unexpected_failure_is_a_json_500_without_internals(make_client, home, monkeypatch):
+    from starlette.testclient import TestClient
+
+    client = make_client()
+    review = client.app.state.review
+
+    def broken():
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(review.catalog, "current", broken)
+    with TestClient(client.app, raise_server_exceptions=False) as raw:
+        response = raw.get("/api/samples")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error: the server's log has the details"}

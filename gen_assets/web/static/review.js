@@ -62,13 +62,18 @@
 
   function thumb(card, which) {
     var form = card.querySelector("form.rate");
-    if (form) send(form, form.querySelector('button[name="thumb"][value="' + which + '"]'));
+    if (!form) return;
+    var radio = form.querySelector('input[name="rating"][value="' + (which === "up" ? 5 : 1) + '"]');
+    if (radio) radio.checked = true;  // shows what the thumb means
+    send(form, form.querySelector('button[name="thumb"][value="' + which + '"]'));
   }
 
   document.querySelectorAll("form.rate").forEach(function (form) {
     form.addEventListener("submit", function (event) {
       event.preventDefault();
-      send(form, event.submitter && event.submitter.name === "thumb" ? event.submitter : null);
+      var button = event.submitter && event.submitter.name === "thumb" ? event.submitter : null;
+      if (button) thumb(cardOf(form), button.value);
+      else send(form, null);
     });
   });
 
