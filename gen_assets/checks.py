@@ -172,6 +172,8 @@ class ImagePromotionConfig(dg.Config):
 class TextPromotionConfig(dg.Config):
     tolerance: float = Field(default=0.02, description="a candidate whose val loss is at most this share above "
                              "the champion's is still promoted")
+    max_val_loss: float | None = Field(default=2.5, description="and its val loss at most this (nats per token; "
+                                       "None: no absolute bar), also when no champion is comparable")
     val_batches: int = Field(default=50, description="random val windows (of 32) in the loss")
     seed: int = 0
 
@@ -217,17 +219,22 @@ def promotion_check(context, warehouse: DuckDBResource, candidate: ModelRef, tol
         registry.record_key_metric(con, candidate.version, key, cand_value)
         if champ_value is not None:
             registry.record_key_metric(con, current["model_version"], key, champ_value)
-        if decision.passed:
-            registry.promote(con, candidate.version, actor=actor, reason=reason)
-        else:
+        passed = decision.passed
+        if passed:
+            try:
+                registry.promote(con, candidate.version, actor=actor, reason=reason,
+                                 expected_previous=current["model_version"] if current else None)
+            except registry.ChampionChanged as e:
+                passed, reason = False, f"{e}; run the check again to compare with the new champion"
+        if not passed:
             registry.refuse(con, candidate.version, actor=actor, reason=reason)
-    context.log.info(f"{modality}: {candidate.version} {'promoted' if decision.passed else 'stays a candidate'}: {reason}")
+    context.log.info(f"{modality}: {candidate.version} {'promoted' if passed else 'stays a candidate'}: {reason}")
     return dg.AssetCheckResult(
-        passed=decision.passed,
+        passed=passed,
         description=reason,
         metadata={**meta, "key_metric": key, f"candidate_{key}": dg.MetadataValue.float(float(cand_value)),
                   **({f"champion_{key}": dg.MetadataValue.float(float(champ_value))} if champ_value is not None else {}),
-                  "tolerance": tolerance, "promoted": decision.passed, "reason": reason},
+                  "tolerance": tolerance, "promoted": passed, "reason": reason},
     )
 
 
@@ -285,7 +292,8 @@ def text_promotion(context, config: TextPromotionConfig, tuned_text_generator: M
     def comparable(candidate, champion) -> str | None:
         return promotion.text_models_comparable(candidate.extra["tokenizer"], champion.extra["tokenizer"])
 
-    return promotion_check(context, warehouse, tuned_text_generator, config.tolerance, measure, comparable)
+    ceiling = None if config.max_val_loss is None else (config.max_val_loss, "the configured max_val_loss")
+    return promotion_check(context, warehouse, tuned_text_generator, config.tolerance, measure, comparable, ceiling)
 
 
 checks = [

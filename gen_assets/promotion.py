@@ -61,7 +61,7 @@ def decide(
     if ceiling is not None and candidate > ceiling:
         bar = f"{ceiling:.4g}" + (f", {ceiling_label}" if ceiling_label else "")
         return Decision(False, f"{key_metric} {candidate:.4g} is above the bar of {bar}", *args)
-    if champion is None:
+    if champion is None or not math.isfinite(champion):  # a broken measurement of the champion beats nothing
         return Decision(True, f"{key_metric} {candidate:.4g}; no comparable champion", *args)
     name = f"champion {champion_version}" if champion_version else "the champion"
     change = (candidate - champion) / abs(champion) if champion else math.inf

@@ -24,7 +24,8 @@ class TrainerResource(dg.ConfigurableResource):
     """How Lightning runs: the device choice stays with Lightning (`accelerator="auto"`).
 
     `precision` None means bf16-mixed on a GPU that supports it and fp32 on CPU. `strategy`,
-    `devices` and `num_nodes` are Lightning's own (e.g. strategy="ddp", devices=2).
+    `devices` and `num_nodes` are Lightning's own, e.g. strategy="ddp_spawn", devices=2 (plain "ddp"
+    re-launches the current command once per rank, which inside a Dagster step is the step worker).
     """
 
     accelerator: str = "auto"

@@ -116,3 +116,26 @@ def test_check_does_not_undo_a_persons_rollback(setup):
     assert not setup.run("v2", 9.0)  # better by the metric, but a person took it out
     status, history = setup.state()
     assert status["v1"] == "champion" and "rolled back by bo" in history[0]["reason"]
+
+
+def test_check_refuses_when_the_champion_changed_while_it_measured(setup, monkeypatch):
+    assert setup.run("v1", 10.0)
+    real_decide = promotion.decide
+
+    def decide_while_a_person_promotes(*args, **kwargs):  # someone promotes v0 during the measurement
+        with duckdb.connect(setup.database) as con:
+            wh.register_model(con, model_version="v0", modality="image", arch="dcgan", config={}, input_versions={},
+                              checkpoint_path="/m/v0.pt", checkpoint_sha="v0")
+            registry.promote(con, "v0", actor="ana", reason="by hand")
+        return real_decide(*args, **kwargs)
+
+    monkeypatch.setattr(promotion, "decide", decide_while_a_person_promotes)
+    assert not setup.run("v2", 5.0)
+    status, history = setup.state()
+    assert status["v0"] == "champion" and status["v2"] == "candidate"
+    assert "changed from v1 to v0" in history[0]["reason"]
+
+
+def test_a_broken_champion_measurement_does_not_block_forever():
+    assert promotion.decide("val_loss", 1.9, math.nan, 0.02).passed
+    assert not promotion.decide("val_loss", 3.0, math.nan, 0.02, ceiling=2.5).passed

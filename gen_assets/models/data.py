@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -42,6 +42,24 @@ def _labels_to_tensor(labels: np.ndarray, n: int, name: str) -> torch.Tensor:
     return torch.from_numpy(labels.astype(np.int64))
 
 
+class EpochShuffle(Sampler):
+    """A fresh permutation every epoch, drawn from (seed, epoch) alone (Lightning calls set_epoch), so
+    a run resumed at an epoch boundary sees the batches an uninterrupted run would have seen."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+        yield from torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
 def image_loaders(
     train_x: np.ndarray,
     train_y: np.ndarray,
@@ -63,14 +81,12 @@ def image_loaders(
     if len(x) == 0:
         raise ValueError("the train split is empty")
     y = _labels_to_tensor(train_y, len(x), "train_y")
-    generator = torch.Generator().manual_seed(seed)
     # drop_last keeps every step the same size (a lone 1-image batch gives GAN losses a spike) but
     # only when there is more than one batch to begin with.
     train = DataLoader(
         TensorDataset(x, y),
         batch_size=batch_size,
-        shuffle=True,
-        generator=generator,
+        sampler=EpochShuffle(len(x), seed),
         drop_last=len(x) > batch_size,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,

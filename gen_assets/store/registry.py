@@ -53,11 +53,21 @@ def _log(con, modality: str, action: str, version: str, previous: str | None, ac
     )
 
 
+class ChampionChanged(RuntimeError):
+    """The champion is no longer the one a decision was measured against."""
+
+
+_ANY = object()
+
+
 def promote(con: duckdb.DuckDBPyConnection, model_version: str, *, actor: str, reason: str,
-            action: str = "promote") -> str | None:
+            action: str = "promote", expected_previous: object = _ANY) -> str | None:
     """Make `model_version` the champion of its modality, retiring the previous one; one transaction.
 
-    Returns the previous champion's version (None when there was none, or it is the same model)."""
+    With `expected_previous` (a version, or None for "no champion"), raise ChampionChanged instead
+    when the champion changed meanwhile (a person, or another run): the promotion check compared
+    against a champion that is gone. Returns the previous champion's version (None when there was
+    none, or it is the same model)."""
     ensure_schema(con)
     con.execute("BEGIN TRANSACTION")
     try:
@@ -66,6 +76,9 @@ def promote(con: duckdb.DuckDBPyConnection, model_version: str, *, actor: str, r
             raise ValueError(f"model {model_version} cannot be champion: its checkpoint was pruned at {model['pruned_at']}")
         current = champion(con, model["modality"])
         previous = current["model_version"] if current else None
+        if expected_previous is not _ANY and previous != expected_previous:
+            raise ChampionChanged(f"the {model['modality']} champion changed from {expected_previous} to {previous} "
+                                  "while the candidate was measured")
         if previous != model_version:
             con.execute("UPDATE models SET status = 'retired' WHERE modality = ? AND status = 'champion'", [model["modality"]])
             con.execute("UPDATE models SET status = 'champion' WHERE model_version = ?", [model_version])

@@ -1,8 +1,9 @@
 """Retention: remove old model checkpoints and generation batches, keeping what anything still needs.
 
 Per modality, kept:
-- models: the champion, the `keep_models` newest registered models, every model a kept model was
-  tuned from (`base_model`, recursively) and every model whose batch is kept;
+- models: the champion, the model a rollback would restore (the one the champion replaced), the
+  `keep_models` newest registered models, every model a kept model was tuned from (`base_model`,
+  recursively) and every model whose batch is kept;
 - batches: the `keep_batches` newest, every batch of the champion, every batch with a rated sample
   (the reward models learn from them) and every batch of the curated view.
 
@@ -78,6 +79,12 @@ def plan_pruning(con: duckdb.DuckDBPyConnection, training_root: Path, *, keep_mo
     base_of = {v: json.loads(inputs or "{}").get("base_model") for v, _, _, inputs, _ in models}
     keep = {v for v, _, status, _, newest in models if status == "champion" or newest <= keep_models}
     keep |= kept_batch_models
+    # the model `gen-assets rollback` would restore: the one each champion replaced when promoted
+    keep |= {r[0] for r in con.execute(
+        "SELECT arg_max(p.previous_version, p.acted_at) FROM promotions p JOIN models m "
+        "ON m.model_version = p.model_version AND m.status = 'champion' "
+        "WHERE p.action = 'promote' AND p.previous_version IS NOT NULL GROUP BY p.model_version"
+    ).fetchall()}
     frontier = list(keep)
     while frontier:  # a kept tuned model keeps the model it was tuned from, and so on
         base = base_of.get(frontier.pop())

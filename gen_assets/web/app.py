@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import json
 import math
+import re
 import secrets
 import threading
 from pathlib import Path
@@ -34,6 +35,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -75,7 +77,10 @@ def create_app(paths: Paths | None = None, config: WebConfig | None = None) -> S
     review = Review(paths or Paths.from_env(), config or WebConfig.from_env())
     app = Starlette(
         routes=review.routes(),
-        middleware=[Middleware(SecurityHeaders)],
+        # TrustedHost first: a page of another site that rebinds its DNS name to 127.0.0.1 sends its own
+        # Host, and is refused before any route (the CSRF check compares Origin with a trusted Host)
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(review.config.trusted_hosts)),
+                    Middleware(SecurityHeaders)],
         exception_handlers={HTTPException: review.http_error, ApiError: review.api_error,
                             WarehouseBusy: review.busy_error, Exception: review.server_error},
     )
@@ -218,7 +223,7 @@ class Review:
     def flash(snap: Snapshot, query) -> str | None:
         """The note after a rating posted without the script: only values this app produced are shown."""
         rated, rating = query.get("rated", ""), query.get("rating", "")
-        if rated in snap.known and rating.isdigit() and 1 <= int(rating) <= 5:
+        if rated in snap.known and rating in ("1", "2", "3", "4", "5"):
             return f"Thank you: your rating {rating} of {rated} landed."
         return None
 
@@ -452,7 +457,7 @@ class Review:
 def int_param(value: str | None, name: str, default: int) -> int:
     if value is None or value == "":
         return default
-    if not value.isdigit() or len(value) > 6:
+    if not re.fullmatch(r"[0-9]{1,6}", value):
         raise ApiError(400, f"{name} must be a whole number, got {value[:20]!r}")
     return int(value)
 
@@ -467,7 +472,7 @@ def page_of(page: int, total: int, per_page: int, *, clamp: bool) -> tuple[int, 
 
 def gallery_url(modality: str | None = None, category: str | None = None, page=None, **extra) -> str:
     """A gallery link; a page number that is not one (e.g. from a form) is left out."""
-    page = str(page) if page is not None and str(page).isdigit() and len(str(page)) <= 6 and int(page) > 1 else None
+    page = str(page) if page is not None and re.fullmatch(r"[0-9]{1,6}", str(page)) and int(page) > 1 else None
     params = {"modality": modality, "category": category, "page": page, **extra}
     query = urlencode({k: v for k, v in params.items() if v not in (None, "")})
     return "/gallery" + ("?" + query if query else "")

@@ -9,6 +9,9 @@ environment variable to change it, so `gen-assets serve` needs no flags in the c
     GEN_ASSETS_WEB_SECRET   key that signs the session and CSRF cookies (default: random per process,
                             so a restart asks open pages to reload before rating again)
     GEN_ASSETS_DAGSTER_URL  the Dagster UI the dashboard links to (default http://127.0.0.1:3000)
+    GEN_ASSETS_WEB_ALLOWED_HOSTS  comma-separated Host names the page answers to (default: the loopback
+                            names when bound to loopback, so a DNS-rebinding page cannot reach it;
+                            any host otherwise)
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class WebConfig:
     # after a failed read, serve the last snapshot this long before trying the file again, so a
     # retrain that holds the file is not pestered by a read per request
     busy_backoff_seconds: float = 1.0
+    allowed_hosts: tuple[str, ...] | None = None  # None: see trusted_hosts
 
     @classmethod
     def from_env(cls, host: str | None = None, port: int | None = None, **overrides) -> "WebConfig":
@@ -49,6 +53,8 @@ class WebConfig:
             port=int(port or env.get("GEN_ASSETS_WEB_PORT") or DEFAULT_PORT),
             token=env.get("GEN_ASSETS_WEB_TOKEN") or None,
             dagster_url=(env.get("GEN_ASSETS_DAGSTER_URL") or DEFAULT_DAGSTER_URL).rstrip("/"),
+            allowed_hosts=tuple(h.strip() for h in env["GEN_ASSETS_WEB_ALLOWED_HOSTS"].split(",") if h.strip())
+            if env.get("GEN_ASSETS_WEB_ALLOWED_HOSTS") else None,
             **({"secret": secret.encode()} if secret else {}),
             **overrides,
         )
@@ -56,3 +62,10 @@ class WebConfig:
     @property
     def loopback(self) -> bool:
         return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+
+    @property
+    def trusted_hosts(self) -> tuple[str, ...]:
+        """Host header values the app accepts ("*": any)."""
+        if self.allowed_hosts:
+            return self.allowed_hosts
+        return ("127.0.0.1", "localhost", "::1", "[::1]") if self.loopback else ("*",)

@@ -3,7 +3,7 @@
 - Writes need the token (GEN_ASSETS_WEB_TOKEN) when one is set: the API as `Authorization: Bearer
   <token>`; people sign in once with it on the page, which leaves a signed cookie for their session.
 - The rating form carries a CSRF token: an HMAC of the session cookie (random, HttpOnly,
-  SameSite=Strict) under the app's secret, so another site can neither read nor forge it. A form post
+  SameSite=Lax) under the app's secret, so another site can neither read nor forge it. A form post
   whose Origin names another host is refused as well.
 - The JSON API takes only `Content-Type: application/json`, which a page on another site cannot send
   without a CORS preflight that this app never grants: that is its CSRF protection.

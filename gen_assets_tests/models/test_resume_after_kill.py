@@ -16,9 +16,12 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
+from gen_assets.models.data import image_loaders
+from gen_assets.models.evaluator import EvaluatorConfig, ImageEvaluator
 from gen_assets.models.gpt import GPT, GPTConfig
 from gen_assets.models.text_data import text_loaders
 from gen_assets.models.training import fit
@@ -41,14 +44,24 @@ class Steps(L.Callback):
         self.global_step = trainer.global_step
 
 
-def train(run_dir, monitor="val_loss", kill_at_step=None, dropout=0.0):
-    """The same fresh model, data and seed every time; the child process calls this with kill_at_step."""
+def train(run_dir, monitor="val_loss", kill_at_step=None, dropout=0.0, kind="gpt"):
+    """The same fresh model, data and seed every time; the child process calls this with kill_at_step.
+
+    kind "gpt": a tiny GPT on text windows; "image": the image evaluator on shuffled image batches."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=13, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=dropout,
-                          learning_rate=1e-2, warmup_iters=2, lr_decay_iters=ITERS * EPOCHS))
-    ids = torch.randint(0, 13, (400,), generator=torch.Generator().manual_seed(1))
-    train_loader, val_loader = text_loaders(ids, ids[:100], block_size=16, batch_size=4, seed=0,
-                                            iters_per_epoch=ITERS, val_batches=2)
+    if kind == "image":
+        model = ImageEvaluator(EvaluatorConfig(image_size=8, channels=1, num_classes=3, num_features=8, width=8,
+                                               dropout=dropout))
+        rng = np.random.default_rng(1)
+        images = rng.integers(0, 256, size=(4 * ITERS, 8, 8, 1), dtype=np.uint8)
+        labels = rng.integers(0, 3, size=4 * ITERS)
+        train_loader, val_loader = image_loaders(images, labels, images[:8], labels[:8], batch_size=4, seed=0)
+    else:
+        model = GPT(GPTConfig(vocab_size=13, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=dropout,
+                              learning_rate=1e-2, warmup_iters=2, lr_decay_iters=ITERS * EPOCHS))
+        ids = torch.randint(0, 13, (400,), generator=torch.Generator().manual_seed(1))
+        train_loader, val_loader = text_loaders(ids, ids[:100], block_size=16, batch_size=4, seed=0,
+                                                iters_per_epoch=ITERS, val_batches=2)
     steps = Steps(kill_at_step)
     result = fit(model, train_loader, val_loader if monitor else None, run_dir=run_dir, max_epochs=EPOCHS,
                  monitor=monitor, seed=0, accelerator="cpu", extra_callbacks=[steps])
@@ -59,14 +72,17 @@ def train(run_dir, monitor="val_loss", kill_at_step=None, dropout=0.0):
     ("val_loss", 0.0),
     (None, 0.0),  # no best checkpoint: last.ckpt must still be written every epoch
     ("val_loss", 0.1),  # dropout draws from torch's global generator: its state is in the checkpoint too
+    pytest.param("val_loss", 0.2, id="image"),  # shuffled image batches: the order depends on the epoch alone
 ])
-def test_a_killed_run_resumes_from_last_ckpt_and_equals_an_uninterrupted_run(tmp_path, monitor, dropout):
+def test_a_killed_run_resumes_from_last_ckpt_and_equals_an_uninterrupted_run(tmp_path, request, monitor, dropout):
+    kind = "image" if request.node.callspec.id == "image" else "gpt"
     run_dir = tmp_path / "killed"
     child = subprocess.run(
         [sys.executable, "-c",
          "import sys; from gen_assets_tests.models.test_resume_after_kill import train; "
-         "train(sys.argv[1], sys.argv[2] or None, kill_at_step=int(sys.argv[3]), dropout=float(sys.argv[4]))",
-         str(run_dir), monitor or "", str(KILL_AT_STEP), str(dropout)],
+         "train(sys.argv[1], sys.argv[2] or None, kill_at_step=int(sys.argv[3]), dropout=float(sys.argv[4]), "
+         "kind=sys.argv[5])",
+         str(run_dir), monitor or "", str(KILL_AT_STEP), str(dropout), kind],
         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300,
     )
     assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
@@ -74,8 +90,8 @@ def test_a_killed_run_resumes_from_last_ckpt_and_equals_an_uninterrupted_run(tmp
     assert last.exists(), "the kill landed after epoch 1's checkpoint"
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == ITERS
 
-    resumed_model, resumed, resumed_steps = train(run_dir, monitor, dropout=dropout)
-    straight_model, straight, straight_steps = train(tmp_path / "straight", monitor, dropout=dropout)
+    resumed_model, resumed, resumed_steps = train(run_dir, monitor, dropout=dropout, kind=kind)
+    straight_model, straight, straight_steps = train(tmp_path / "straight", monitor, dropout=dropout, kind=kind)
 
     assert straight.resumed_from is None and resumed.resumed_from == str(last)
     assert resumed_steps.ran == ITERS * (EPOCHS - 1) and straight_steps.ran == ITERS * EPOCHS

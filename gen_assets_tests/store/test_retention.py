@@ -89,3 +89,16 @@ def test_dry_run_changes_nothing_and_bad_limits_are_refused(home):
     assert sorted(plan.to_dict()["models"]) == ["a", "b"] and all(p.exists() for p in paths)
     with pytest.raises(ValueError, match="keep_models"):
         retention.plan_pruning(con, tmp_path / "training", keep_models=0, keep_batches=1)
+
+
+def test_prune_keeps_what_a_rollback_would_restore(home):
+    tmp_path, con = home
+    for v in ("g", "t1", "t2"):
+        add_model(tmp_path, con, v, base="g" if v != "g" else None)
+    registry.promote(con, "t1", actor="t", reason="x")
+    registry.promote(con, "t2", actor="t", reason="x")
+    for v in ("c1", "c2", "c3"):  # refused candidates push t1 out of the newest
+        add_model(tmp_path, con, v)
+    plan = retention.prune(con, tmp_path / "training", keep_models=2, keep_batches=1)
+    assert "t1" not in {v for v, _ in plan.models}
+    assert registry.rollback(con, "image", actor="bo", reason="undo") == ("t1", "t2")

@@ -161,7 +161,8 @@ def home(built_home, tmp_path) -> Path:
 
 def test_config(**overrides) -> WebConfig:
     settings = {"busy_retry_seconds": 0.3, "busy_backoff_seconds": 0.2, "page_size": 8, "secret": b"s" * 32,
-                "dagster_url": "http://dagster.test:3000", **overrides}
+                "dagster_url": "http://dagster.test:3000", "allowed_hosts": ("testserver", "127.0.0.1", "localhost"),
+                **overrides}
     return WebConfig(**settings)
 
 

@@ -214,3 +214,10 @@ def test_an_unexpected_failure_is_a_json_500_without_internals(make_client, home
         response = raw.get("/api/samples")
     assert response.status_code == 500
     assert response.json() == {"error": "internal error: the server's log has the details"}
+
+
+def test_a_foreign_host_header_is_refused(make_client):
+    """DNS rebinding: another site's page resolved to 127.0.0.1 still sends its own Host."""
+    client = make_client(allowed_hosts=None)  # the default for a loopback bind: loopback names only
+    assert client.get("/api/samples", headers={"host": "evil.example"}).status_code == 400
+    assert client.get("/api/samples", headers={"host": "127.0.0.1:8000"}).status_code == 200
