@@ -129,13 +129,6 @@ def _ingested(con: duckdb.DuckDBPyConnection, sha: str) -> tuple[int, int] | Non
     return None if row is None else (row[0], row[1])
 
 
-def _rollback(con: duckdb.DuckDBPyConnection) -> None:
-    try:
-        con.execute("ROLLBACK")
-    except duckdb.Error:
-        pass  # a failed COMMIT has already ended the transaction
-
-
 def _move(path: Path, directory: Path, sha: str) -> Path:
     """Move a file out of incoming/ into `directory`, keeping its name unless another file has it."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -230,13 +223,13 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: str | Path, processed_dir:
         )
         con.execute("COMMIT")
     except duckdb.Error:
-        _rollback(con)
+        wh.rollback_quietly(con)
         done = _ingested(con, sha)
         if done is not None:  # a concurrent run committed the same content first
             return _already_ingested(path, processed_dir, sha, done)
         raise
     except BaseException:
-        _rollback(con)
+        wh.rollback_quietly(con)
         raise
     moved = _move(path, processed_dir, sha)
     counts = Counter(modality[r.sample_id] for _, r in good)
@@ -258,7 +251,7 @@ def _fail_file(con: duckdb.DuckDBPyConnection, path: Path, failed_dir: Path, sha
             )
         con.execute("COMMIT")
     except BaseException:
-        _rollback(con)
+        wh.rollback_quietly(con)
         raise
     moved = _move(path, failed_dir, sha)
     return IngestResult(path.name, sha, 0, 0, already_ingested=False, error=str(error), path=str(moved))

@@ -14,7 +14,7 @@ from typing import Any
 
 import duckdb
 
-from gen_assets.store.warehouse import ensure_schema, now
+from gen_assets.store.warehouse import ensure_schema, now, rollback_quietly
 
 MODEL_COLUMNS = ("model_version", "modality", "arch", "status", "created_at", "checkpoint_path", "checkpoint_sha",
                  "config", "input_versions", "feedback_version", "details", "key_metric", "key_value", "pruned_at")
@@ -85,7 +85,7 @@ def promote(con: duckdb.DuckDBPyConnection, model_version: str, *, actor: str, r
             _log(con, model["modality"], action, model_version, previous, actor, reason)
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        rollback_quietly(con)
         raise
     return previous if previous != model_version else None
 

@@ -2,7 +2,7 @@
 
 Per modality, kept:
 - models: the champion, the model a rollback would restore (the one the champion replaced), the
-  `keep_models` newest registered models, every model a kept model was tuned from (`base_model`,
+  `keep_models` most recently registered models (a reused model counts as registered again), every model a kept model was tuned from (`base_model`,
   recursively) and every model whose batch is kept;
 - batches: the `keep_batches` newest, every batch of the champion, every batch with a rated sample
   (the reward models learn from them) and every batch of the curated view.
@@ -27,7 +27,7 @@ from pathlib import Path
 import duckdb
 
 from gen_assets.store.samples import CURATED_SCHEMA
-from gen_assets.store.warehouse import ensure_schema, now, refresh_generated_view
+from gen_assets.store.warehouse import ensure_schema, now, refresh_generated_view, rollback_quietly
 
 
 @dataclass
@@ -72,7 +72,8 @@ def plan_pruning(con: duckdb.DuckDBPyConnection, training_root: Path, *, keep_mo
     models = con.execute(
         """
         SELECT model_version, checkpoint_path, status, input_versions,
-               row_number() OVER (PARTITION BY modality ORDER BY created_at DESC, model_version) AS newest
+               row_number() OVER (PARTITION BY modality
+                                  ORDER BY coalesce(registered_at, created_at) DESC, model_version) AS newest
         FROM models WHERE pruned_at IS NULL
         """
     ).fetchall()
@@ -119,7 +120,7 @@ def prune(con: duckdb.DuckDBPyConnection, training_root: Path, *, keep_models: i
         refresh_generated_view(con)
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        rollback_quietly(con)
         raise
     for _, path in plan.models:
         Path(path).unlink(missing_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
-from gen_assets.store.warehouse import ensure_schema, now
+from gen_assets.store.warehouse import ensure_schema, now, rollback_quietly
 
 CURATED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS curated_samples (
@@ -60,5 +60,5 @@ def replace_curated(con: duckdb.DuckDBPyConnection, modality: str, batch_id: str
         refresh_curated_view(con)
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        rollback_quietly(con)
         raise

@@ -45,6 +45,7 @@ ALTER TABLE models ADD COLUMN IF NOT EXISTS details JSON;               -- e.g. 
 ALTER TABLE models ADD COLUMN IF NOT EXISTS key_metric VARCHAR;         -- promotion: fid | val_loss
 ALTER TABLE models ADD COLUMN IF NOT EXISTS key_value DOUBLE;           -- its value at the last check
 ALTER TABLE models ADD COLUMN IF NOT EXISTS pruned_at TIMESTAMP;        -- checkpoint file removed (retention)
+ALTER TABLE models ADD COLUMN IF NOT EXISTS registered_at TIMESTAMP;    -- last registered (a reused model again)
 CREATE TABLE IF NOT EXISTS promotions (
     modality         VARCHAR NOT NULL,
     action           VARCHAR NOT NULL,   -- promote (the check, or a person) | rollback | refuse
@@ -80,6 +81,15 @@ def now() -> datetime:
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA)
+
+
+def rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
+    """ROLLBACK after an error, keeping that error the one raised: a failed COMMIT has already ended
+    the transaction, and the ROLLBACK's own error would hide why."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
 
 
 def sql_literal(value: str) -> str:
@@ -135,7 +145,7 @@ def register_batch(
         refresh_generated_view(con)
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        rollback_quietly(con)
         raise
 
 
@@ -154,16 +164,18 @@ def register_model(
     """Add a model to the registry as a candidate; a model already registered keeps its status.
 
     Only a promotion (gen_assets.store.registry.promote: the blocking promotion check, or a person)
-    makes a model champion."""
+    makes a model champion. `registered_at` moves every time (a reused model is in use again, which
+    retention counts), `created_at` stays the first registration."""
     ensure_schema(con)
+    stamp = now()
     con.execute(
         """
         INSERT INTO models (model_version, modality, arch, config, input_versions, feedback_version, details,
-                            checkpoint_path, checkpoint_sha, status, created_at)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'candidate', ?)
+                            checkpoint_path, checkpoint_sha, status, created_at, registered_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'candidate', ?, ?)
         ON CONFLICT (model_version) DO UPDATE SET
             checkpoint_path = excluded.checkpoint_path, checkpoint_sha = excluded.checkpoint_sha,
-            details = excluded.details, pruned_at = NULL
+            details = excluded.details, pruned_at = NULL, registered_at = excluded.registered_at
         """,
         [
             model_version,
@@ -175,7 +187,8 @@ def register_model(
             json.dumps(dict(details or {}), default=str),
             checkpoint_path,
             checkpoint_sha,
-            now(),
+            stamp,
+            stamp,
         ],
     )
 

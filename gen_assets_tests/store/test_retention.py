@@ -102,3 +102,14 @@ def test_prune_keeps_what_a_rollback_would_restore(home):
     plan = retention.prune(con, tmp_path / "training", keep_models=2, keep_batches=1)
     assert "t1" not in {v for v, _ in plan.models}
     assert registry.rollback(con, "image", actor="bo", reason="undo") == ("t1", "t2")
+
+
+def test_a_reused_model_counts_as_recent(home):
+    """An old model registered again (an unchanged or reverted config reuses it) is in use: not pruned."""
+    tmp_path, con = home
+    for v in ("old", "a", "b"):
+        add_model(tmp_path, con, v)
+    wh.register_model(con, model_version="old", modality="image", arch="dcgan", config={}, input_versions={},
+                      checkpoint_path=str(tmp_path / "models" / "old.pt"), checkpoint_sha="old")
+    plan = retention.plan_pruning(con, tmp_path / "training", keep_models=2, keep_batches=1)
+    assert [v for v, _ in plan.models] == ["a"]
