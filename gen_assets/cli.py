@@ -136,6 +136,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def has_warehouse(paths: Paths) -> bool:
+    """False, and says so, when nothing has run in this GEN_ASSETS_HOME yet."""
+    if paths.warehouse.exists():
+        return True
+    print(f"no warehouse at {paths.warehouse}: run `gen-assets run` first", file=sys.stderr)
+    return False
+
+
 def actor(args: argparse.Namespace) -> str:
     """Who acts: --by, else GEN_ASSETS_USER, else the login name."""
     import getpass
@@ -150,8 +158,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from gen_assets.store import registry
 
     paths = Paths.from_env()
-    if not paths.warehouse.exists():
-        print(f"no warehouse at {paths.warehouse}: run `gen-assets run` first", file=sys.stderr)
+    if not has_warehouse(paths):
         return 1
     with duckdb.connect(str(paths.warehouse)) as con:
         try:
@@ -172,8 +179,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from gen_assets.store import registry
 
     paths = Paths.from_env()
-    if not paths.warehouse.exists():
-        print(f"no warehouse at {paths.warehouse}: run `gen-assets run` first", file=sys.stderr)
+    if not has_warehouse(paths):
         return 1
     with duckdb.connect(str(paths.warehouse)) as con:
         try:
@@ -240,8 +246,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     from gen_assets.store.registry import lineage
 
     paths = Paths.from_env()
-    if not paths.warehouse.exists():
-        print(f"no warehouse at {paths.warehouse}: run `gen-assets run` first", file=sys.stderr)
+    if not has_warehouse(paths):
         return 1
     with duckdb.connect(str(paths.warehouse), read_only=True) as con:
         try:
