@@ -6,10 +6,10 @@ import dagster as dg
 
 from gen_assets.assets import cleaning, collection, curation, evaluation, feedback, generation, training, tuning
 from gen_assets.checks import checks
-from gen_assets.housekeeping import prune_job, prune_schedule_for
+from gen_assets.housekeeping import prune_job
 from gen_assets.jobs import jobs
 from gen_assets.resources import build_resources
-from gen_assets.schedules import nightly_schedule_for
+from gen_assets.schedules import schedules_for
 from gen_assets.sensors import FeedbackPolicy, sensors
 from gen_assets.settings import Paths, timezone_from_env
 
@@ -40,8 +40,7 @@ def build_definitions(paths: Paths | None = None, timezone: str | None = None) -
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         asset_checks=checks,
         jobs=[*jobs, prune_job],
-        schedules=[nightly_schedule_for(timezone or timezone_from_env()),
-                   prune_schedule_for(timezone or timezone_from_env())],
+        schedules=schedules_for(timezone or timezone_from_env()),
         sensors=sensors,
         resources={**build_resources(paths), "feedback_policy": FeedbackPolicy()},
     )

@@ -1,5 +1,6 @@
 """Housekeeping: prune_job removes old checkpoints and batches (gen_assets.store.retention), nightly
-after the graph has run, through prune_schedule. `gen-assets prune` runs the same rules by hand."""
+after the graph has run, through prune_schedule (gen_assets.schedules). `gen-assets prune` runs the
+same rules by hand."""
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
@@ -37,12 +38,3 @@ def prune_artifacts(context: dg.OpExecutionContext, config: RetentionConfig, war
 def prune_job():
     prune_artifacts()
 
-
-def prune_schedule_for(timezone: str) -> dg.ScheduleDefinition:
-    return dg.ScheduleDefinition(
-        name="prune_schedule",
-        job=prune_job,
-        cron_schedule="0 4 * * *",
-        execution_timezone=timezone,
-        description="Prune old checkpoints and batches at 04:00, after the nightly run.",
-    )

@@ -62,6 +62,8 @@ def trainer_from_env() -> TrainerResource:
     GEN_ASSETS_DEVICES=2); the run config of a single run (resources.trainer.config) still overrides."""
     values = {field: os.environ[var] for field, var in TRAINER_ENV.items() if os.environ.get(var)}
     if "num_nodes" in values:
+        if not values["num_nodes"].isascii() or not values["num_nodes"].isdigit() or int(values["num_nodes"]) < 1:
+            raise ValueError(f"GEN_ASSETS_NUM_NODES must be a whole number >= 1, got {values['num_nodes']!r}")
         values["num_nodes"] = int(values["num_nodes"])
     return TrainerResource(**values)
 

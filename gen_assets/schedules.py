@@ -1,15 +1,17 @@
-"""Schedules: the nightly run of the whole graph at 02:00 in the user's timezone."""
+"""Schedules, in the user's timezone (GEN_ASSETS_TIMEZONE, else TZ, else UTC): the whole graph at
+02:00, the pruning of old checkpoints and batches at 04:00."""
 
 import dagster as dg
 
+from gen_assets.housekeeping import prune_job
 from gen_assets.jobs import nightly_job
 
 
-def nightly_schedule_for(timezone: str) -> dg.ScheduleDefinition:
-    return dg.ScheduleDefinition(
-        name="nightly_schedule",
-        job=nightly_job,
-        cron_schedule="0 2 * * *",
-        execution_timezone=timezone,
-        description="Materialize every asset at 02:00 (GEN_ASSETS_TIMEZONE, else TZ, else UTC).",
-    )
+def schedules_for(timezone: str) -> list[dg.ScheduleDefinition]:
+    return [
+        dg.ScheduleDefinition(name="nightly_schedule", job=nightly_job, cron_schedule="0 2 * * *",
+                              execution_timezone=timezone, description="Materialize every asset at 02:00."),
+        dg.ScheduleDefinition(name="prune_schedule", job=prune_job, cron_schedule="0 4 * * *",
+                              execution_timezone=timezone,
+                              description="Prune old checkpoints and batches at 04:00, after the nightly run."),
+    ]

@@ -123,3 +123,16 @@ def test_executor_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("GEN_ASSETS_EXECUTOR", "k8s")
     pytest.importorskip("dagster_k8s", reason="the k8s extra is not installed: pip install .[k8s]")
     assert executor_from_env().name == "k8s"
+
+
+def test_trainer_comes_from_the_environment(monkeypatch):
+    from gen_assets.resources import trainer_from_env
+
+    monkeypatch.setenv("GEN_ASSETS_STRATEGY", "ddp_spawn")
+    monkeypatch.setenv("GEN_ASSETS_DEVICES", "2")
+    monkeypatch.setenv("GEN_ASSETS_NUM_NODES", "1")
+    kwargs = trainer_from_env().fit_kwargs()
+    assert (kwargs["strategy"], kwargs["devices"], kwargs["num_nodes"]) == ("ddp_spawn", 2, 1)
+    monkeypatch.setenv("GEN_ASSETS_NUM_NODES", "two")
+    with pytest.raises(ValueError, match="GEN_ASSETS_NUM_NODES"):
+        trainer_from_env()

@@ -42,6 +42,13 @@ def _labels_to_tensor(labels: np.ndarray, n: int, name: str) -> torch.Tensor:
     return torch.from_numpy(labels.astype(np.int64))
 
 
+def seeded_generator(*entropy: int) -> torch.Generator:
+    """A torch generator seeded from several integers, e.g. (seed, epoch). SeedSequence mixes them into
+    an independent stream; seed + epoch would let the streams of neighbouring runs overlap."""
+    state = np.random.SeedSequence(list(entropy)).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state >> np.uint64(1)))
+
+
 class EpochShuffle(Sampler):
     """A fresh permutation every epoch, drawn from (seed, epoch) alone (Lightning calls set_epoch), so
     a run resumed at an epoch boundary sees the batches an uninterrupted run would have seen."""
@@ -56,8 +63,7 @@ class EpochShuffle(Sampler):
         return self.n
 
     def __iter__(self):
-        seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-        yield from torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist()
+        yield from torch.randperm(self.n, generator=seeded_generator(self.seed, self.epoch)).tolist()
 
 
 def image_loaders(

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset, WeightedRandomSampler
 
-from gen_assets.models.data import images_to_tensor
+from gen_assets.models.data import images_to_tensor, seeded_generator
 from gen_assets.models.text_data import TokenWindows, encode_documents
 from gen_assets.models.training import fit
 
@@ -236,8 +236,7 @@ class _WeightedStarts(Sampler):
         return self.batches
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, dtype=np.uint64)[0]
-        g = torch.Generator().manual_seed(int(state >> np.uint64(1)))
+        g = seeded_generator(self.seed, self.epoch)
         n = self.batches * self.batch_size
         docs = torch.multinomial(self.doc_p, n, replacement=True, generator=g)
         within = (torch.rand(n, generator=g, dtype=torch.float64) * self.lengths[docs]).long()

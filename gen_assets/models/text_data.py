@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from gen_assets.models.data import seeded_generator
 from gen_assets.models.tokenizers import TextTokenizer
 
 
@@ -95,9 +96,7 @@ class RandomStarts(Sampler):
 
 
 def _random_starts(n_starts: int, batch_size: int, batches: int, entropy: list[int]) -> torch.Tensor:
-    # SeedSequence mixes (seed, epoch) into an independent stream; seed + epoch would let runs overlap
-    seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-    return torch.randint(n_starts, (batches, batch_size), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(n_starts, (batches, batch_size), generator=seeded_generator(*entropy))
 
 
 def text_loaders(
