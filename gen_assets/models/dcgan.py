@@ -81,6 +81,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     def __init__(self, c: DCGANConfig):
         super().__init__()
+        self.config = c
         base, stages = upsample_stages(c.image_size)
         chs = [c.d_width * 2**i for i in range(stages + 1)]  # fine -> coarse
         layers: list[nn.Module] = [spectral_norm(nn.Conv2d(c.channels, chs[0], 3, padding=1)), nn.LeakyReLU(0.2)]
@@ -94,6 +95,27 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.net(x * 2.0 - 1.0)
         return self.out(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
+
+    def __reduce__(self):
+        # Spectral norm's parametrized layers refuse to be pickled, and ddp_spawn pickles the module for
+        # its ranks: travel as config + state dict instead (the power iteration's u and v included, so
+        # the copy computes exactly what the original does), with each layer's mode and requires_grad.
+        modes = {name: m.training for name, m in self.named_modules()}
+        grads = {name: p.requires_grad for name, p in self.named_parameters()}
+        return _rebuild_discriminator, (self.config, self.state_dict(), modes, grads)
+
+
+def _rebuild_discriminator(
+    config: DCGANConfig, state: dict[str, torch.Tensor], modes: dict[str, bool], grads: dict[str, bool]
+) -> Discriminator:
+    with torch.random.fork_rng(devices=[]):  # the throwaway initialisation leaves the caller's RNG alone
+        d = Discriminator(config)
+    d.load_state_dict(state, assign=True)  # assign: the tensors keep their device and dtype
+    for name, m in d.named_modules():
+        m.training = modes[name]
+    for name, p in d.named_parameters():
+        p.requires_grad_(grads[name])
+    return d
 
 
 class DCGAN(L.LightningModule):

@@ -140,6 +140,11 @@ def fit(
     if monitor and patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
     precision = precision or default_precision(accelerator)
+    if strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook") and not module.automatic_optimization:
+        # a manual-optimization step (the GAN's) takes one backward per optimizer, each reaching only that
+        # optimizer's parameters; DDP's gradient sync accepts such partial passes only when it looks for
+        # the parameters a backward did not reach, and otherwise fails on the first step
+        strategy = f"{strategy}_find_unused_parameters_true"
     if isinstance(strategy, str) and "spawn" in strategy:
         # the spawned ranks receive the module and loaders pickled; torch's default file-descriptor
         # sharing of their tensors fails in some sandboxes ("unable to resize file"), shared files do not

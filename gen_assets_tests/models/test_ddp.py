@@ -7,13 +7,18 @@ after fit() returns, in the calling process only).
 """
 
 import hashlib
+import pickle
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.distributed
 
+from gen_assets.models.data import image_loaders
+from gen_assets.models.dcgan import DCGAN, DCGANConfig
+from gen_assets.models.evaluator import EvaluatorConfig, ImageEvaluator
 from gen_assets.models.gpt import GPT, GPTConfig
 from gen_assets.models.text_data import text_loaders
 from gen_assets.models.training import fit
@@ -22,21 +27,26 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
                                 reason="this torch build has no gloo backend for CPU DDP")
 
 
-def weights_hash(module: torch.nn.Module) -> str:
+def weights_hash(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> str:
+    """Hash of the state dict, less the entries whose names end with one of `skip`."""
     h = hashlib.sha256()
     for name, value in sorted(module.state_dict().items()):
+        if name.endswith(skip):
+            continue
         h.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
 class RankReport(L.Callback):
-    """Each rank writes its world size and final weights' hash to `folder` (outside the run folder)."""
+    """Each rank writes its world size and final weights' hash to `folder` (outside the run folder),
+    then the hash less the entries in `per_rank` (state each rank keeps for itself)."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, per_rank: tuple[str, ...] = ()):
         self.folder = folder
+        self.per_rank = per_rank
 
     def on_train_end(self, trainer, pl_module):
-        report = f"{trainer.world_size} {weights_hash(pl_module)}"
+        report = f"{trainer.world_size} {weights_hash(pl_module)} {weights_hash(pl_module, self.per_rank)}"
         (Path(self.folder) / f"rank{trainer.global_rank}.txt").write_text(report)
 
 
@@ -57,6 +67,60 @@ def test_two_cpu_processes_agree_and_only_rank_zero_writes(tmp_path):
     assert rank0[1] == rank1[1], "both ranks end with the same weights"
     assert weights_hash(model) == rank0[1], "the caller got rank 0's weights back"
     assert len(result.history) == 2 and all("val_loss" in row for row in result.history)
+    assert result.best_path and Path(result.best_path).is_file() and result.best_score is not None
+    assert result.epochs == 2
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.ckpt", "last.ckpt"]  # one copy, rank 0's
+
+
+def test_the_dcgan_survives_pickling_with_its_spectral_norm_state():
+    # ddp_spawn sends the module to its ranks pickled; the discriminator's spectral-norm layers cannot
+    # be pickled as objects and travel as config + state dict
+    torch.manual_seed(0)
+    model = DCGAN(DCGANConfig(8, 1, 3, latent_dim=8, width=4, d_width=4))
+    x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 2, 1, 0])
+    model.discriminator(x, y)  # one power iteration: u and v no longer those of the initialisation
+    model.discriminator.out.eval()  # a layer out of step with its parent keeps its mode
+
+    rng = torch.get_rng_state()
+    copy = pickle.loads(pickle.dumps(model))
+    assert torch.equal(torch.get_rng_state(), rng), "unpickling draws no random numbers"
+    before, after = model.state_dict(), copy.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert any(k.endswith("_u") for k in before), "the power iteration's vectors are in the state dict"
+    assert [m.training for m in copy.modules()] == [m.training for m in model.modules()]
+    assert [p.requires_grad for p in copy.parameters()] == [p.requires_grad for p in model.parameters()]
+
+    assert torch.equal(copy.discriminator(x, y), model.discriminator(x, y))  # a training-mode step of u, v
+    z = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(copy.generator(z, y), model.generator(z, y))
+    assert torch.equal(copy.generate(y, seed=2), model.generate(y, seed=2))
+    after, before = copy.state_dict(), model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before), "and both moved the same way"
+
+
+def test_the_image_generator_trains_on_two_cpu_processes(tmp_path):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(64, 8, 8, 1), dtype=np.uint8)
+    y = rng.integers(0, 3, size=64)
+    evaluator = ImageEvaluator(EvaluatorConfig(8, 1, 3, num_features=8, width=4)).eval()
+    model = DCGAN(DCGANConfig(8, 1, 3, latent_dim=8, width=4, d_width=4), evaluator=evaluator)
+    train_loader, val_loader = image_loaders(x[:48], y[:48], x[48:], y[48:], batch_size=8, seed=0)
+    reports, run_dir = tmp_path / "reports", tmp_path / "run"
+    reports.mkdir()
+    # the generator's batch-norm statistics are each rank's own: DDP hands rank 0's to the other ranks at
+    # the start of every step, so those of the last step stay local
+    report = RankReport(str(reports), per_rank=("running_mean", "running_var"))
+    # plain "ddp_spawn", as GEN_ASSETS_STRATEGY sets it: fit() turns on the unused-parameter search that
+    # the GAN's two backward passes per step need
+    result = fit(model, train_loader, val_loader, run_dir=run_dir, max_epochs=2, monitor="val_fid", seed=0,
+                 accelerator="cpu", devices=2, strategy="ddp_spawn", extra_callbacks=[report])
+
+    rank0, rank1 = ((reports / f"rank{r}.txt").read_text().split() for r in (0, 1))
+    assert rank0[0] == rank1[0] == "2", "two processes took part"
+    assert rank0[2] == rank1[2], "both ranks end with the same weights, spectral-norm vectors included"
+    assert weights_hash(model) == rank0[1], "the caller got rank 0's weights back"
+    assert len(result.history) == 2 and all({"g_loss", "d_loss", "val_fid"} <= set(row) for row in result.history)
     assert result.best_path and Path(result.best_path).is_file() and result.best_score is not None
     assert result.epochs == 2
     assert sorted(p.name for p in run_dir.iterdir()) == ["best.ckpt", "last.ckpt"]  # one copy, rank 0's
