@@ -12,8 +12,8 @@ another name (a test, the benchmark) never replaces the quarantine rows of the r
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import duckdb
 
@@ -29,6 +29,7 @@ from gen_assets.cleaning.common import (  # noqa: F401 (split_fractions, quarant
     table_identifier,
 )
 from gen_assets.sql import load_sql
+from gen_assets.store.files import duckdb_source, location
 from gen_assets.store.warehouse import ensure_schema, now
 
 __all__ = [
@@ -48,6 +49,7 @@ CLEAN_COLUMNS = ("row_id", "source", "category", "title", "section", "text", "co
 # every clean column but title and section, which a document may lack
 REQUIRED_COLUMNS = ("row_id", "source", "category", "text", "content_hash", "n_chars", "split")
 _TEMP_TABLES = ("_clean_texts_checked",)
+_VERSION_BATCH_ROWS = 65_536
 _VARIABLES = (
     "snapshot_path", "snapshot_version", "asset", "min_chars", "max_chars", "test_buckets", "val_buckets",
     "quarantined_at",
@@ -101,14 +103,14 @@ def clean_texts(
             raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     if min_chars > max_chars:
         raise ValueError(f"min_chars ({min_chars}) is larger than max_chars ({max_chars})")
-    path = Path(snapshot_path)
-    if not path.is_file():
+    if not location(snapshot_path).is_file():
         raise FileNotFoundError(f"text snapshot {snapshot_path} does not exist")
-    check_snapshot_columns(con, str(path), SNAPSHOT_COLUMNS, "text")
+    readable = duckdb_source(con, snapshot_path)  # a path, or a URL DuckDB reads (httpfs / fsspec)
+    check_snapshot_columns(con, readable, SNAPSHOT_COLUMNS, "text")
     ensure_schema(con)
 
     variables = {
-        "snapshot_path": str(path),
+        "snapshot_path": readable,
         "snapshot_version": snapshot_version,
         "asset": table,
         "min_chars": min_chars,
@@ -187,10 +189,21 @@ def _read_stats(con: duckdb.DuckDBPyConnection, ident: str) -> CleanStats:
 def _table_version(con: duckdb.DuckDBPyConnection, ident: str) -> str:
     """sha256 over what load_texts returns, in its order, plus the split: the clean table's content hash.
 
-    Row ids are in it because they set the order training sees the documents in.
+    Row ids are in it because they set the order training sees the documents in. One line per row
+    (row_id, category, split, sha256 of the text; fields joined by chr(31), lines by chr(30)), hashed as
+    the sorted rows stream out in batches: an ordered string_agg would hold every line in memory at once,
+    which is what stopped a corpus larger than DuckDB's memory_limit from being cleaned.
     """
-    (version,) = con.execute(
-        f"SELECT sha256(coalesce(string_agg(row_id || chr(31) || category || chr(31) || split || chr(31) "
-        f"|| sha256(text), chr(30) ORDER BY row_id, source), '')) FROM {ident}"
-    ).fetchone()
-    return version
+    h = hashlib.sha256()
+    reader = con.sql(
+        f"SELECT row_id || chr(31) || category || chr(31) || split || chr(31) || sha256(text) AS line "
+        f"FROM {ident} ORDER BY row_id, source"
+    ).to_arrow_reader(_VERSION_BATCH_ROWS)
+    first = True
+    for batch in reader:
+        lines = batch.column(0).to_pylist()
+        if not lines:
+            continue
+        h.update(("" if first else "\x1e").encode() + "\x1e".join(lines).encode())
+        first = False
+    return h.hexdigest()
