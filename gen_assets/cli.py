@@ -90,7 +90,7 @@ def report(paths: Paths) -> dict:
 
     from gen_assets.plots import trend_png
     from gen_assets.store.registry import TREND_METRICS, latest_models, registry_summary
-    from gen_assets.store.snapshots import atomic_write_bytes
+    from gen_assets.store.files import atomic_write_bytes
 
     if not paths.warehouse.exists():
         return {"models": [], "registry": {}}

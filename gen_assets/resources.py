@@ -11,13 +11,15 @@ from gen_assets.settings import Paths
 
 
 class ArtifactStore(dg.ConfigurableResource):
-    """Files under GEN_ASSETS_HOME: snapshots, model files, training runs, batches, feedback."""
+    """Files under GEN_ASSETS_HOME (training runs, feedback) and the artifacts: snapshots, model files and
+    batches, under <home>/artifacts or at `artifacts_url` (a folder or an fsspec URL such as s3://b/p)."""
 
     home: str
+    artifacts_url: str | None = None
 
     @property
     def paths(self) -> Paths:
-        return Paths(Path(self.home)).ensure()
+        return Paths(Path(self.home), self.artifacts_url).ensure()
 
 
 class TrainerResource(dg.ConfigurableResource):
@@ -71,7 +73,7 @@ def trainer_from_env() -> TrainerResource:
 def build_resources(paths: Paths) -> dict:
     return {
         "warehouse": DuckDBResource(database=str(paths.warehouse)),
-        "artifacts": ArtifactStore(home=str(paths.home)),
+        "artifacts": ArtifactStore(home=str(paths.home), artifacts_url=paths.artifacts_location),
         "trainer": trainer_from_env(),
         "io_manager": dg.FilesystemIOManager(base_dir=str(paths.dagster_home / "storage")),
     }

@@ -10,41 +10,51 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from gen_assets.store.files import Location, is_url, location
+
 DEFAULT_HOME = "./data"
 
 
 @dataclass(frozen=True)
 class Paths:
-    """Every location under one home directory; moving GEN_ASSETS_HOME moves all of it."""
+    """Every location under one home directory; moving GEN_ASSETS_HOME moves all of it.
+
+    The artifacts (snapshots, model files, batches, reports) may live elsewhere: GEN_ASSETS_ARTIFACTS
+    takes a folder or an fsspec URL (s3://bucket/gen-assets, gs://..., file:///mnt/shared/...). The
+    warehouse file, Dagster's instance, the feedback landing zone and Lightning's training folders
+    (resumable checkpoints, local scratch of the worker that trains) stay under the home directory.
+    """
 
     home: Path
+    artifacts_location: str | None = None  # None: <home>/artifacts
 
     @classmethod
     def from_env(cls) -> "Paths":
-        return cls(Path(os.environ.get("GEN_ASSETS_HOME", DEFAULT_HOME)).expanduser().resolve())
+        home = Path(os.environ.get("GEN_ASSETS_HOME", DEFAULT_HOME)).expanduser().resolve()
+        return cls(home, artifacts_location(os.environ.get("GEN_ASSETS_ARTIFACTS")))
 
     @property
     def warehouse(self) -> Path:
         return self.home / "warehouse.duckdb"
 
     @property
-    def artifacts(self) -> Path:
-        return self.home / "artifacts"
+    def artifacts(self) -> Location:
+        return location(self.artifacts_location) if self.artifacts_location else self.home / "artifacts"
 
     @property
-    def snapshots(self) -> Path:
+    def snapshots(self) -> Location:
         return self.artifacts / "snapshots"
 
     @property
-    def models(self) -> Path:
+    def models(self) -> Location:
         return self.artifacts / "models"
 
     @property
     def training(self) -> Path:
-        return self.artifacts / "training"
+        return self.home / "artifacts" / "training"
 
     @property
-    def batches(self) -> Path:
+    def batches(self) -> Location:
         return self.artifacts / "batches"
 
     @property
@@ -56,9 +66,26 @@ class Paths:
         return self.home / "feedback"
 
     def ensure(self) -> "Paths":
-        for p in (self.home, self.artifacts, self.dagster_home, self.feedback):
+        for p in (self.home, self.home / "artifacts", self.dagster_home, self.feedback):
             p.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def artifacts_location(value: str | None) -> str | None:
+    """GEN_ASSETS_ARTIFACTS as given: None when unset or blank, a URL as it is, a folder made absolute."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if is_url(value):
+        try:  # an unknown protocol or a missing filesystem package fails here, not at the first write
+            location(value).fs
+        except (ValueError, ImportError) as e:
+            raise ValueError(
+                f"GEN_ASSETS_ARTIFACTS={value!r}: {e}. s3:// needs s3fs, gs:// needs gcsfs "
+                "(pip install 'gen-assets[s3]' or '[gcs]')"
+            ) from None
+        return value
+    return str(Path(value).expanduser().resolve())
 
 
 def timezone_from_env() -> str:

@@ -1,29 +1,52 @@
-"""Raw collection: land an immutable Parquet snapshot of a configured source."""
+"""Raw collection: land an immutable Parquet snapshot of a configured source, streamed batch by batch."""
 
 import time
+from collections.abc import Iterator
 
 import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from gen_assets.resources import ArtifactStore
-from gen_assets.sources.images import IMAGE_SNAPSHOT_HASH_COLUMNS, collect_images
-from gen_assets.sources.texts import TEXT_SNAPSHOT_HASH_COLUMNS, collect_texts
+from gen_assets.sources.images import IMAGE_SNAPSHOT_HASH_COLUMNS, iter_images
+from gen_assets.sources.texts import TEXT_SCHEMA, TEXT_SNAPSHOT_HASH_COLUMNS, iter_texts
 from gen_assets.store.snapshots import Snapshot, write_snapshot
 
 
-def land(context, table, name: str, hash_columns: list[str], source: str, artifacts: ArtifactStore, t0: float,
-         **extra) -> dg.Output[Snapshot]:
-    """Write the collected rows as the asset's snapshot; its data version is the snapshot's content hash."""
-    snapshot = write_snapshot(table, artifacts.paths.snapshots / name, hash_columns=hash_columns, source=source)
-    unreadable = sum(e is not None for e in table.column("decode_error").to_pylist())
-    context.log.info(f"collected {snapshot.rows} rows from {source} -> {snapshot.path}")
+class Tally:
+    """Counts what passes through on its way to the snapshot file, so no batch is kept for the metadata."""
+
+    def __init__(self, sum_column: str | None = None):
+        self.unreadable = 0
+        self.total = 0
+        self.batches = 0
+        self.sum_column = sum_column
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            self.unreadable += batch.num_rows - batch.column("decode_error").null_count
+            if self.sum_column:
+                self.total += pc.sum(batch.column(self.sum_column)).as_py() or 0
+            self.batches += 1
+            yield batch
+
+
+def land(context, batches, name: str, hash_columns: list[str], source: str, artifacts: ArtifactStore, t0: float,
+         schema: pa.Schema | None, sum_column: str | None = None) -> dg.Output[Snapshot]:
+    """Stream the collected batches into the asset's snapshot; its data version is the snapshot's content hash."""
+    tally = Tally(sum_column)
+    snapshot = write_snapshot(tally(batches), artifacts.paths.snapshots / name, hash_columns=hash_columns,
+                              source=source, schema=schema)
+    context.log.info(f"collected {snapshot.rows} rows from {source} in {tally.batches} batches -> {snapshot.path}")
+    extra = {"chars": tally.total} if sum_column else {}
     return dg.Output(
         snapshot,
         data_version=dg.DataVersion(snapshot.version),
         metadata={
             "source": source,
             "rows": snapshot.rows,
-            "unreadable": unreadable,
+            "unreadable": tally.unreadable,
             **extra,
             "path": dg.MetadataValue.path(snapshot.path),
             "snapshot_version": snapshot.version,
@@ -52,8 +75,9 @@ class RawImagesConfig(dg.Config):
 def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, artifacts: ArtifactStore) -> dg.Output[Snapshot]:
     """Images from the configured source, landed as an immutable snapshot named by its content hash."""
     t0 = time.perf_counter()
-    table = collect_images(config.source, labels=config.labels)
-    return land(context, table, "raw_images", IMAGE_SNAPSHOT_HASH_COLUMNS, config.source, artifacts, t0)
+    batches = iter_images(config.source, labels=config.labels)
+    return land(context, batches, "raw_images", IMAGE_SNAPSHOT_HASH_COLUMNS, config.source, artifacts, t0,
+                schema=None)
 
 
 class RawTextsConfig(dg.Config):
@@ -70,6 +94,6 @@ class RawTextsConfig(dg.Config):
 def raw_texts(context: dg.AssetExecutionContext, config: RawTextsConfig, artifacts: ArtifactStore) -> dg.Output[Snapshot]:
     """Text documents from the configured source, landed as an immutable snapshot named by its content hash."""
     t0 = time.perf_counter()
-    table = collect_texts(config.source, text_column=config.text_column, category_column=config.category_column)
-    return land(context, table, "raw_texts", TEXT_SNAPSHOT_HASH_COLUMNS, config.source, artifacts, t0,
-                chars=int(sum(table.column("raw_bytes").to_pylist())))
+    batches = iter_texts(config.source, text_column=config.text_column, category_column=config.category_column)
+    return land(context, batches, "raw_texts", TEXT_SNAPSHOT_HASH_COLUMNS, config.source, artifacts, t0,
+                schema=TEXT_SCHEMA, sum_column="raw_bytes")

@@ -9,7 +9,6 @@ import time
 import dagster as dg
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
@@ -24,6 +23,7 @@ from gen_assets.models.data import images_to_tensor
 from gen_assets.models.reward import image_features, text_features
 from gen_assets.models.tokenizers import tokenizer_from_dict
 from gen_assets.store import warehouse as wh
+from gen_assets.store.files import read_table
 from gen_assets.store.samples import replace_curated
 
 
@@ -66,7 +66,7 @@ def curated_images(
 ) -> dg.Output[pd.DataFrame]:
     """The top k images per category by predicted rating (by evaluator confidence before any rating exists)."""
     t0 = time.perf_counter()
-    table = pq.read_table(generated_images.path, columns=["sample_id", "category", "content"])
+    table = read_table(generated_images.path, columns=["sample_id", "category", "content"])
     evaluator = load_model(image_evaluator.path, inference_device())
     channels = int(clean_images.details["channels"])
     images = images_to_tensor(np.stack([decode_image(b, channels) for b in table.column("content").to_pylist()]))
@@ -94,7 +94,7 @@ def curated_texts(
 ) -> dg.Output[pd.DataFrame]:
     """The top k texts per category by predicted rating; blocklisted, broken and copied texts dropped."""
     t0 = time.perf_counter()
-    table = pq.read_table(generated_texts.path, columns=["sample_id", "category", "content"])
+    table = read_table(generated_texts.path, columns=["sample_id", "category", "content"])
     texts, categories = table.column("content").to_pylist(), table.column("category").to_pylist()
     with warehouse.get_connection() as con:
         train = [t for _, t in text_cleaning.load_texts(con, split="train", table=clean_texts.table)]

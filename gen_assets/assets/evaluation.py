@@ -5,7 +5,6 @@ import time
 import dagster as dg
 from pydantic import Field
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from dagster_duckdb import DuckDBResource
 
@@ -23,6 +22,7 @@ from gen_assets.models.checkpoint import load_model
 from gen_assets.models.data import images_to_tensor
 from gen_assets.store import registry
 from gen_assets.store import warehouse as wh
+from gen_assets.store.files import read_table
 
 
 class ImageMetricsConfig(dg.Config):
@@ -52,7 +52,7 @@ def image_metrics(
     (uniform noise) bound `fid` from below and above; all three use the same sample count.
     """
     t0 = time.perf_counter()
-    table = pq.read_table(generated_images.path, columns=["category", "content"])
+    table = read_table(generated_images.path, columns=["category", "content"])
     channels = int(clean_images.details["channels"])
     pixels = np.stack([decode_image(b, channels) for b in table.column("content").to_pylist()])
     labels = label_indices(table.column("category").to_pylist(), clean_images.categories)
@@ -121,7 +121,7 @@ def text_metrics(
         test_docs = text_cleaning.load_texts(con, split="test", table=clean_texts.table)
     val_ids = encode_documents(tokenizer, [t for _, t in val_docs], [c for c, _ in val_docs])
     loss = validation_loss(model, val_ids, batch_size=config.batch_size, batches=config.val_batches, seed=config.seed)
-    table = pq.read_table(generated_texts.path, columns=["category", "content"])
+    table = read_table(generated_texts.path, columns=["category", "content"])
     generated = list(zip(table.column("category").to_pylist(), table.column("content").to_pylist()))
     metrics = {"val_loss": loss, "perplexity": perplexity(loss)}
     metrics.update(compute_text_metrics(generated, test_docs, [t for _, t in train_docs]))

@@ -16,7 +16,7 @@ from gen_assets.models.tokenizers import tokenizer_from_dict
 from gen_assets.resources import ArtifactStore
 from gen_assets.store import warehouse as wh
 from gen_assets.store.batches import batch_table, write_batch
-from gen_assets.store.snapshots import atomic_write_bytes
+from gen_assets.store.files import atomic_write_bytes
 
 
 class GeneratedImagesConfig(dg.Config):

@@ -4,7 +4,6 @@ import dataclasses
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 import dagster as dg
@@ -24,7 +23,7 @@ from gen_assets.models.training import FitResult, fit
 from gen_assets.plots import curves_png
 from gen_assets.resources import ArtifactStore, TrainerResource
 from gen_assets.store import warehouse as wh
-from gen_assets.store.snapshots import atomic_write_bytes
+from gen_assets.store.files import atomic_write_bytes, location
 
 
 def config_for(arch: str, base: dict[str, Any], overrides: dict[str, Any]) -> Any:
@@ -60,7 +59,7 @@ def train_and_save(
     done = run_dir / "done.json"
     if done.exists() and not retrain:
         info = json.loads(done.read_text())
-        if Path(info["path"]).exists() and file_sha256(info["path"]) == info["sha256"]:
+        if location(info["path"]).exists() and file_sha256(info["path"]) == info["sha256"]:
             context.log.info(f"{name}: inputs and config unchanged since {info['version']}; reusing it")
             ref = ModelRef(modality, arch, info["version"], info["path"], info["sha256"], info.get("details", {}))
             return ref, info.get("history", []), {"reused": True, **info.get("fit", {})}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -29,6 +28,7 @@ from gen_assets.cleaning.common import (  # noqa: F401 (split_fractions, quarant
     table_identifier,
 )
 from gen_assets.sql import load_sql
+from gen_assets.store.files import duckdb_source, location
 from gen_assets.store.warehouse import ensure_schema, now
 
 REASON_KINDS = ("undecodable", "hash_mismatch", "missing_label", "wrong_size", "duplicate")
@@ -103,14 +103,14 @@ def clean_images(
     test_buckets, val_buckets = split_buckets(val_fraction, test_fraction)
     if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
         raise ValueError(f"image_size must be a positive int (pixels per side) or None, got {image_size!r}")
-    path = Path(snapshot_path)
-    if not path.is_file():
+    if not location(snapshot_path).is_file():
         raise FileNotFoundError(f"image snapshot {snapshot_path} does not exist")
-    check_snapshot_columns(con, str(path), SNAPSHOT_COLUMNS, "image")
+    readable = duckdb_source(con, snapshot_path)  # a path, or a URL DuckDB reads (httpfs / fsspec)
+    check_snapshot_columns(con, readable, SNAPSHOT_COLUMNS, "image")
     ensure_schema(con)
 
     variables = {
-        "snapshot_path": str(path),
+        "snapshot_path": readable,
         "snapshot_version": snapshot_version,
         "asset": table,
         "expected_width": image_size,

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from gen_assets.store.snapshots import atomic_write_bytes
+from gen_assets.store.files import atomic_write_bytes, open_read, sha256_of
 
 # arch name -> "module:Class"; each class has a `config_class` attribute (a dataclass) and takes it as
 # its first constructor argument.
@@ -47,13 +47,14 @@ def save_model(path: str | Path, arch: str, model: torch.nn.Module, extra: dict[
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
-    atomic_write_bytes(Path(path), data)
+    atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
 def read_model_file(path: str | Path) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open_read(path) as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"model file {path} does not exist") from None
 
@@ -69,8 +70,4 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> to
 
 
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_of(path)

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gen_assets.store.snapshots import atomic_write_bytes
+from gen_assets.store.files import atomic_write_bytes, location
 
 UNK_TEXT = "\ufffd"
 DEFAULT_BPE_VOCAB = 1024
@@ -106,7 +106,7 @@ class _Tokenizer:
         raise NotImplementedError
 
     def save(self, path: str | Path) -> None:
-        atomic_write_bytes(Path(path), json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8"))
+        atomic_write_bytes(path, json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8"))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, categories={self.categories})"
@@ -239,9 +239,9 @@ def tokenizer_from_dict(d: dict[str, Any]) -> TextTokenizer:
 
 
 def load_tokenizer(path: str | Path) -> TextTokenizer:
-    path = Path(path)
+    path = location(path)
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        d = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"tokenizer file {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

