@@ -1,24 +1,34 @@
-"""How the cost of the DuckDB cleaning grows with the size of a snapshot (images and texts).
+"""How the cost of raw collection and DuckDB cleaning grows with the size of a corpus (images and texts).
 
     python benchmarks/scale.py [--image-rows 250000,500000,1000000] [--text-rows 1000000,2500000,5000000,10000000]
-                               [--only image|text] [--threads N] [--json]
+                               [--only image|text] [--threads N] [--memory-limit 1GB] [--json]
 
-For each size it writes a synthetic snapshot (Parquet, the columns and row groups of a real one) and then
-runs the pipeline's cleaning on it, exactly as the pipeline does, into a DuckDB warehouse FILE:
+For each size it writes a corpus in a format users bring, collects it with the pipeline's streaming
+collection (`iter_texts` / `iter_images` into `write_snapshot`, as the raw_* assets do), and cleans the
+collected snapshot with the pipeline's cleaning into a DuckDB warehouse FILE. `--memory-limit` sets
+DuckDB's memory_limit for the cleaning (GEN_ASSETS_DUCKDB_MEMORY_LIMIT in the pipeline): beyond it the
+cleaning spills to disk, so a corpus larger than memory is cleaned.
 
-- images: `gen_assets.cleaning.images.clean_images` on the snapshot of benchmarks/cleaning_duckdb_vs_pandas.py
-  (`make_snapshot`: tiny fake PNG bytes, ~5% duplicates, ~1% undecodable, ~1% blank labels, ...).
-- texts: `gen_assets.cleaning.texts.clean_texts` on short documents (20-80 words from a Zipf-distributed
+The corpora:
+- texts: a JSONL file (`{"category", "title", "section", "text"}` per line) written from the synthetic
+  rows below; undecodable rows become `"text": null` lines.
+- images: a folder `<label>/<row>.png` of real 8x8 grayscale PNGs (random pixels), ~5% exact duplicates,
+  ~1% truncated files that do not decode, labels from ten names.
+
+The synthetic text rows:
+
+- short documents (20-80 words from a Zipf-distributed
   vocabulary, some punctuation and line breaks, ~5% **bold** / _emphasis_ markup, ~4% with an e-mail
   address, ~4% with a URL, ~2% with a phone number, ~3% exact duplicates, ~0.5% near-duplicates (upper-cased
   copies), ~1% too short, ~0.5% missing categories, ~0.2% undecodable). Built with numpy and pyarrow in
   chunks, so generating 10M rows takes seconds and little memory.
 
-Generation and cleaning each run in a fresh process (multiprocessing, spawn), one size at a time, so the
-peak resident memory reported (getrusage ru_maxrss of the cleaning process) belongs to that one cleaning
-run alone; "base" is the same process's RSS just before the call (Python, DuckDB and gen_assets imported).
-Reported per size: wall seconds of the cleaning call, rows/s, CPU seconds (all threads), peak RSS, and the
-cost per row relative to the smallest size: a cleaning whose cost is linear in the rows keeps it near 1.00x.
+Generation, collection and cleaning each run in a fresh process (multiprocessing, spawn), one size at a
+time, so each peak resident memory reported (getrusage ru_maxrss) belongs to that one step alone.
+Reported per size: seconds and rows/s of collection and of cleaning, their peak RSS, and the cleaning's
+cost per row relative to the smallest size: a cost linear in the rows keeps it near 1.00x. Streaming
+shows as a collection peak that stays flat as the corpus grows, and, with --memory-limit, a cleaning
+peak that stays near the limit.
 """
 
 from __future__ import annotations
@@ -140,21 +150,91 @@ def make_text_snapshot(path: Path, rows: int, seed: int = 0) -> None:
     hasher.close()
 
 
+def make_text_corpus(path: Path, rows: int, seed: int = 0) -> None:
+    """The synthetic text rows as a JSONL file, as a user would bring them."""
+    import duckdb
+
+    snapshot = path.with_suffix(".rows.parquet")
+    make_text_snapshot(snapshot, rows, seed)
+    con = duckdb.connect()
+    con.execute("SET preserve_insertion_order = true")
+    con.execute(f"COPY (SELECT category, title, section, text FROM read_parquet('{snapshot}')) "
+                f"TO '{path}' (FORMAT json)")
+    con.close()
+    snapshot.unlink()
+
+
+# ---- synthetic image folder -------------------------------------------------------------------------------
+
+IMAGE_LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def make_image_folder(root: Path, rows: int, seed: int = 0) -> None:
+    """`rows` 8x8 grayscale PNG files under root/<label>/, with duplicates and truncated files."""
+    import numpy as np
+
+    from gen_assets.imaging import encode_png
+
+    rng = np.random.default_rng(seed)
+    for label in IMAGE_LABELS:
+        (root / label).mkdir(parents=True, exist_ok=True)
+    chunk = 65_536
+    for first in range(0, rows, chunk):
+        n = min(chunk, rows - first)
+        pixels = rng.integers(0, 256, size=(n, 8, 8), dtype=np.uint8)
+        dup = np.flatnonzero(rng.random(n) < 0.05)  # exact copies of an earlier image of the chunk
+        pixels[dup] = pixels[(rng.random(len(dup)) * dup).astype(np.int64)]
+        labels = rng.integers(0, len(IMAGE_LABELS), size=n)
+        truncated = rng.random(n) < 0.01
+        for i in range(n):
+            data = encode_png(pixels[i])
+            if truncated[i]:
+                data = data[: len(data) // 2]
+            (root / IMAGE_LABELS[labels[i]] / f"{first + i:08d}.png").write_bytes(data)
+
+
+def _tree_mib(path: Path) -> float:
+    if path.is_file():
+        return path.stat().st_size / 2**20
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
 # ---- the worker processes ---------------------------------------------------------------------------------
 
 
 def _generate(modality: str, path: str, rows: int) -> float:
     start = time.perf_counter()
     if modality == "image":
-        from cleaning_duckdb_vs_pandas import make_snapshot
-
-        make_snapshot(Path(path), rows)
+        make_image_folder(Path(path), rows)
     else:
-        make_text_snapshot(Path(path), rows)
+        make_text_corpus(Path(path), rows)
     return time.perf_counter() - start
 
 
-def _clean(modality: str, path: str, database: str, threads: int | None) -> dict:
+def _collect(modality: str, source: str, directory: str) -> dict:
+    """The raw_* asset's work: stream the source's batches into a snapshot."""
+    from gen_assets.sources.images import IMAGE_SNAPSHOT_HASH_COLUMNS, iter_images
+    from gen_assets.sources.texts import TEXT_SCHEMA, TEXT_SNAPSHOT_HASH_COLUMNS, iter_texts
+    from gen_assets.store.snapshots import write_snapshot
+
+    base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    if modality == "image":
+        snapshot = write_snapshot(iter_images(source), directory, hash_columns=IMAGE_SNAPSHOT_HASH_COLUMNS,
+                                  source=source)
+    else:
+        snapshot = write_snapshot(iter_texts(source), directory, hash_columns=TEXT_SNAPSHOT_HASH_COLUMNS,
+                                  source=source, schema=TEXT_SCHEMA)
+    return {
+        "seconds": time.perf_counter() - start,
+        "base_rss_mib": base_kib / 1024,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "path": snapshot.path,
+        "rows": snapshot.rows,
+    }
+
+
+def _clean(modality: str, path: str, database: str, threads: int | None, memory_limit: str | None) -> dict:
     import duckdb
 
     from gen_assets.cleaning.images import clean_images
@@ -164,6 +244,8 @@ def _clean(modality: str, path: str, database: str, threads: int | None) -> dict
     con = duckdb.connect(database)
     if threads:
         con.execute(f"SET threads = {int(threads)}")
+    if memory_limit:
+        con.execute("SET memory_limit = ?", [memory_limit])
     base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
@@ -172,6 +254,7 @@ def _clean(modality: str, path: str, database: str, threads: int | None) -> dict
     after = resource.getrusage(resource.RUSAGE_SELF)
     result = {
         "threads": int(con.execute("SELECT current_setting('threads')").fetchone()[0]),
+        "memory_limit": con.execute("SELECT current_setting('memory_limit')").fetchone()[0],
         "seconds": wall,
         "cpu_seconds": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
         "base_rss_mib": base_kib / 1024,  # ru_maxrss is in KiB on Linux
@@ -190,14 +273,22 @@ def _in_fresh_process(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def measure(modality: str, rows: int, tmp: Path, threads: int | None) -> dict:
-    snapshot, database = tmp / f"{modality}-{rows}.parquet", tmp / f"{modality}-{rows}.duckdb"
-    generate_s = _in_fresh_process(_generate, modality, str(snapshot), rows)
-    result = _in_fresh_process(_clean, modality, str(snapshot), str(database), threads)
-    result.update(modality=modality, rows=rows, generate_seconds=generate_s,
-                  snapshot_mib=snapshot.stat().st_size / 2**20, rows_per_second=rows / result["seconds"])
-    snapshot.unlink()
+def measure(modality: str, rows: int, tmp: Path, threads: int | None, memory_limit: str | None) -> dict:
+    import shutil
+
+    source = tmp / (f"images-{rows}" if modality == "image" else f"texts-{rows}.jsonl")
+    snapshots, database = tmp / f"snapshots-{modality}-{rows}", tmp / f"{modality}-{rows}.duckdb"
+    generate_s = _in_fresh_process(_generate, modality, str(source), rows)
+    source_mib = _tree_mib(source)
+    collected = _in_fresh_process(_collect, modality, str(source), str(snapshots))
+    shutil.rmtree(source) if source.is_dir() else source.unlink()
+    result = _in_fresh_process(_clean, modality, collected["path"], str(database), threads, memory_limit)
+    result.update(modality=modality, rows=rows, generate_seconds=generate_s, source_mib=source_mib,
+                  snapshot_mib=Path(collected["path"]).stat().st_size / 2**20, rows_per_second=rows / result["seconds"],
+                  collect=collected, collect_rows_per_second=rows / collected["seconds"])
+    shutil.rmtree(snapshots)
     database.unlink()
+    shutil.rmtree(database.with_name(database.name + ".tmp"), ignore_errors=True)  # DuckDB's spill folder
     return result
 
 
@@ -208,14 +299,43 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def print_table(results: dict[str, list[dict]], total_s: float, memory_limit: str | None) -> None:
+    threads = next(r["threads"] for runs in results.values() for r in runs)
+    limit = next(r["memory_limit"] for runs in results.values() for r in runs)
+    print(f"Streaming collection, then DuckDB cleaning into a warehouse file ({threads} threads, memory_limit "
+          f"{limit}{'' if memory_limit else ', the default'}); each step in a fresh process")
+    print(f"{'modality':<9} {'rows':>11} {'source MiB':>10} | {'collect s':>9} {'rows/s':>9} {'peak MiB':>8} | "
+          f"{'clean s':>8} {'rows/s':>9} {'cpu s':>7} {'peak MiB':>8} {'cost/row':>8} | {'clean':>11} {'quarantined':>11}")
+    for modality, runs in results.items():
+        for r in runs:
+            c = r["collect"]
+            print(f"{modality:<9} {r['rows']:>11,} {r['source_mib']:>10,.0f} | {c['seconds']:>9.1f} "
+                  f"{r['collect_rows_per_second']:>9,.0f} {c['peak_rss_mib']:>8,.0f} | "
+                  f"{r['seconds']:>8.1f} {r['rows_per_second']:>9,.0f} {r['cpu_seconds']:>7.1f} "
+                  f"{r['peak_rss_mib']:>8,.0f} {r['cost_per_row_vs_smallest']:>7.2f}x | "
+                  f"{r['rows_clean']:>11,} {r['rows_in'] - r['rows_clean']:>11,}")
+    print("cost/row: seconds per row relative to the smallest size of the same modality (linear cost: ~1.00x)")
+    for modality, runs in results.items():
+        reasons = runs[-1]["by_reason"]
+        print(f"{modality} quarantine at {runs[-1]['rows']:,} rows: " + ", ".join(f"{k} {v:,}" for k, v in reasons.items()))
+    print(f"total {total_s:.0f} s (generation included)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-rows", type=_sizes, default=_sizes(DEFAULT_IMAGE_ROWS), help="comma-separated sizes")
     parser.add_argument("--text-rows", type=_sizes, default=_sizes(DEFAULT_TEXT_ROWS), help="comma-separated sizes")
     parser.add_argument("--only", choices=["image", "text"], default=None, help="one modality only")
     parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: DuckDB's, all cores)")
+    parser.add_argument("--memory-limit", default=None,
+                        help="DuckDB memory_limit for the cleaning, e.g. 1GB (default: DuckDB's, 80%% of RAM)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--table", metavar="JSON", help="print the table of an earlier --json run, and stop")
     args = parser.parse_args(argv)
+    if args.table:
+        earlier = json.loads(Path(args.table).read_text())
+        print_table(earlier["results"], earlier["total_seconds"], earlier.get("memory_limit"))
+        return 0
 
     plan = [(m, args.image_rows if m == "image" else args.text_rows) for m in ("image", "text")
             if args.only in (None, m)]
@@ -225,33 +345,20 @@ def main(argv: list[str] | None = None) -> int:
         for modality, sizes in plan:
             runs = results[modality] = []
             for rows in sizes:
-                runs.append(measure(modality, rows, Path(tmp), args.threads))
+                runs.append(measure(modality, rows, Path(tmp), args.threads, args.memory_limit))
                 smallest = runs[0]
                 runs[-1]["cost_per_row_vs_smallest"] = (
                     (runs[-1]["seconds"] / rows) / (smallest["seconds"] / smallest["rows"])
                 )
                 if not args.json:
-                    print(f"  {modality} {rows:,} rows: {runs[-1]['seconds']:.2f} s", file=sys.stderr, flush=True)
+                    print(f"  {modality} {rows:,} rows: collected in {runs[-1]['collect']['seconds']:.1f} s, "
+                          f"cleaned in {runs[-1]['seconds']:.1f} s", file=sys.stderr, flush=True)
     total_s = time.perf_counter() - start
 
     if args.json:
-        print(json.dumps({"results": results, "total_seconds": total_s}, indent=2))
+        print(json.dumps({"results": results, "total_seconds": total_s, "memory_limit": args.memory_limit}, indent=2))
         return 0
-    threads = next(r["threads"] for runs in results.values() for r in runs)
-    print(f"DuckDB cleaning into a warehouse file, {threads} threads; each size in a fresh process")
-    print(f"{'modality':<9} {'rows':>11} {'snap MiB':>9} {'gen s':>7} {'clean s':>8} {'rows/s':>10} {'cpu s':>7} "
-          f"{'base MiB':>9} {'peak MiB':>9} {'cost/row':>9} {'clean':>11} {'quarantined':>12}")
-    for modality, runs in results.items():
-        for r in runs:
-            print(f"{modality:<9} {r['rows']:>11,} {r['snapshot_mib']:>9.0f} {r['generate_seconds']:>7.1f} "
-                  f"{r['seconds']:>8.2f} {r['rows_per_second']:>10,.0f} {r['cpu_seconds']:>7.1f} "
-                  f"{r['base_rss_mib']:>9.0f} {r['peak_rss_mib']:>9.0f} {r['cost_per_row_vs_smallest']:>8.2f}x "
-                  f"{r['rows_clean']:>11,} {r['rows_in'] - r['rows_clean']:>12,}")
-    print("cost/row: seconds per row relative to the smallest size of the same modality (linear cost: ~1.00x)")
-    for modality, runs in results.items():
-        reasons = runs[-1]["by_reason"]
-        print(f"{modality} quarantine at {runs[-1]['rows']:,} rows: " + ", ".join(f"{k} {v:,}" for k, v in reasons.items()))
-    print(f"total {total_s:.0f} s (generation included)")
+    print_table(results, total_s, args.memory_limit)
     return 0
 
 

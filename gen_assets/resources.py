@@ -70,9 +70,26 @@ def trainer_from_env() -> TrainerResource:
     return TrainerResource(**values)
 
 
+DUCKDB_ENV = {  # DuckDB setting -> the environment variable that sets it on every warehouse connection
+    "memory_limit": "GEN_ASSETS_DUCKDB_MEMORY_LIMIT",  # e.g. "4GB": cleaning spills to <warehouse>.tmp beyond it
+    "threads": "GEN_ASSETS_DUCKDB_THREADS",
+    "temp_directory": "GEN_ASSETS_DUCKDB_TEMP_DIRECTORY",
+}
+
+
+def warehouse_from_env(paths: Paths) -> DuckDBResource:
+    """The DuckDB warehouse, with the settings given in the environment (see DUCKDB_ENV)."""
+    config = {setting: os.environ[var] for setting, var in DUCKDB_ENV.items() if os.environ.get(var)}
+    if "threads" in config:
+        if not config["threads"].isascii() or not config["threads"].isdigit() or int(config["threads"]) < 1:
+            raise ValueError(f"GEN_ASSETS_DUCKDB_THREADS must be a whole number >= 1, got {config['threads']!r}")
+        config["threads"] = int(config["threads"])
+    return DuckDBResource(database=str(paths.warehouse), connection_config=config)
+
+
 def build_resources(paths: Paths) -> dict:
     return {
-        "warehouse": DuckDBResource(database=str(paths.warehouse)),
+        "warehouse": warehouse_from_env(paths),
         "artifacts": ArtifactStore(home=str(paths.home), artifacts_url=paths.artifacts_location),
         "trainer": trainer_from_env(),
         "io_manager": dg.FilesystemIOManager(base_dir=str(paths.dagster_home / "storage")),

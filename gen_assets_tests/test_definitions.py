@@ -136,3 +136,23 @@ def test_trainer_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("GEN_ASSETS_NUM_NODES", "two")
     with pytest.raises(ValueError, match="GEN_ASSETS_NUM_NODES"):
         trainer_from_env()
+
+
+def test_warehouse_settings_come_from_the_environment(monkeypatch, tmp_path):
+    from gen_assets.resources import warehouse_from_env
+    from gen_assets.settings import Paths
+
+    paths = Paths(tmp_path).ensure()
+    with warehouse_from_env(paths).get_connection() as con:  # nothing set: DuckDB's own defaults
+        default_limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    monkeypatch.setenv("GEN_ASSETS_DUCKDB_MEMORY_LIMIT", "300MB")
+    monkeypatch.setenv("GEN_ASSETS_DUCKDB_THREADS", "1")
+    with warehouse_from_env(paths).get_connection() as con:
+        limit, threads, spill = con.execute(
+            "SELECT current_setting('memory_limit'), current_setting('threads'), current_setting('temp_directory')"
+        ).fetchone()
+    assert limit == "286.1 MiB" != default_limit and threads == 1
+    assert spill == str(paths.warehouse) + ".tmp"  # where the cleaning spills beyond the limit
+    monkeypatch.setenv("GEN_ASSETS_DUCKDB_THREADS", "many")
+    with pytest.raises(ValueError, match="GEN_ASSETS_DUCKDB_THREADS"):
+        warehouse_from_env(paths)
