@@ -1,11 +1,12 @@
 """The GPU path of both generators: fp32 vs bf16-mixed vs bf16 + torch.compile, and TFLOP/s vs peak.
 
-    python benchmarks/gpu_throughput.py [--steps 200] [--json]
+    python benchmarks/gpu_throughput.py [--steps 200] [--gen-repeats 20] [--json]
 
 Trains through gen_assets.models.training.fit (the product's Trainer settings) on synthetic data of
 the product's shapes, and measures after a warm-up (compilation included there, not in the timing):
 
-- image generator (DCGAN): samples/s at the digits' 8x8x1 and at 32x32x3 (a CIFAR-sized corpus);
+- image generator (DCGAN): training samples/s at the digits' 8x8x1 and at 32x32x3 (a CIFAR-sized corpus),
+  fp32 / bf16-mixed / bf16-mixed + compile, and generation samples/s (1,000 per batch, as generated_images);
 - text generator (GPT): training tokens/s for the demo model (4 layers, 128 wide, block 64) and for
   nanoGPT's GPU recipe (6 layers, 384 wide, block 256, batch 64), and batch generation tokens/s
   (32 samples x 500 new tokens, KV cache).
@@ -87,11 +88,27 @@ def image_rows(args, run_dir: Path) -> list[dict]:
         loader = DataLoader(data, batch_size=batch, shuffle=True, drop_last=True)
         config = DCGANConfig(size, channels, 10) if size == 8 else DCGANConfig(size, channels, 10, width=64, d_width=64)
         flops = flops_per_step(lambda: DCGAN(config), loader, "bf16-mixed", run_dir / "flops")
-        for precision in ("32-true", "bf16-mixed"):
-            sec = timed_fit(DCGAN(config), loader, steps=args.steps, warmup=args.warmup, precision=precision,
-                            run_dir=run_dir / f"img{size}{precision}")
-            rows.append({"model": f"dcgan {size}x{size}x{channels} batch {batch}", "precision": precision,
-                         "throughput": batch / sec, "unit": "samples/s", "tflops": flops / sec / 1e12})
+        name = f"dcgan {size}x{size}x{channels} batch {batch}"
+        for precision, compiled in (("32-true", False), ("bf16-mixed", False), ("bf16-mixed", True)):
+            cfg = DCGANConfig(**{**config.__dict__, "compile": compiled})
+            sec = timed_fit(DCGAN(cfg), loader, steps=args.steps, warmup=args.warmup, precision=precision,
+                            run_dir=run_dir / f"img{size}{precision}{compiled}")
+            rows.append({"model": name, "precision": precision + (" + compile" if compiled else ""),
+                         "throughput": batch / sec, "unit": "train samples/s", "tflops": flops / sec / 1e12})
+        # batch generation as generated_images does it: g_ema, noise drawn on the CPU from a seed
+        model = DCGAN(config).cuda().eval()
+        labels = torch.arange(10, device="cuda").repeat_interleave(100)  # 1,000 samples, 100 per category
+        for autocast in (False, True):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                model.generate(labels, seed=0)  # warm-up
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for i in range(args.gen_repeats):
+                    model.generate(labels, seed=i)
+                torch.cuda.synchronize()
+            sec = (time.perf_counter() - t0) / args.gen_repeats
+            rows.append({"model": name, "precision": "generate 1,000" + (", bf16 autocast" if autocast else ""),
+                         "throughput": len(labels) / sec, "unit": "samples/s", "tflops": None})
     return rows
 
 
@@ -133,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--gen-repeats", type=int, default=20, help="timed image generation batches")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

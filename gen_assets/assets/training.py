@@ -194,6 +194,8 @@ class ImageGeneratorConfig(dg.Config):
     latent_dim: int | None = None
     width: int | None = Field(default=None, description="generator channels at full resolution")
     d_width: int | None = Field(default=None, description="discriminator channels (dcgan)")
+    compile: bool = Field(default=False, description="torch.compile the DCGAN's generator and discriminator "
+                          "for training (worth it on a GPU)")
     seed: int = 0
     retrain: bool = False
 
@@ -213,7 +215,8 @@ def image_generator(
     evaluator = load_model(image_evaluator.path)
     cfg, loaders = image_training_inputs(
         warehouse, clean_images, config.arch,
-        {"lr": config.lr, "latent_dim": config.latent_dim, "width": config.width, "d_width": config.d_width},
+        {"lr": config.lr, "latent_dim": config.latent_dim, "width": config.width, "d_width": config.d_width,
+         "compile": config.compile},
         batch_size=config.batch_size, seed=config.seed,
     )
     module = model_class(config.arch)(cfg, evaluator=evaluator)

@@ -104,3 +104,19 @@ def test_fakes_come_in_pairs_sharing_a_category_and_collapse_is_penalised():
     assert total > adversarial
     _, total_collapsed = model.g_loss(z, collapsed, yf)
     assert total_collapsed > 100 * total
+
+
+def test_compile_is_in_place_so_checkpoints_keep_the_plain_keys(tmp_path):
+    model = DCGAN(DCGANConfig(8, 1, 10, compile=True))
+    keys = list(model.state_dict())
+    model.configure_model()  # what Lightning calls before fitting; the compilation itself is lazy
+    model.configure_model()  # and only once
+    assert model.generator._compiled_call_impl is not None and model.discriminator._compiled_call_impl is not None
+    assert list(model.state_dict()) == keys and not any("_orig_mod" in k for k in keys)
+    save_model(tmp_path / "m.pt", "dcgan", model)
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.config.compile and loaded.generator._compiled_call_impl is None  # inference stays eager
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    plain = DCGAN(DCGANConfig(8, 1, 10))
+    plain.configure_model()
+    assert plain.generator._compiled_call_impl is None
