@@ -90,6 +90,8 @@ def iter_images(
     number, mismatched counts, truncated data or a failed download.
     """
     source = str(source).strip()
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
     if source.startswith("builtin:"):
         if labels is not None:
             raise SourceError(source, "labels= only applies to IDX image files")

@@ -119,10 +119,11 @@ def open_read(path: Location | str) -> Iterator[IO[bytes]]:
     """A binary file object for reading, with a clear error when the file is missing."""
     path = location(path)
     try:
-        with path.open("rb") as f:
-            yield f
+        f = path.open("rb")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} does not exist") from None
+    with f:  # the caller's own errors inside the block pass through untouched
+        yield f
 
 
 def read_table(path: Location | str, columns: list[str] | None = None) -> pa.Table:

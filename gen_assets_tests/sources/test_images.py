@@ -11,12 +11,14 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
 from gen_assets.imaging import decode_image, encode_png
 from gen_assets.sources.common import SourceError
-from gen_assets.sources.images import IMAGE_SCHEMA, IMAGE_SNAPSHOT_HASH_COLUMNS, collect_images
+from gen_assets.sources.images import IMAGE_SCHEMA, IMAGE_SNAPSHOT_HASH_COLUMNS, collect_images, iter_images
+from gen_assets.store.snapshots import table_version, write_snapshot
 
 
 def write_idx(folder: Path, images: np.ndarray, labels: np.ndarray, *, gz: bool, prefix: str = "train") -> Path:
@@ -214,3 +216,35 @@ def test_idx_over_http(http_root, idx_arrays):
         collect_images(url)
     with pytest.raises(SourceError, match=r"missing-images-idx3-ubyte.gz: HTTP 404"):
         collect_images(f"{base}/missing-images-idx3-ubyte.gz")
+
+
+# ---- streaming: iter_images yields record batches --------------------------------------------------------
+
+
+def test_iter_images_folder_in_small_batches_with_the_skipped_count_on_each(tmp_path):
+    for label, values in (("cat", (10, 20, 30)), ("dog", (40, 50))):
+        (tmp_path / label).mkdir()
+        for v in values:
+            Image.fromarray(np.full((3, 2), v, dtype=np.uint8)).save(tmp_path / label / f"{v}.png")
+    (tmp_path / "dog" / "labels.csv").write_text("not an image")
+    (tmp_path / "LICENSE").write_text("top-level file")
+
+    batches = list(iter_images(str(tmp_path), batch_rows=2))
+    assert [b.num_rows for b in batches] == [2, 2, 1]
+    assert all(b.schema.metadata[b"skipped_files"] == b"2" for b in batches)
+    assert all(b.schema.equals(IMAGE_SCHEMA, check_metadata=False) for b in batches)
+    streamed = pa.Table.from_batches(batches)
+    whole = collect_images(str(tmp_path))
+    assert streamed.equals(whole)
+    assert whole.column("row_id").to_pylist() == ["cat/10.png", "cat/20.png", "cat/30.png", "dog/40.png", "dog/50.png"]
+    assert set(whole.column("width").to_pylist()) == {2} and set(whole.column("height").to_pylist()) == {3}
+
+
+def test_iter_images_builtin_digits_in_batches_of_500_gives_the_same_version(tmp_path):
+    batches = list(iter_images("builtin:digits", batch_rows=500))
+    assert [b.num_rows for b in batches] == [500, 500, 500, 297]
+    whole = collect_images()
+    assert pa.Table.from_batches(batches).equals(whole)
+    snap = write_snapshot(iter_images("builtin:digits", batch_rows=500), tmp_path,
+                          hash_columns=IMAGE_SNAPSHOT_HASH_COLUMNS, source="builtin:digits")
+    assert snap.rows == 1797 and snap.version == table_version(whole, IMAGE_SNAPSHOT_HASH_COLUMNS)[:16]

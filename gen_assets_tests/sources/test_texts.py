@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from gen_assets.sources.common import SourceError
-from gen_assets.sources.texts import TEXT_SCHEMA, TEXT_SNAPSHOT_HASH_COLUMNS, _pack, collect_texts
+from gen_assets.sources.texts import TEXT_SCHEMA, TEXT_SNAPSHOT_HASH_COLUMNS, _pack, collect_texts, iter_texts
+from gen_assets.store.snapshots import write_snapshot
 
 
 def rows_by_id(table: pa.Table) -> dict[str, dict]:
@@ -325,3 +326,117 @@ def test_url_text_file_and_table_and_404(http_root):
 
 def test_snapshot_hash_columns_exist():
     assert set(TEXT_SNAPSHOT_HASH_COLUMNS) <= set(TEXT_SCHEMA.names)
+
+
+# ---- streaming: iter_texts yields record batches -------------------------------------------------------
+
+
+def _write_stream_sources(root: Path) -> dict[str, Path]:
+    """The same eight documents as a folder, a CSV, a JSONL and a Parquet file."""
+    docs = [(f"Document number {i}, with a comma and a “quote”.", ["comedy", "tragedy"][i % 2]) for i in range(8)]
+    folder = root / "folder"
+    for i, (text, category) in enumerate(docs):
+        (folder / category).mkdir(parents=True, exist_ok=True)
+        (folder / category / f"doc{i}.txt").write_text(text, encoding="utf-8")
+    csv_file = root / "docs.csv"
+    csv_file.write_text("text,category\n" + "".join(f'"{t}",{c}\n' for t, c in docs), encoding="utf-8")
+    jsonl = root / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": t, "category": c}) + "\n" for t, c in docs), encoding="utf-8")
+    parquet = root / "docs.parquet"
+    pq.write_table(pa.table({"text": [t for t, _ in docs], "category": [c for _, c in docs]}), parquet)
+    return {"folder": folder, "csv": csv_file, "jsonl": jsonl, "parquet": parquet}
+
+
+@pytest.mark.parametrize("kind", ["folder", "csv", "jsonl", "parquet"])
+def test_iter_texts_yields_small_batches_that_add_up_to_collect_texts(tmp_path, kind):
+    source = str(_write_stream_sources(tmp_path)[kind])
+    batches = list(iter_texts(source, batch_rows=3))
+    assert [b.num_rows for b in batches] == [3, 3, 2]
+    assert all(isinstance(b, pa.RecordBatch) and b.schema.equals(TEXT_SCHEMA) for b in batches)
+    streamed = pa.Table.from_batches(batches, schema=TEXT_SCHEMA)
+    whole = collect_texts(source)
+    assert streamed.equals(whole)
+    assert whole.num_rows == 8 and whole.column("decode_error").null_count == 8
+    assert sorted(whole.column("category").to_pylist()) == ["comedy"] * 4 + ["tragedy"] * 4
+
+
+def test_iter_texts_reads_a_folder_file_by_file(tmp_path, monkeypatch):
+    folder = _write_stream_sources(tmp_path)["folder"]
+    reads: list[str] = []
+    real_read_bytes = Path.read_bytes
+
+    def counting(self):
+        reads.append(self.name)
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", counting)
+    stream = iter_texts(str(folder), batch_rows=1)
+    first = next(stream)
+    assert first.num_rows == 1 and len(reads) == 1  # one file read for the first batch, not all eight
+    assert sum(b.num_rows for b in stream) == 7 and len(reads) == 8
+
+
+def test_iter_texts_rejects_a_bad_batch_size(tmp_path):
+    with pytest.raises(ValueError, match="batch_rows must be >= 1"):
+        iter_texts(str(_write_stream_sources(tmp_path)["csv"]), batch_rows=0)
+
+
+@pytest.mark.parametrize(
+    "name, lines, message",
+    [
+        # records exported with another field name than the configured text column
+        ("wrong-field.jsonl", [json.dumps({"body": f"text {i}", "category": "c"}) for i in range(10)],
+         r"no column 'text' \(columns present: 'body', 'category'\)"),
+        # a pretty-printed JSON array saved as .jsonl: no line is a JSON object on its own
+        ("array.jsonl", ["["] + [f'  {{"text": "text {i}", "category": "c"}},' for i in range(10)] + ["]"],
+         r"no line is a JSON object; first problem: line 1: invalid JSON"),
+    ],
+)
+def test_jsonl_that_fails_at_its_end_raises_only_when_fully_read_and_lands_nothing(tmp_path, name, lines, message):
+    f = tmp_path / name
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    stream = iter_texts(str(f), batch_rows=3)
+    first = next(stream)  # the records before the end come out as rows (each with its problem)
+    assert first.num_rows == 3 and first.column("decode_error").null_count == 0
+    with pytest.raises(SourceError, match=message):
+        list(stream)
+    snapshots = tmp_path / "snapshots"
+    with pytest.raises(SourceError, match=message):
+        write_snapshot(iter_texts(str(f), batch_rows=3), snapshots, hash_columns=TEXT_SNAPSHOT_HASH_COLUMNS,
+                       source=str(f), schema=TEXT_SCHEMA)
+    assert not snapshots.exists() or list(snapshots.iterdir()) == []  # no snapshot, no temporary file
+
+
+def test_iter_texts_into_write_snapshot_gives_the_version_of_the_whole_table(tmp_path):
+    source = str(_write_stream_sources(tmp_path)["jsonl"])
+    streamed = write_snapshot(iter_texts(source, batch_rows=3), tmp_path / "a",
+                              hash_columns=TEXT_SNAPSHOT_HASH_COLUMNS, source=source, schema=TEXT_SCHEMA)
+    whole = write_snapshot(collect_texts(source), tmp_path / "b", hash_columns=TEXT_SNAPSHOT_HASH_COLUMNS,
+                           source=source)
+    assert (streamed.version, streamed.rows) == (whole.version, whole.rows) == (whole.version, 8)
+    assert pq.read_table(streamed.path).equals(pq.read_table(whole.path))
+
+
+def test_folder_with_an_unreadable_file_after_ten_good_ones_lands_nothing(tmp_path, monkeypatch):
+    root = tmp_path / "corpus"
+    (root / "prose").mkdir(parents=True)
+    for i in range(10):
+        (root / "prose" / f"a{i:02d}.txt").write_text(f"Readable document {i}.", encoding="utf-8")
+    (root / "prose" / "z-locked.txt").write_text("never read", encoding="utf-8")
+    real_read_bytes = Path.read_bytes
+
+    def deny(self):
+        if self.name == "z-locked.txt":
+            raise PermissionError(13, "Permission denied")
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", deny)
+    stream = iter_texts(str(root), batch_rows=3)
+    assert [next(stream).num_rows for _ in range(3)] == [3, 3, 3]  # nine good documents out before the failure
+    with pytest.raises(SourceError, match=r"cannot read .*z-locked\.txt: Permission denied"):
+        next(stream)
+    snapshots = tmp_path / "snapshots"
+    with pytest.raises(SourceError, match=r"z-locked\.txt: Permission denied"):
+        write_snapshot(iter_texts(str(root), batch_rows=3), snapshots, hash_columns=TEXT_SNAPSHOT_HASH_COLUMNS,
+                       source=str(root), schema=TEXT_SCHEMA)
+    assert not snapshots.exists() or list(snapshots.iterdir()) == []
