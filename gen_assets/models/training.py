@@ -59,7 +59,29 @@ class History(Callback):
 
 class RandomState(Callback):
     """Saves the random generators' state in every checkpoint and restores it on resume, so a resumed
-    run draws the same noise (dropout, GAN latents, VAE samples) as an uninterrupted one."""
+    run draws the same noise (dropout, GAN latents, VAE samples) as an uninterrupted one.
+
+    Under DDP it also gives each rank its own noise. Every spawned rank starts from the run's seed
+    (Lightning re-seeds each process with it), so without an offset all ranks would draw the same GAN
+    latents and dropout masks, and the extra ranks would add data but no noise diversity. Ranks other
+    than 0 re-seed from the seed and their rank, as nanoGPT does (seed + rank offset). Rank 0, and so
+    every single-process run, keeps exactly the noise it always had.
+    """
+
+    def __init__(self) -> None:
+        self._rank = 0
+        self._world_size = 1
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._rank, self._world_size = trainer.global_rank, trainer.world_size
+        if self._world_size > 1 and self._rank > 0:
+            self._seed_this_rank(torch.initial_seed())
+
+    def _seed_this_rank(self, base: int) -> None:
+        seed = (base + 1_000_003 * self._rank) % 2**32
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
 
     def state_dict(self) -> dict[str, Any]:
         # plain tensors and ints only: Lightning resumes with torch.load(weights_only=True)
@@ -81,6 +103,9 @@ class RandomState(Callback):
         random.setstate((version, tuple(internal), gauss_next))
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
+        if self._world_size > 1 and self._rank > 0:
+            # the checkpoint holds rank 0's state: the other ranks branch off it, deterministically
+            self._seed_this_rank(int(torch.randint(0, 2**31, (1,)).item()))
 
 
 @dataclass

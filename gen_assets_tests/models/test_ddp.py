@@ -50,6 +50,16 @@ class RankReport(L.Callback):
         (Path(self.folder) / f"rank{trainer.global_rank}.txt").write_text(report)
 
 
+class NoiseReport(L.Callback):
+    """Each rank writes the first numbers its torch generator draws when training starts."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def on_train_start(self, trainer, pl_module):
+        (Path(self.folder) / f"noise{trainer.global_rank}.txt").write_text(repr(torch.rand(4).tolist()))
+
+
 def test_two_cpu_processes_agree_and_only_rank_zero_writes(tmp_path):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=13, block_size=16, n_layer=1, n_head=2, n_embd=16, learning_rate=1e-2,
@@ -60,9 +70,12 @@ def test_two_cpu_processes_agree_and_only_rank_zero_writes(tmp_path):
     reports, run_dir = tmp_path / "reports", tmp_path / "run"
     reports.mkdir()
     result = fit(model, train_loader, val_loader, run_dir=run_dir, max_epochs=2, monitor="val_loss", seed=0,
-                 accelerator="cpu", devices=2, strategy="ddp_spawn", extra_callbacks=[RankReport(str(reports))])
+                 accelerator="cpu", devices=2, strategy="ddp_spawn",
+                 extra_callbacks=[RankReport(str(reports)), NoiseReport(str(reports))])
 
     rank0, rank1 = ((reports / f"rank{r}.txt").read_text().split() for r in (0, 1))
+    noise0, noise1 = ((reports / f"noise{r}.txt").read_text() for r in (0, 1))
+    assert noise0 != noise1, "each rank draws its own noise (GAN latents, dropout masks)"
     assert rank0[0] == rank1[0] == "2", "two processes took part"
     assert rank0[1] == rank1[1], "both ranks end with the same weights"
     assert weights_hash(model) == rank0[1], "the caller got rank 0's weights back"
