@@ -36,3 +36,22 @@ def test_text_graph_trains_under_ddp_and_only_rank_zero_writes(tmp_path, monkeyp
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey("text_generator"))
         assert event.asset_materialization.metadata["epochs"].value == len(history)
+
+
+def test_image_graph_trains_under_ddp_and_only_rank_zero_writes(tmp_path, monkeypatch):
+    # the DCGAN's spectral-norm discriminator travels to the ranks as config + state dict, and its two
+    # backward passes per step need DDP's unused-parameter search: both wired in fit()
+    for name, value in {"GEN_ASSETS_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "unused"),
+                        "GEN_ASSETS_STRATEGY": "ddp_spawn", "GEN_ASSETS_DEVICES": "2",
+                        "GEN_ASSETS_ACCELERATOR": "cpu"}.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["run", "--modality", "image", "--profile", "smoke"]) == 0
+
+    models = sorted(p.name for p in (tmp_path / "artifacts" / "models" / "image").glob("dcgan-*.pt"))
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT model_version, status FROM models WHERE arch = 'dcgan'").fetchall()
+    assert len(models) == 1 and rows == [(models[0].removesuffix(".pt"), "champion")]
+    [run] = (tmp_path / "artifacts" / "training" / "image_generator").iterdir()
+    assert sorted(p.name for p in run.iterdir()) == ["best.ckpt", "done.json", "last.ckpt"]
+    history = json.loads((run / "done.json").read_text())["history"]
+    assert history and all("val_fid" in row and "g_loss" in row for row in history)
