@@ -86,7 +86,7 @@ def report(paths: Paths) -> dict:
     """`models`: the champion of each modality with its latest metrics and files (the stable interface);
     `registry`: per modality the champion, newer candidates, recent promotion decisions, the metric trend
     and the trend plot, written to artifacts/reports/metric_trend_<modality>.png."""
-    import duckdb
+    from gen_assets.store import warehouse as wh
 
     from gen_assets.plots import trend_png
     from gen_assets.store.registry import TREND_METRICS, latest_models, registry_summary
@@ -94,7 +94,7 @@ def report(paths: Paths) -> dict:
 
     if not paths.warehouse.exists():
         return {"models": [], "registry": {}}
-    with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+    with wh.connect(paths.warehouse, read_only=True, artifacts=paths.artifacts_location) as con:
         data = {"models": latest_models(con), "registry": registry_summary(con)}
     for modality, entry in data["registry"].items():
         if entry["trend"]:
@@ -153,14 +153,14 @@ def actor(args: argparse.Namespace) -> str:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """A person makes a model champion, whatever the promotion check said; recorded with who and when."""
-    import duckdb
+    from gen_assets.store import warehouse as wh
 
     from gen_assets.store import registry
 
     paths = Paths.from_env()
     if not has_warehouse(paths):
         return 1
-    with duckdb.connect(str(paths.warehouse)) as con:
+    with wh.connect(paths.warehouse, artifacts=paths.artifacts_location) as con:
         try:
             previous = registry.promote(con, args.version, actor=actor(args), reason=args.reason or "promoted by hand")
             model = registry.get_model(con, args.version)
@@ -174,14 +174,14 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Give the championship back to the previous champion; the demoted model is not auto-promoted again."""
-    import duckdb
+    from gen_assets.store import warehouse as wh
 
     from gen_assets.store import registry
 
     paths = Paths.from_env()
     if not has_warehouse(paths):
         return 1
-    with duckdb.connect(str(paths.warehouse)) as con:
+    with wh.connect(paths.warehouse, artifacts=paths.artifacts_location) as con:
         try:
             restored, demoted = registry.rollback(con, args.modality, actor=actor(args),
                                                   reason=args.reason or "rolled back by hand")
@@ -194,7 +194,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """The retention rules (gen_assets.store.retention) applied now; --dry-run only lists."""
-    import duckdb
+    from gen_assets.store import warehouse as wh
 
     from gen_assets.store import retention
 
@@ -202,7 +202,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not paths.warehouse.exists():
         print(f"no warehouse at {paths.warehouse}: nothing to prune")
         return 0
-    with duckdb.connect(str(paths.warehouse)) as con:
+    with wh.connect(paths.warehouse, artifacts=paths.artifacts_location) as con:
         try:
             plan = retention.prune(con, paths.training, keep_models=args.keep_models, keep_batches=args.keep_batches,
                                    dry_run=args.dry_run)
@@ -241,14 +241,14 @@ def cmd_feedback_import(args: argparse.Namespace) -> int:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     """Model, training data versions, raw sources and feedback files behind one sample."""
-    import duckdb
+    from gen_assets.store import warehouse as wh
 
     from gen_assets.store.registry import lineage
 
     paths = Paths.from_env()
     if not has_warehouse(paths):
         return 1
-    with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+    with wh.connect(paths.warehouse, read_only=True, artifacts=paths.artifacts_location) as con:
         try:
             info = lineage(con, args.sample_id)
         except KeyError as e:

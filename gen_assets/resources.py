@@ -2,12 +2,17 @@
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import duckdb
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from gen_assets.settings import Paths
+from gen_assets.store.files import prepare_connection
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -77,14 +82,27 @@ DUCKDB_ENV = {  # DuckDB setting -> the environment variable that sets it on eve
 }
 
 
-def warehouse_from_env(paths: Paths) -> DuckDBResource:
+class Warehouse(DuckDBResource):
+    """The DuckDB warehouse: a DuckDBResource whose every connection can read the artifacts at a URL
+    (GEN_ASSETS_ARTIFACTS), which the `generated` view and the snapshot reads need."""
+
+    artifacts_url: str | None = None
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with super().get_connection() as con:
+            prepare_connection(con, self.artifacts_url)
+            yield con
+
+
+def warehouse_from_env(paths: Paths) -> Warehouse:
     """The DuckDB warehouse, with the settings given in the environment (see DUCKDB_ENV)."""
     config = {setting: os.environ[var] for setting, var in DUCKDB_ENV.items() if os.environ.get(var)}
     if "threads" in config:
         if not config["threads"].isascii() or not config["threads"].isdigit() or int(config["threads"]) < 1:
             raise ValueError(f"GEN_ASSETS_DUCKDB_THREADS must be a whole number >= 1, got {config['threads']!r}")
         config["threads"] = int(config["threads"])
-    return DuckDBResource(database=str(paths.warehouse), connection_config=config)
+    return Warehouse(database=str(paths.warehouse), connection_config=config, artifacts_url=paths.artifacts_location)
 
 
 def build_resources(paths: Paths) -> dict:

@@ -3,7 +3,6 @@
 import dataclasses
 import hashlib
 import json
-import os
 from typing import Any, Literal
 
 import dagster as dg
@@ -15,7 +14,7 @@ from dagster_duckdb import DuckDBResource
 from gen_assets.assets.common import TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, md_png, stable_key
 from gen_assets.cleaning import images as image_cleaning
 from gen_assets.cleaning import texts as text_cleaning
-from gen_assets.models.checkpoint import file_sha256, load_model, model_class, save_model
+from gen_assets.models.checkpoint import file_sha256, load_model, model_class, save_versioned_model
 from gen_assets.models.data import image_loaders
 from gen_assets.models.text_data import encode_documents, text_loaders
 from gen_assets.models.tokenizers import load_tokenizer, train_tokenizer
@@ -71,12 +70,7 @@ def train_and_save(
         state = torch.load(result.best_path, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
     module = module.cpu().eval()
-    staging = run_dir / "model.pt"
-    sha = save_model(staging, arch, module, extra=extra)
-    version = f"{arch}-{sha[:12]}"
-    final = paths.models / modality / f"{version}.pt"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, final)
+    version, final, sha = save_versioned_model(paths.models / modality, arch, arch, module, extra=extra)
     fit_info = {
         "epochs": result.epochs,
         "train_seconds": round(result.seconds, 2),

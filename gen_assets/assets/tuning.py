@@ -1,7 +1,6 @@
 """Learning from feedback: reward models fitted to people's ratings, and generators tuned towards them."""
 
 import dataclasses
-import os
 
 import dagster as dg
 import numpy as np
@@ -18,7 +17,7 @@ from gen_assets.curation import NgramIndex, curate, image_confidence, text_flags
 from gen_assets.feedback.ingest import ratings_for
 from gen_assets.generation import generate_per_class
 from gen_assets.imaging import decode_image
-from gen_assets.models.checkpoint import load_model, save_model
+from gen_assets.models.checkpoint import load_model, save_versioned_model
 from gen_assets.models.data import images_to_tensor
 from gen_assets.models.finetune import finetune_image_generator, finetune_text_generator, preference_weights
 from gen_assets.models.reward import fit_reward, image_features, text_features
@@ -40,11 +39,8 @@ def no_reward_model(modality: str, reason: str) -> dg.Output[ModelRef]:
 
 
 def save_reward(artifacts: ArtifactStore, modality: str, model, report, feature_model: str) -> dg.Output[ModelRef]:
-    path = artifacts.paths.models / modality / "reward-staging.pt"
-    sha = save_model(path, "reward", model, extra={"feature_model": feature_model, "report": report.to_dict()})
-    version = f"reward-{sha[:12]}"
-    final = path.with_name(f"{version}.pt")
-    os.replace(path, final)
+    version, final, sha = save_versioned_model(artifacts.paths.models / modality, "reward", "reward", model,
+                                               extra={"feature_model": feature_model, "report": report.to_dict()})
     ref = ModelRef(modality, "reward", version, str(final), sha, {"fitted": True, "feature_model": feature_model})
     return dg.Output(
         ref,
@@ -103,11 +99,8 @@ class TunedGeneratorConfig(dg.Config):
 
 def register_tuned(context, warehouse, artifacts, *, modality, base: ModelRef, reward: ModelRef, feedback: FeedbackRef,
                    model, key: str) -> dg.Output[ModelRef]:
-    path = artifacts.paths.models / modality / f"tuned-{key}.pt"
-    sha = save_model(path, base.arch, model.cpu(), extra=getattr(model, "extra", None))
-    version = f"{base.arch}-{sha[:12]}"
-    final = path.with_name(f"{version}.pt")
-    os.replace(path, final)
+    version, final, sha = save_versioned_model(artifacts.paths.models / modality, base.arch, base.arch, model.cpu(),
+                                               extra=getattr(model, "extra", None))
     inputs = {"base_model": base.version, "reward_model": reward.version, "feedback": feedback.version}
     details = {**base.details, "tuned_from": base.version}
     with warehouse.get_connection() as con:

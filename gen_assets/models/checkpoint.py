@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from gen_assets.store.files import atomic_write_bytes, open_read, sha256_of
+from gen_assets.store.files import atomic_write_bytes, location, open_read, sha256_of
 
 # arch name -> "module:Class"; each class has a `config_class` attribute (a dataclass) and takes it as
 # its first constructor argument.
@@ -37,6 +37,28 @@ def model_class(arch: str) -> type:
 
 def save_model(path: str | Path, arch: str, model: torch.nn.Module, extra: dict[str, Any] | None = None) -> str:
     """Save atomically; return the sha256 of the file (the model's content hash)."""
+    data = model_file_bytes(arch, model, extra)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_versioned_model(
+    directory: str | Path, prefix: str, arch: str, model: torch.nn.Module, extra: dict[str, Any] | None = None
+) -> tuple[str, str, str]:
+    """Save as <directory>/<prefix>-<first 12 hex of its sha256>.pt, atomically, at a path or a URL.
+
+    Returns (model_version, path, sha256): the version names the content, so the same weights always
+    land in the same file."""
+    data = model_file_bytes(arch, model, extra)
+    sha = hashlib.sha256(data).hexdigest()
+    version = f"{prefix}-{sha[:12]}"
+    path = location(directory) / f"{version}.pt"
+    atomic_write_bytes(path, data)
+    return version, str(path), sha
+
+
+def model_file_bytes(arch: str, model: torch.nn.Module, extra: dict[str, Any] | None = None) -> bytes:
+    """The bytes of a model file: arch, config, state_dict (on the CPU) and extra, torch.save'd."""
     config = model.config
     payload = {
         "arch": arch,
@@ -46,9 +68,7 @@ def save_model(path: str | Path, arch: str, model: torch.nn.Module, extra: dict[
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
-    data = buf.getvalue()
-    atomic_write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
+    return buf.getvalue()
 
 
 def read_model_file(path: str | Path) -> dict[str, Any]:

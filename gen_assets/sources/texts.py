@@ -166,7 +166,8 @@ def iter_texts(
         name = Path(urllib.parse.urlparse(source).path).name or "download"
         f = download(source)
         try:
-            docs = _closing(f, _from_file(source, name, f, text_column, category_column, doc_chars, max_bytes))
+            docs = _closing(f, _from_file(source, name, f, text_column, category_column, doc_chars, max_bytes),
+                            source)
         except BaseException:
             f.close()
             raise
@@ -317,12 +318,17 @@ def _local_file(
     except BaseException:
         f.close()
         raise
-    return _closing(f, docs)
+    return _closing(f, docs, source)
 
 
-def _closing(f: IO[bytes], docs: Iterator[_Doc]) -> Iterator[_Doc]:
+def _closing(f: IO[bytes], docs: Iterator[_Doc], source: str = "") -> Iterator[_Doc]:
     with f:
-        yield from docs
+        try:
+            yield from docs
+        except SourceError:
+            raise
+        except OSError as e:  # a read failing half-way through the file (a disk error, a vanished mount)
+            raise SourceError(source, f"cannot read: {e.strerror or e}") from None
 
 
 def _folder(source: str, root: Path, doc_chars: int, max_bytes: int) -> Iterator[_Doc]:

@@ -8,8 +8,9 @@ matching extra (`pip install gen-assets[s3]` / `[gcs]`).
 
 Writes are atomic everywhere:
 - local paths: write a temporary file in the same folder, fsync, rename over the target;
-- URLs: write a local temporary file, then upload it in one call. An object store creates an object
-  whole or not at all, so a reader never sees half a file; a file:// URL gets the same rename as a path.
+- URLs: write a local temporary file (in TMPDIR: give it room for the largest snapshot), then upload it
+  in one call. An object store creates an object whole or not at all, so a reader never sees half a
+  file; a file:// URL gets the same rename as a path.
 
 DuckDB reads Parquet from the same places (`duckdb_source`): local paths and file:// URLs natively,
 s3:// gs:// http(s):// through its httpfs extension (credentials from `CREATE SECRET`, e.g. the
@@ -96,7 +97,10 @@ def publish(tmp: str, path: Location | str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, target)
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)  # a no-op on object stores, needed on others
+        # needed on filesystems with real folders; on an object store it is a no-op, or, for a role
+        # allowed one prefix only, an access error about the bucket that the upload itself does not hit
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
         path.fs.put_file(tmp, path.path)
 
 
@@ -148,6 +152,15 @@ def remove(path: Location | str) -> None:
     path = location(path)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+def prepare_connection(con: duckdb.DuckDBPyConnection, artifacts: Location | str | None) -> None:
+    """Make the artifacts' filesystem readable on `con` (httpfs loaded, or fsspec registered).
+
+    DuckDB keeps both per connection, and the `generated` view names batch files at the artifacts'
+    location: every connection that reads it has to be prepared, not only the one that defined it."""
+    if artifacts is not None and not _is_local(location(artifacts)):
+        duckdb_source(con, artifacts)
 
 
 def duckdb_source(con: duckdb.DuckDBPyConnection, path: Location | str) -> str:

@@ -148,6 +148,9 @@ def write_snapshot(
         finally:
             if writer is not None:
                 writer.close()
+            close = getattr(batches, "close", None)
+            if close is not None:  # a generator stopped early (an error here) closes its source file now
+                close()
         version = hasher.hexdigest()[:16]
         path = directory / f"{version}.parquet"
         if not path.exists():

@@ -13,12 +13,13 @@ Tables (one name for one thing, see docs):
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 
 import duckdb
 
-from gen_assets.store.files import duckdb_source
+from gen_assets.store.files import duckdb_source, prepare_connection
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -75,6 +76,18 @@ CREATE TABLE IF NOT EXISTS batches (
     created_at    TIMESTAMP NOT NULL
 );
 """
+
+
+def connect(database: str | os.PathLike, *, read_only: bool = False, artifacts: str | None = None,
+            config: dict | None = None) -> duckdb.DuckDBPyConnection:
+    """A connection to the warehouse file that can also read the artifacts at `artifacts` (a URL)."""
+    con = duckdb.connect(str(database), read_only=read_only, config=config or {})
+    try:
+        prepare_connection(con, artifacts)
+    except BaseException:
+        con.close()
+        raise
+    return con
 
 
 def now() -> datetime:

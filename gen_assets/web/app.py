@@ -93,7 +93,8 @@ class Review:
 
     def __init__(self, paths: Paths, config: WebConfig):
         self.paths, self.config = paths, config
-        self.catalog = Catalog(paths.warehouse, busy_retry_seconds=config.busy_retry_seconds,
+        self.catalog = Catalog(paths.warehouse, artifacts=paths.artifacts_location,
+                               busy_retry_seconds=config.busy_retry_seconds,
                                busy_backoff_seconds=config.busy_backoff_seconds)
         self.desk = RatingDesk(paths.feedback)
         self.waiting = WaitingRatings(self.desk.paths.incoming)

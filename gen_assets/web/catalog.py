@@ -31,6 +31,7 @@ from typing import Any
 import duckdb
 
 from gen_assets.store.registry import registry_summary
+from gen_assets.store.warehouse import connect
 
 MAX_AGE_SECONDS = 60.0  # read again after this long even if the file looks unchanged
 IMAGE_CACHE_ENTRIES = 2048  # images of samples outside the curated set, read on demand
@@ -121,8 +122,10 @@ def _utcnow() -> datetime:
 class Catalog:
     """The warehouse as the pages see it: `current()` gives a snapshot, `image()` one sample's PNG."""
 
-    def __init__(self, warehouse: Path, *, busy_retry_seconds: float = 1.0, busy_backoff_seconds: float = 1.0):
+    def __init__(self, warehouse: Path, *, busy_retry_seconds: float = 1.0, busy_backoff_seconds: float = 1.0,
+                 artifacts: str | None = None):
         self.path = Path(warehouse)
+        self.artifacts = artifacts  # GEN_ASSETS_ARTIFACTS when it is a URL: the batch files are read there
         self.busy_retry_seconds = busy_retry_seconds
         self.busy_backoff_seconds = busy_backoff_seconds
         self._snapshot: Snapshot | None = None
@@ -187,7 +190,7 @@ class Catalog:
         delay = 0.02
         while True:
             try:
-                con = duckdb.connect(str(self.path), read_only=True)
+                con = connect(self.path, read_only=True, artifacts=self.artifacts)
                 break
             except duckdb.Error as e:
                 if not _locked(e):

@@ -19,7 +19,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from upath import UPath
 
 from gen_assets import settings
-from gen_assets.models.checkpoint import file_sha256, load_model, save_model
+from gen_assets.models.checkpoint import file_sha256, load_model, save_model, save_versioned_model
 from gen_assets.models.gpt import GPT, GPTConfig
 from gen_assets.store import files
 from gen_assets.store import warehouse as wh
@@ -375,6 +375,10 @@ def test_model_round_trip_at_a_url(tmp_path, memory_fs, kind):
         assert torch.equal(original[name], again[name]), name
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(f"{kinds(tmp_path)[kind]}/models/missing.pt")
+    # what the training and tuning assets call: the file is named by its content, written in one step
+    version, path, sha2 = save_versioned_model(f"{kinds(tmp_path)[kind]}/models/text", "gpt", "gpt", model)
+    assert version == f"gpt-{sha2[:12]}" and path == f"{kinds(tmp_path)[kind]}/models/text/{version}.pt"
+    assert file_sha256(path) == sha2 and torch.equal(load_model(path).lm_head.weight, model.lm_head.weight)
 
 
 def test_generated_view_reads_a_batch_at_a_memory_url(tmp_path, memory_fs):
@@ -398,3 +402,25 @@ def test_generated_view_reads_a_batch_at_a_memory_url(tmp_path, memory_fs):
         assert rows == [("b1", "one"), ("b1", "two"), ("b1", "three")]
     finally:
         con.close()
+
+
+def test_every_warehouse_connection_reads_the_batches_at_the_artifacts_url(tmp_path, memory_fs):
+    # DuckDB registers filesystems per connection: the view defined on one connection must be readable on
+    # the next one the project opens (the web catalog, the CLI, every Dagster step)
+    from gen_assets.resources import Warehouse
+
+    database, artifacts = tmp_path / "w.duckdb", "memory://bucket/art"
+    table = batch_table(batch_id="b1", model_version="m1", modality="text", categories=["comedy"] * 3,
+                        contents=["one", "two", "three"], seed=1)
+    with wh.connect(database, artifacts=artifacts) as con:
+        wh.ensure_schema(con)
+        path = write_batch(table, f"{artifacts}/batches", "b1")
+        wh.register_batch(con, batch_id="b1", modality="text", model_version="m1", path=str(path),
+                          grid_path=None, n_samples=3)
+        wh.refresh_generated_view(con)
+    with duckdb.connect(str(database), read_only=True) as plain, pytest.raises(duckdb.IOException):
+        plain.execute("SELECT count(*) FROM generated").fetchone()  # unprepared: the memory:// files are unknown
+    with wh.connect(database, read_only=True, artifacts=artifacts) as con:
+        assert con.execute("SELECT count(*) FROM generated").fetchone()[0] == 3
+    with Warehouse(database=str(database), artifacts_url=artifacts).get_connection() as con:
+        assert con.execute("SELECT list(text ORDER BY sample_id) FROM generated").fetchone()[0] == ["one", "two", "three"]
