@@ -165,35 +165,44 @@ def fit(
     if monitor and patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
     precision = precision or default_precision(accelerator)
-    if strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook") and not module.automatic_optimization:
-        # a manual-optimization step (the GAN's) takes one backward per optimizer, each reaching only that
-        # optimizer's parameters; DDP's gradient sync accepts such partial passes only when it looks for
-        # the parameters a backward did not reach, and otherwise fails on the first step
-        strategy = f"{strategy}_find_unused_parameters_true"
-    if isinstance(strategy, str) and "spawn" in strategy:
-        # the spawned ranks receive the module and loaders pickled; torch's default file-descriptor
-        # sharing of their tensors fails in some sandboxes ("unable to resize file"), shared files do not
-        torch.multiprocessing.set_sharing_strategy("file_system")
-    trainer = L.Trainer(
-        default_root_dir=run_dir,
-        max_epochs=max_epochs,
-        max_steps=max_steps,
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        num_nodes=num_nodes,
-        precision=precision,
-        gradient_clip_val=gradient_clip_val,
-        callbacks=callbacks,
-        logger=False,
-        enable_progress_bar=progress_bar,
-        enable_model_summary=False,
-        deterministic=not torch.cuda.is_available(),
-        val_check_interval=val_check_interval,
-        check_val_every_n_epoch=check_val_every_n_epoch,
-        num_sanity_val_steps=0,
-        limit_val_batches=None if val_dataloaders is not None else 0,
-    )
+
+    def make_trainer(strategy: str) -> L.Trainer:
+        if strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook") and not module.automatic_optimization:
+            # a manual-optimization step (the GAN's) takes one backward per optimizer, each reaching only that
+            # optimizer's parameters; DDP's gradient sync accepts such partial passes only when it looks for
+            # the parameters a backward did not reach, and otherwise fails on the first step
+            strategy = f"{strategy}_find_unused_parameters_true"
+        if isinstance(strategy, str) and "spawn" in strategy:
+            # the spawned ranks receive the module and loaders pickled; torch's default file-descriptor
+            # sharing of their tensors fails in some sandboxes ("unable to resize file"), shared files do not
+            torch.multiprocessing.set_sharing_strategy("file_system")
+        return L.Trainer(
+            default_root_dir=run_dir,
+            max_epochs=max_epochs,
+            max_steps=max_steps,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            num_nodes=num_nodes,
+            precision=precision,
+            gradient_clip_val=gradient_clip_val,
+            callbacks=callbacks,
+            logger=False,
+            enable_progress_bar=progress_bar,
+            enable_model_summary=False,
+            deterministic=not torch.cuda.is_available(),
+            val_check_interval=val_check_interval,
+            check_val_every_n_epoch=check_val_every_n_epoch,
+            num_sanity_val_steps=0,
+            limit_val_batches=None if val_dataloaders is not None else 0,
+        )
+
+    trainer = make_trainer(strategy)
+    if strategy == "auto" and trainer.num_devices * trainer.num_nodes > 1:
+        # Lightning's own pick for several devices (devices="auto" on a multi-GPU machine) is "ddp", which
+        # re-launches the current command once per rank: inside a Dagster step, that is the step worker.
+        # The ranks are spawned from this process instead.
+        trainer = make_trainer("ddp_spawn")
     last = run_dir / "last.ckpt"
     resumed_from = str(last) if resume and last.exists() else None
     if resumed_from and log:

@@ -137,3 +137,18 @@ def test_the_image_generator_trains_on_two_cpu_processes(tmp_path):
     assert result.best_path and Path(result.best_path).is_file() and result.best_score is not None
     assert result.epochs == 2
     assert sorted(p.name for p in run_dir.iterdir()) == ["best.ckpt", "last.ckpt"]  # one copy, rank 0's
+
+
+def test_several_devices_with_the_automatic_strategy_spawn_their_ranks(tmp_path):
+    # Lightning's automatic choice for devices > 1 is "ddp", which would re-run this very command (pytest
+    # here, the step worker under Dagster) once per rank; fit() spawns the ranks instead
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=13, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    ids = torch.randint(0, 13, (400,), generator=torch.Generator().manual_seed(1))
+    train_loader, _ = text_loaders(ids, None, block_size=16, batch_size=4, seed=0, iters_per_epoch=2)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    fit(model, train_loader, None, run_dir=tmp_path / "run", max_epochs=1, seed=0, accelerator="cpu", devices=2,
+        strategy="auto", extra_callbacks=[RankReport(str(reports))])
+    rank0, rank1 = ((reports / f"rank{r}.txt").read_text().split() for r in (0, 1))
+    assert rank0[0] == rank1[0] == "2" and rank0[1] == rank1[1] == weights_hash(model)
