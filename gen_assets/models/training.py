@@ -65,7 +65,9 @@ class RandomState(Callback):
     (Lightning re-seeds each process with it), so without an offset all ranks would draw the same GAN
     latents and dropout masks, and the extra ranks would add data but no noise diversity. Ranks other
     than 0 re-seed from the seed and their rank, as nanoGPT does (seed + rank offset). Rank 0, and so
-    every single-process run, keeps exactly the noise it always had.
+    every single-process run, keeps exactly the noise it always had. A checkpoint holds rank 0's state
+    only, so on resume the other ranks branch off it: deterministic, but not the noise an uninterrupted
+    DDP run would have drawn (a single-process resume is exact).
     """
 
     def __init__(self) -> None:
