@@ -18,11 +18,18 @@ from gen_assets import cli
 pytestmark = pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="no gloo backend in this torch")
 
 
-def test_text_graph_trains_under_ddp_and_only_rank_zero_writes(tmp_path, monkeypatch):
+@pytest.fixture
+def ddp_home(tmp_path, monkeypatch):
+    """A fresh GEN_ASSETS_HOME, with training on 2 CPU ranks through ddp_spawn."""
     for name, value in {"GEN_ASSETS_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "unused"),
                         "GEN_ASSETS_STRATEGY": "ddp_spawn", "GEN_ASSETS_DEVICES": "2",
                         "GEN_ASSETS_ACCELERATOR": "cpu"}.items():
         monkeypatch.setenv(name, value)
+    return tmp_path
+
+
+def test_text_graph_trains_under_ddp_and_only_rank_zero_writes(ddp_home):
+    tmp_path = ddp_home
     assert cli.main(["run", "--modality", "text", "--profile", "smoke"]) == 0
 
     models = sorted(p.name for p in (tmp_path / "artifacts" / "models" / "text").glob("gpt-*.pt"))
@@ -38,13 +45,10 @@ def test_text_graph_trains_under_ddp_and_only_rank_zero_writes(tmp_path, monkeyp
         assert event.asset_materialization.metadata["epochs"].value == len(history)
 
 
-def test_image_graph_trains_under_ddp_and_only_rank_zero_writes(tmp_path, monkeypatch):
+def test_image_graph_trains_under_ddp_and_only_rank_zero_writes(ddp_home):
     # the DCGAN's spectral-norm discriminator travels to the ranks as config + state dict, and its two
     # backward passes per step need DDP's unused-parameter search: both wired in fit()
-    for name, value in {"GEN_ASSETS_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "unused"),
-                        "GEN_ASSETS_STRATEGY": "ddp_spawn", "GEN_ASSETS_DEVICES": "2",
-                        "GEN_ASSETS_ACCELERATOR": "cpu"}.items():
-        monkeypatch.setenv(name, value)
+    tmp_path = ddp_home
     assert cli.main(["run", "--modality", "image", "--profile", "smoke"]) == 0
 
     models = sorted(p.name for p in (tmp_path / "artifacts" / "models" / "image").glob("dcgan-*.pt"))

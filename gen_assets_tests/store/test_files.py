@@ -6,11 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import duckdb
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -34,30 +32,6 @@ from gen_assets.store.files import (
     remove,
     sha256_of,
 )
-
-
-def _clear_memory() -> None:
-    fs = fsspec.filesystem("memory")
-    fs.store.clear()
-    fs.pseudo_dirs.clear()
-    fs.pseudo_dirs.append("")
-
-
-@pytest.fixture(autouse=True)
-def memory_fs():
-    """fsspec's in-memory filesystem is process-wide: empty before and after every test."""
-    _clear_memory()
-    yield fsspec.filesystem("memory")
-    _clear_memory()
-
-
-@pytest.fixture
-def scratch(tmp_path, monkeypatch) -> Path:
-    """The system temporary folder, redirected so that a leftover staging file shows in a listing."""
-    folder = tmp_path / "system-tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 def listing(folder: Path) -> list[str]:

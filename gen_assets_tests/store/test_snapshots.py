@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,29 +19,6 @@ from gen_assets.store.snapshots import ROW_GROUP_ROWS, RowHasher, table_version,
 
 N_ROWS = 140_000
 HASH = ["id", "name", "blob"]
-
-
-def _clear_memory() -> None:
-    fs = fsspec.filesystem("memory")
-    fs.store.clear()
-    fs.pseudo_dirs.clear()
-    fs.pseudo_dirs.append("")
-
-
-@pytest.fixture(autouse=True)
-def memory_fs():
-    _clear_memory()
-    yield fsspec.filesystem("memory")
-    _clear_memory()
-
-
-@pytest.fixture
-def scratch(tmp_path, monkeypatch) -> Path:
-    """The system temporary folder (where a URL's staging file goes), redirected to be listed."""
-    folder = tmp_path / "system-tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 @pytest.fixture(scope="module")
