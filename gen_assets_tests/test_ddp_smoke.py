@@ -28,19 +28,24 @@ def ddp_home(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_text_graph_trains_under_ddp_and_only_rank_zero_writes(ddp_home):
-    tmp_path = ddp_home
-    assert cli.main(["run", "--modality", "text", "--profile", "smoke"]) == 0
-
-    models = sorted(p.name for p in (tmp_path / "artifacts" / "models" / "text").glob("gpt-*.pt"))
-    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
-        rows = con.execute("SELECT model_version, status FROM models WHERE modality = 'text'").fetchall()
+def one_trained_model(home, modality: str, arch: str, asset: str, registry_rows: str) -> list[dict]:
+    """Rank 0 alone wrote: one model file, one registry row (the champion) and one checkpoint set for
+    the training run of `asset`; `registry_rows` is the SQL condition on `models` that picks its rows.
+    Returns the run's history, which came back from the spawned ranks."""
+    models = sorted(p.name for p in (home / "artifacts" / "models" / modality).glob(f"{arch}-*.pt"))
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        rows = con.execute(f"SELECT model_version, status FROM models WHERE {registry_rows}").fetchall()
     assert len(models) == 1 and rows == [(models[0].removesuffix(".pt"), "champion")]
-    [run] = (tmp_path / "artifacts" / "training" / "text_generator").iterdir()
+    [run] = (home / "artifacts" / "training" / asset).iterdir()
     assert sorted(p.name for p in run.iterdir()) == ["best.ckpt", "done.json", "last.ckpt"]
-    history = json.loads((run / "done.json").read_text())["history"]
+    return json.loads((run / "done.json").read_text())["history"]
+
+
+def test_text_graph_trains_under_ddp_and_only_rank_zero_writes(ddp_home):
+    assert cli.main(["run", "--modality", "text", "--profile", "smoke"]) == 0
+    history = one_trained_model(ddp_home, "text", "gpt", "text_generator", "modality = 'text'")
     assert history and all("val_loss" in row for row in history), "the ranks' history came back"
-    with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+    with dg.DagsterInstance.from_config(str(ddp_home / "dagster_home")) as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey("text_generator"))
         assert event.asset_materialization.metadata["epochs"].value == len(history)
 
@@ -48,14 +53,6 @@ def test_text_graph_trains_under_ddp_and_only_rank_zero_writes(ddp_home):
 def test_image_graph_trains_under_ddp_and_only_rank_zero_writes(ddp_home):
     # the DCGAN's spectral-norm discriminator travels to the ranks as config + state dict, and its two
     # backward passes per step need DDP's unused-parameter search: both wired in fit()
-    tmp_path = ddp_home
     assert cli.main(["run", "--modality", "image", "--profile", "smoke"]) == 0
-
-    models = sorted(p.name for p in (tmp_path / "artifacts" / "models" / "image").glob("dcgan-*.pt"))
-    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
-        rows = con.execute("SELECT model_version, status FROM models WHERE arch = 'dcgan'").fetchall()
-    assert len(models) == 1 and rows == [(models[0].removesuffix(".pt"), "champion")]
-    [run] = (tmp_path / "artifacts" / "training" / "image_generator").iterdir()
-    assert sorted(p.name for p in run.iterdir()) == ["best.ckpt", "done.json", "last.ckpt"]
-    history = json.loads((run / "done.json").read_text())["history"]
+    history = one_trained_model(ddp_home, "image", "dcgan", "image_generator", "arch = 'dcgan'")
     assert history and all("val_fid" in row and "g_loss" in row for row in history)
