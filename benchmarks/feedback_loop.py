@@ -26,9 +26,9 @@ One round:
    - curation only: --oversample x k candidates per category from the base generator, filtered
      (images: the evaluator's confidence in the conditioned category >= --min-confidence; texts:
      broken, blocklisted and copied texts) and ranked by the reward model, the top k kept
-     (gen_assets.curation);
+     (gen_assets.rules.curation);
    - fine-tuning only: a plain batch from a fine-tuned copy of the base generator
-     (gen_assets.models.finetune). Its targets: the candidates of the previous row that passed the
+     (gen_assets.training.finetune). Its targets: the candidates of the previous row that passed the
      filters, the best --top-fraction of them by reward, weighted by rank (preference_weights), make
      up 1 - --mix of every batch; the rest is real data reweighted by the same reward model (images:
      every training digit; texts: --text-real-passages random passages of the training split, since
@@ -69,24 +69,24 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from gen_assets.curation import NgramIndex, curate, image_confidence, text_flags  # noqa: E402
+from gen_assets.rules.curation import NgramIndex, curate, image_confidence, text_flags  # noqa: E402
 from gen_assets.metrics.images import image_metrics, per_class_accuracy  # noqa: E402
 from gen_assets.metrics.lm import validation_loss  # noqa: E402
 from gen_assets.metrics.texts import distinct_n, novelty  # noqa: E402
 from gen_assets.models.checkpoint import load_model, save_model  # noqa: E402
-from gen_assets.models.data import image_loaders, images_to_tensor  # noqa: E402
+from gen_assets.training.image_data import image_loaders, images_to_tensor  # noqa: E402
 from gen_assets.models.dcgan import DCGAN, DCGANConfig  # noqa: E402
 from gen_assets.models.evaluator import EvaluatorConfig, ImageEvaluator  # noqa: E402
-from gen_assets.models.finetune import (  # noqa: E402
+from gen_assets.training.finetune import (  # noqa: E402
     finetune_image_generator,
     finetune_text_generator,
     preference_weights,
 )
 from gen_assets.models.gpt import GPT, GPTConfig  # noqa: E402
 from gen_assets.models.reward import fit_reward, image_features, text_features  # noqa: E402
-from gen_assets.models.text_data import encode_documents, generate_texts, text_loaders  # noqa: E402
+from gen_assets.training.text_data import encode_documents, generate_texts, text_loaders  # noqa: E402
 from gen_assets.models.tokenizers import CharTokenizer  # noqa: E402
-from gen_assets.models.training import fit  # noqa: E402
+from gen_assets.training.fit import fit  # noqa: E402
 
 GOAL_UPLIFT = 0.20
 GOAL_CLASS_ACC = 0.90

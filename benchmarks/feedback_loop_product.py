@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from feedback_loop import Rater, question_rate  # noqa: E402
 
 from gen_assets import cli  # noqa: E402
-from gen_assets.curation import curate  # noqa: E402
+from gen_assets.rules.curation import curate  # noqa: E402
 from gen_assets.models.checkpoint import load_model  # noqa: E402
 from gen_assets.models.reward import image_features, text_features  # noqa: E402
 from gen_assets.models.tokenizers import tokenizer_from_dict  # noqa: E402

@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_throughput.py [--steps 200] [--gen-repeats 20] [--json]
 
-Trains through gen_assets.models.training.fit (the product's Trainer settings) on synthetic data of
+Trains through gen_assets.training.fit.fit (the product's Trainer settings) on synthetic data of
 the product's shapes, and measures after a warm-up (compilation included there, not in the timing):
 
 - image generator (DCGAN): training samples/s at the digits' 8x8x1 and at 32x32x3 (a CIFAR-sized corpus),
@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from gen_assets.models.dcgan import DCGAN, DCGANConfig  # noqa: E402
 from gen_assets.models.gpt import GPT, GPTConfig  # noqa: E402
-from gen_assets.models.text_data import text_loaders  # noqa: E402
-from gen_assets.models.training import fit  # noqa: E402
+from gen_assets.training.text_data import text_loaders  # noqa: E402
+from gen_assets.training.fit import fit  # noqa: E402
 
 # dense bf16 tensor-core TFLOP/s (datasheets, SXM parts)
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0, "A10": 125.0}

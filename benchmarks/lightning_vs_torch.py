@@ -5,7 +5,7 @@ loader (the digits' train split, same batch size, same shuffling seed), for the 
 after the same warm-up, with the same step: DCGAN.noise_and_labels / d_loss / g_loss / update_ema.
 What differs is only what Lightning adds around it: manual optimization (toggle_optimizer,
 manual_backward), the hooks and the per-step `self.log` of the epoch means.
-The Trainer has the settings of gen_assets.models.training.fit (no logger, no progress bar, no model
+The Trainer has the settings of gen_assets.training.fit.fit (no logger, no progress bar, no model
 summary, the same precision and determinism), minus checkpoint writing and validation, which are
 not training throughput. Runs alternate (plain, Lightning, plain, ...) so a burst of load from
 elsewhere hurts neither side more than the other; the ratio is that of the best run of each, and the
@@ -29,9 +29,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from sklearn.datasets import load_digits
 
-from gen_assets.models.data import image_loaders
+from gen_assets.training.image_data import image_loaders
 from gen_assets.models.dcgan import DCGAN, DCGANConfig
-from gen_assets.models.training import default_precision
+from gen_assets.training.fit import default_precision
 
 
 def digits_train() -> tuple[np.ndarray, np.ndarray]:

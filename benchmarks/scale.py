@@ -173,7 +173,7 @@ def make_image_folder(root: Path, rows: int, seed: int = 0) -> None:
     """`rows` 8x8 grayscale PNG files under root/<label>/, with duplicates and truncated files."""
     import numpy as np
 
-    from gen_assets.imaging import encode_png
+    from gen_assets.media.png import encode_png
 
     rng = np.random.default_rng(seed)
     for label in IMAGE_LABELS:

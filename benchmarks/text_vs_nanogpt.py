@@ -1,4 +1,4 @@
-"""Our GPT trained through Lightning (gen_assets.models.training.fit) vs the same model in a plain loop.
+"""Our GPT trained through Lightning (gen_assets.training.fit.fit) vs the same model in a plain loop.
 
     python benchmarks/text_vs_nanogpt.py [--data PATH] [--iters 2000] [--gen-tokens 500] [--json]
 
@@ -47,9 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from gen_assets.models.gpt import GPT, GPTConfig  # noqa: E402
-from gen_assets.models.text_data import text_loaders  # noqa: E402
+from gen_assets.training.text_data import text_loaders  # noqa: E402
 from gen_assets.models.tokenizers import CharTokenizer  # noqa: E402
-from gen_assets.models.training import fit  # noqa: E402
+from gen_assets.training.fit import fit  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 NANOGPT_VAL_LOSS = 1.88

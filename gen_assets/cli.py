@@ -68,14 +68,14 @@ def execute(job_name: str, profile: str, verbose: bool, asset_selection: list[st
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gen_assets.jobs import JOBS_BY_MODALITY
+    from gen_assets.defs.jobs import JOBS_BY_MODALITY
 
     return execute(JOBS_BY_MODALITY[args.modality], args.profile, args.verbose)
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     """What feedback_sensor requests, on demand: retrain_job for one modality (or both)."""
-    from gen_assets.jobs import RETRAIN_ASSETS
+    from gen_assets.defs.jobs import RETRAIN_ASSETS
 
     modalities = ["image", "text"] if args.modality == "all" else [args.modality]
     keys = sorted({key for m in modalities for key in RETRAIN_ASSETS[m]})
@@ -88,7 +88,7 @@ def report(paths: Paths) -> dict:
     and the trend plot, written to artifacts/reports/metric_trend_<modality>.png."""
     from gen_assets.store import warehouse as wh
 
-    from gen_assets.plots import trend_png
+    from gen_assets.media.plots import trend_png
     from gen_assets.store.registry import TREND_METRICS, latest_models, registry_summary
     from gen_assets.store.files import atomic_write_bytes
 

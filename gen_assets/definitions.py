@@ -4,16 +4,16 @@ import os
 
 import dagster as dg
 
-from gen_assets.assets import cleaning, collection, curation, evaluation, feedback, generation, training, tuning
-from gen_assets.checks import checks
-from gen_assets.housekeeping import prune_job
-from gen_assets.jobs import jobs
-from gen_assets.resources import build_resources
-from gen_assets.schedules import schedules_for
-from gen_assets.sensors import FeedbackPolicy, sensors
+from gen_assets.defs.assets import clean, curated, evaluated, generated, human_feedback, raw, trained, tuned
+from gen_assets.defs.checks import checks
+from gen_assets.defs.pruning import prune_job
+from gen_assets.defs.jobs import jobs
+from gen_assets.defs.resources import build_resources
+from gen_assets.defs.schedules import schedules_for
+from gen_assets.defs.sensors import FeedbackPolicy, sensors
 from gen_assets.settings import Paths, timezone_from_env
 
-ASSET_MODULES = [collection, cleaning, training, feedback, tuning, generation, curation, evaluation]
+ASSET_MODULES = [raw, clean, trained, human_feedback, tuned, generated, curated, evaluated]
 
 
 def executor_from_env() -> dg.ExecutorDefinition | None:

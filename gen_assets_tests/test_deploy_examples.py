@@ -25,7 +25,7 @@ import yaml
 # uses to validate.
 from dagster._core.instance.config import dagster_instance_config
 
-from gen_assets.assets.common import TRAINING_POOL
+from gen_assets.defs.handles import TRAINING_POOL
 from gen_assets.definitions import build_definitions
 from gen_assets.settings import Paths
 

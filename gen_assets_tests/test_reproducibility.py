@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from gen_assets.assets import cleaning, collection, training
-from gen_assets.resources import build_resources
+from gen_assets.defs.assets import clean, raw, trained
+from gen_assets.defs.resources import build_resources
 from gen_assets.settings import Paths
 
 RUN_CONFIG = {
@@ -15,7 +15,7 @@ RUN_CONFIG = {
 
 
 def train_in(home) -> tuple[str, str]:
-    assets = [collection.raw_images, cleaning.clean_images, training.image_evaluator, training.image_generator]
+    assets = [raw.raw_images, clean.clean_images, trained.image_evaluator, trained.image_generator]
     with dg.DagsterInstance.ephemeral() as instance:
         result = dg.materialize(assets, resources=build_resources(Paths(home)), run_config=RUN_CONFIG, instance=instance)
         assert result.success

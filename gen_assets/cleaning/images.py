@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import duckdb
 import numpy as np
 
-from gen_assets.imaging import decode_image
+from gen_assets.media.png import decode_image
 from gen_assets.cleaning.common import (  # noqa: F401 (split_fractions, quarantine_rate: re-exported for the checks)
     BUCKETS,
     SPLITS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gen_assets.models.text_data import text_loaders
+from gen_assets.training.text_data import text_loaders
 
 
 @torch.no_grad()

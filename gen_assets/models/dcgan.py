@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from gen_assets.models.data import as_category_indices
+from gen_assets.training.image_data import as_category_indices
 from gen_assets.models.evaluator import ImageEvaluator, SampleQuality
 
 

@@ -1,8 +1,8 @@
 """Reward models: predict the rating a person would give a sample, from features of the sample.
 
 A reward model is a linear read-out plus a small MLP over standardised features, trained with torch on
-the ratings collected so far (`fit_reward`). It ranks candidates for curation (gen_assets.curation) and
-weights the fine-tuning targets (gen_assets.models.finetune), so what matters is that it orders samples
+the ratings collected so far (`fit_reward`). It ranks candidates for curation (gen_assets.rules.curation) and
+weights the fine-tuning targets (gen_assets.training.finetune), so what matters is that it orders samples
 the way the ratings do: `fit_reward` reports Pearson and Spearman correlation and the mean absolute
 error on ratings it never saw.
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gen_assets.models.data import as_category_indices
+from gen_assets.training.image_data import as_category_indices
 from gen_assets.models.dcgan import upsample_stages
 from gen_assets.models.evaluator import ImageEvaluator, SampleQuality
 

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from gen_assets.imaging import encode_png
+from gen_assets.media.png import encode_png
 from gen_assets.sources.common import SourceError, is_url, read_bytes
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ Pages (server-rendered HTML, Jinja2; a small script adds keyboard shortcuts, for
     POST /ratings                             the rating form (CSRF token; redirects back, or JSON for the script)
     POST /login                               the write token, when GEN_ASSETS_WEB_TOKEN is set
     GET  /dashboard                           metric trends, champion and candidates, last batches and runs
-    GET  /dashboard/trend/{modality}.png      the trend plot of a modality (gen_assets.plots.trend_png)
+    GET  /dashboard/trend/{modality}.png      the trend plot of a modality (gen_assets.media.plots.trend_png)
     GET  /samples/{sample_id}.png             an image sample from the warehouse, cacheable
 JSON API (errors are {"error": "..."} naming what is wrong):
     GET  /api/samples?modality=&category=&page=&per_page=   curated samples, images as URLs
@@ -256,7 +256,7 @@ class Review:
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
 
     def trend_png(self, modality: str, trend: list[dict], read_at) -> bytes:
-        from gen_assets.plots import trend_png
+        from gen_assets.media.plots import trend_png
         from gen_assets.store.registry import TREND_METRICS
 
         key = (modality, read_at, len(trend))

@@ -21,7 +21,7 @@ from gen_assets.cleaning.images import (
     quarantine_rate,
     split_fractions,
 )
-from gen_assets.imaging import encode_png
+from gen_assets.media.png import encode_png
 from gen_assets.sources.images import (
     IMAGE_SCHEMA,
     IMAGE_SNAPSHOT_HASH_COLUMNS,

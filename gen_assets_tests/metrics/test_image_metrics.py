@@ -6,7 +6,7 @@ from sklearn.datasets import load_digits
 from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
 from gen_assets.metrics.images import METRIC_KEYS, balanced_subsample, image_metrics, per_class_accuracy
-from gen_assets.models.data import images_to_tensor
+from gen_assets.training.image_data import images_to_tensor
 from gen_assets.models.evaluator import EvaluatorConfig, ImageEvaluator
 
 

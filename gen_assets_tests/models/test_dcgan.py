@@ -6,10 +6,10 @@ import torch
 from sklearn.datasets import load_digits
 
 from gen_assets.models.checkpoint import load_model, save_model
-from gen_assets.models.data import image_loaders
+from gen_assets.training.image_data import image_loaders
 from gen_assets.models.dcgan import DCGAN, DCGANConfig, upsample_stages
 from gen_assets.models.evaluator import EvaluatorConfig, ImageEvaluator
-from gen_assets.models.training import fit
+from gen_assets.training.fit import fit
 
 
 def digits(n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,9 +5,9 @@ from sklearn.datasets import load_digits
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from gen_assets.models.checkpoint import load_model, save_model
-from gen_assets.models.data import image_loaders, images_to_tensor
+from gen_assets.training.image_data import image_loaders, images_to_tensor
 from gen_assets.models.evaluator import EvaluatorConfig, ImageEvaluator, frechet_distance
-from gen_assets.models.training import fit
+from gen_assets.training.fit import fit
 
 
 def digits(n: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

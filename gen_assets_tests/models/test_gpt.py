@@ -5,9 +5,9 @@ import torch
 
 from gen_assets.models.checkpoint import load_model, save_model
 from gen_assets.models.gpt import GPT, GPTConfig, sample_next
-from gen_assets.models.text_data import encode_documents, generate_texts, text_loaders
+from gen_assets.training.text_data import encode_documents, generate_texts, text_loaders
 from gen_assets.models.tokenizers import CharTokenizer, tokenizer_from_dict
-from gen_assets.models.training import fit
+from gen_assets.training.fit import fit
 
 TINY = dict(block_size=8, n_layer=2, n_head=2, n_embd=16)
 

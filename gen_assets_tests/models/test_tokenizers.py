@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from gen_assets.models.text_data import encode_documents
+from gen_assets.training.text_data import encode_documents
 from gen_assets.models.tokenizers import (
     UNK_TEXT,
     BPETokenizer,

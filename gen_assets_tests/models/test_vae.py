@@ -6,9 +6,9 @@ import torch
 from sklearn.datasets import load_digits
 
 from gen_assets.models.checkpoint import load_model, save_model
-from gen_assets.models.data import image_loaders, images_to_tensor
+from gen_assets.training.image_data import image_loaders, images_to_tensor
 from gen_assets.models.evaluator import EvaluatorConfig, ImageEvaluator
-from gen_assets.models.training import fit
+from gen_assets.training.fit import fit
 from gen_assets.models.vae import VAE, VAEConfig
 
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from gen_assets.imaging import decode_image, encode_png
+from gen_assets.media.png import decode_image, encode_png
 from gen_assets.sources.common import SourceError
 from gen_assets.sources.images import IMAGE_SCHEMA, IMAGE_SNAPSHOT_HASH_COLUMNS, collect_images, iter_images
 from gen_assets.store.snapshots import table_version, write_snapshot

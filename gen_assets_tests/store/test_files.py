@@ -381,7 +381,7 @@ def test_generated_view_reads_a_batch_at_a_memory_url(tmp_path, memory_fs):
 def test_every_warehouse_connection_reads_the_batches_at_the_artifacts_url(tmp_path, memory_fs):
     # DuckDB registers filesystems per connection: the view defined on one connection must be readable on
     # the next one the project opens (the web catalog, the CLI, every Dagster step)
-    from gen_assets.resources import Warehouse
+    from gen_assets.defs.resources import Warehouse
 
     database, artifacts = tmp_path / "w.duckdb", "memory://bucket/art"
     table = batch_table(batch_id="b1", model_version="m1", modality="text", categories=["comedy"] * 3,

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gen_assets.imaging import encode_png
+from gen_assets.media.png import encode_png
 from gen_assets.settings import Paths
 from gen_assets.store import batches, registry, samples
 from gen_assets.store import warehouse as wh

@@ -93,7 +93,7 @@ def test_profiles_are_valid_run_config_for_every_job(tmp_path):
 
 
 def test_feedback_sensor_is_on_by_default_and_retrains_one_modality_at_a_time(tmp_path):
-    from gen_assets.jobs import RETRAIN_ASSETS
+    from gen_assets.defs.jobs import RETRAIN_ASSETS
 
     defs = build(tmp_path)
     sensor = defs.resolve_sensor_def("feedback_sensor")
@@ -126,7 +126,7 @@ def test_executor_comes_from_the_environment(tmp_path, monkeypatch):
 
 
 def test_trainer_comes_from_the_environment(monkeypatch):
-    from gen_assets.resources import trainer_from_env
+    from gen_assets.defs.resources import trainer_from_env
 
     monkeypatch.setenv("GEN_ASSETS_STRATEGY", "ddp_spawn")
     monkeypatch.setenv("GEN_ASSETS_DEVICES", "2")
@@ -139,7 +139,7 @@ def test_trainer_comes_from_the_environment(monkeypatch):
 
 
 def test_warehouse_settings_come_from_the_environment(monkeypatch, tmp_path):
-    from gen_assets.resources import warehouse_from_env
+    from gen_assets.defs.resources import warehouse_from_env
     from gen_assets.settings import Paths
 
     paths = Paths(tmp_path).ensure()

@@ -1,12 +1,12 @@
 """Housekeeping: prune_job removes old checkpoints and batches (gen_assets.store.retention), nightly
-after the graph has run, through prune_schedule (gen_assets.schedules). `gen-assets prune` runs the
+after the graph has run, through prune_schedule (gen_assets.defs.schedules). `gen-assets prune` runs the
 same rules by hand."""
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from gen_assets.resources import ArtifactStore
+from gen_assets.defs.resources import ArtifactStore
 from gen_assets.store import retention
 
 

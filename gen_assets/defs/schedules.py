@@ -3,8 +3,8 @@
 
 import dagster as dg
 
-from gen_assets.housekeeping import prune_job
-from gen_assets.jobs import nightly_job
+from gen_assets.defs.pruning import prune_job
+from gen_assets.defs.jobs import nightly_job
 
 
 def schedules_for(timezone: str) -> list[dg.ScheduleDefinition]:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from gen_assets.generation import generate_per_class
+from gen_assets.training.sampling import generate_per_class
 from gen_assets.metrics.lm import validation_loss
 from gen_assets.models.evaluator import frechet_distance
 

@@ -6,13 +6,13 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from gen_assets.metrics.lm import validation_loss
-from gen_assets.models.data import image_loaders, images_to_tensor
+from gen_assets.training.image_data import image_loaders, images_to_tensor
 from gen_assets.models.dcgan import DCGAN, DCGANConfig
-from gen_assets.models.finetune import finetune_image_generator, finetune_text_generator, preference_weights
+from gen_assets.training.finetune import finetune_image_generator, finetune_text_generator, preference_weights
 from gen_assets.models.gpt import GPT, GPTConfig
-from gen_assets.models.text_data import encode_documents, generate_texts, text_loaders
+from gen_assets.training.text_data import encode_documents, generate_texts, text_loaders
 from gen_assets.models.tokenizers import CharTokenizer
-from gen_assets.models.training import fit
+from gen_assets.training.fit import fit
 from gen_assets.models.vae import VAE, VAEConfig
 
 

@@ -17,7 +17,7 @@ and the generator learns to match it: the adversarial game itself carries the pr
 it is a weighted ELBO, for the GPT a weighted LM loss on rated texts plus real text.
 
 Every function starts from a copy of the given model (the original is left untouched) and trains it
-through gen_assets.models.training.fit, the one way this project trains a LightningModule, for one
+through gen_assets.training.fit.fit, the one way this project trains a LightningModule, for one
 "epoch" of `steps` batches drawn from a seeded weighted sampler. The training knobs (learning rate,
 schedule) are set for the fine-tuning run and the copy gets the original config back afterwards.
 
@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset, WeightedRandomSampler
 
-from gen_assets.models.data import images_to_tensor, seeded_generator
-from gen_assets.models.text_data import TokenWindows, encode_documents
-from gen_assets.models.training import fit
+from gen_assets.training.image_data import images_to_tensor, seeded_generator
+from gen_assets.training.text_data import TokenWindows, encode_documents
+from gen_assets.training.fit import fit
 
 
 def preference_weights(
@@ -191,7 +191,7 @@ def finetune_image_generator(
     fine-tuning step should not undo the base training). `run_dir` keeps the Lightning checkpoint
     (None: a temporary directory); as with every fit here, a run_dir that already holds a finished
     run's last.ckpt gives that run back instead of training again, so key it by the inputs.
-    `fit_kwargs` go to gen_assets.models.training.fit (accelerator, precision, ...).
+    `fit_kwargs` go to gen_assets.training.fit.fit (accelerator, precision, ...).
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")

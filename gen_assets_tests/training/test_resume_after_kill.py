@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from gen_assets.models.data import image_loaders
+from gen_assets.training.image_data import image_loaders
 from gen_assets.models.evaluator import EvaluatorConfig, ImageEvaluator
 from gen_assets.models.gpt import GPT, GPTConfig
-from gen_assets.models.text_data import text_loaders
-from gen_assets.models.training import fit
+from gen_assets.training.text_data import text_loaders
+from gen_assets.training.fit import fit
 
 ITERS, EPOCHS, KILL_AT_STEP = 4, 3, 6  # killed 2 steps into epoch 2, after epoch 1's last.ckpt
 
@@ -79,7 +79,7 @@ def test_a_killed_run_resumes_from_last_ckpt_and_equals_an_uninterrupted_run(tmp
     run_dir = tmp_path / "killed"
     child = subprocess.run(
         [sys.executable, "-c",
-         "import sys; from gen_assets_tests.models.test_resume_after_kill import train; "
+         "import sys; from gen_assets_tests.training.test_resume_after_kill import train; "
          "train(sys.argv[1], sys.argv[2] or None, kill_at_step=int(sys.argv[3]), dropout=float(sys.argv[4]), "
          "kind=sys.argv[5])",
          str(run_dir), monitor or "", str(KILL_AT_STEP), str(dropout), kind],

@@ -8,18 +8,18 @@ import numpy as np
 import torch
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.assets.common import Batch, CleanTable, ModelRef, inference_device, numeric_metadata
-from gen_assets.assets.training import label_indices, load_image_split
-from gen_assets.imaging import decode_image
+from gen_assets.defs.handles import Batch, CleanTable, ModelRef, inference_device, numeric_metadata
+from gen_assets.defs.assets.trained import label_indices, load_image_split
+from gen_assets.media.png import decode_image
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.metrics.images import image_metrics as compute_image_metrics
 from gen_assets.metrics.lm import validation_loss
 from gen_assets.metrics.texts import perplexity
 from gen_assets.metrics.texts import text_metrics as compute_text_metrics
-from gen_assets.models.text_data import encode_documents
+from gen_assets.training.text_data import encode_documents
 from gen_assets.models.tokenizers import tokenizer_from_dict
 from gen_assets.models.checkpoint import load_model
-from gen_assets.models.data import images_to_tensor
+from gen_assets.training.image_data import images_to_tensor
 from gen_assets.store import registry
 from gen_assets.store import warehouse as wh
 from gen_assets.store.files import read_table

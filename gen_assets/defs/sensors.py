@@ -5,8 +5,8 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from gen_assets.feedback.pending import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MIN_NEW_RATINGS, decide, files_by_modality, run_key_for, scan
-from gen_assets.jobs import RETRAIN_ASSETS, retrain_job
-from gen_assets.resources import ArtifactStore
+from gen_assets.defs.jobs import RETRAIN_ASSETS, retrain_job
+from gen_assets.defs.resources import ArtifactStore
 
 
 class FeedbackPolicy(dg.ConfigurableResource):

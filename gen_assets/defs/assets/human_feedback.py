@@ -7,7 +7,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from gen_assets.feedback.ingest import failed_files, feedback_version, ingest_pending, ratings_summary
-from gen_assets.resources import ArtifactStore
+from gen_assets.defs.resources import ArtifactStore
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import duckdb
 import pytest
 
 from gen_assets.feedback.landing import append_ratings
-from gen_assets.jobs import RETRAIN_ASSETS
-from gen_assets.resources import build_resources
-from gen_assets.sensors import FeedbackPolicy, feedback_sensor
+from gen_assets.defs.jobs import RETRAIN_ASSETS
+from gen_assets.defs.resources import build_resources
+from gen_assets.defs.sensors import FeedbackPolicy, feedback_sensor
 from gen_assets.settings import Paths
 from gen_assets.store import warehouse as wh
 from gen_assets.store.batches import batch_table, write_batch

@@ -16,12 +16,12 @@ import pytest
 import torch
 import torch.distributed
 
-from gen_assets.models.data import image_loaders
+from gen_assets.training.image_data import image_loaders
 from gen_assets.models.dcgan import DCGAN, DCGANConfig
 from gen_assets.models.evaluator import EvaluatorConfig, ImageEvaluator
 from gen_assets.models.gpt import GPT, GPTConfig
-from gen_assets.models.text_data import text_loaders
-from gen_assets.models.training import fit
+from gen_assets.training.text_data import text_loaders
+from gen_assets.training.fit import fit
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="this torch build has no gloo backend for CPU DDP")

@@ -11,16 +11,16 @@ import numpy as np
 import torch
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.assets.common import TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, md_png, stable_key
+from gen_assets.defs.handles import TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, md_png, stable_key
 from gen_assets.cleaning import images as image_cleaning
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.models.checkpoint import file_sha256, load_model, model_class, save_versioned_model
-from gen_assets.models.data import image_loaders
-from gen_assets.models.text_data import encode_documents, text_loaders
+from gen_assets.training.image_data import image_loaders
+from gen_assets.training.text_data import encode_documents, text_loaders
 from gen_assets.models.tokenizers import load_tokenizer, train_tokenizer
-from gen_assets.models.training import FitResult, fit
-from gen_assets.plots import curves_png
-from gen_assets.resources import ArtifactStore, TrainerResource
+from gen_assets.training.fit import FitResult, fit
+from gen_assets.media.plots import curves_png
+from gen_assets.defs.resources import ArtifactStore, TrainerResource
 from gen_assets.store import warehouse as wh
 from gen_assets.store.files import atomic_write_bytes, location
 

@@ -7,13 +7,13 @@ from pydantic import Field
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.assets.common import Batch, ModelRef, champion_model, inference_device, md_png, stable_key
-from gen_assets.generation import generate_per_class
-from gen_assets.imaging import encode_png, make_grid, to_uint8
+from gen_assets.defs.handles import Batch, ModelRef, champion_model, inference_device, md_png, stable_key
+from gen_assets.training.sampling import generate_per_class
+from gen_assets.media.png import encode_png, make_grid, to_uint8
 from gen_assets.models.checkpoint import load_model
-from gen_assets.models.text_data import generate_texts
+from gen_assets.training.text_data import generate_texts
 from gen_assets.models.tokenizers import tokenizer_from_dict
-from gen_assets.resources import ArtifactStore
+from gen_assets.defs.resources import ArtifactStore
 from gen_assets.store import warehouse as wh
 from gen_assets.store.batches import batch_table, write_batch
 from gen_assets.store.files import atomic_write_bytes

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from gen_assets.resources import ArtifactStore
+from gen_assets.defs.resources import ArtifactStore
 from gen_assets.sources.images import IMAGE_SNAPSHOT_HASH_COLUMNS, iter_images
 from gen_assets.sources.texts import TEXT_SCHEMA, TEXT_SNAPSHOT_HASH_COLUMNS, iter_texts
 from gen_assets.store.snapshots import Snapshot, write_snapshot

@@ -9,8 +9,9 @@ import pytest
 import torch
 from dagster_duckdb import DuckDBResource
 
-from gen_assets import checks, promotion
-from gen_assets.assets.common import ModelRef
+from gen_assets.defs import checks
+from gen_assets.rules import promotion
+from gen_assets.defs.handles import ModelRef
 from gen_assets.store import registry
 from gen_assets.store import warehouse as wh
 

@@ -7,20 +7,20 @@ import dagster as dg
 from pydantic import Field
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.assets.cleaning import clean_images, clean_texts
-from gen_assets.assets.common import CleanTable, ModelRef, inference_device
-from gen_assets.assets.evaluation import image_metrics, text_metrics
-from gen_assets.assets.feedback import feedback
-from gen_assets.assets.training import load_image_split
-from gen_assets.assets.tuning import tuned_image_generator, tuned_text_generator
+from gen_assets.defs.assets.clean import clean_images, clean_texts
+from gen_assets.defs.handles import CleanTable, ModelRef, inference_device
+from gen_assets.defs.assets.evaluated import image_metrics, text_metrics
+from gen_assets.defs.assets.human_feedback import feedback
+from gen_assets.defs.assets.trained import load_image_split
+from gen_assets.defs.assets.tuned import tuned_image_generator, tuned_text_generator
 from gen_assets.cleaning import images as image_cleaning
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.feedback.ingest import quarantine_share_by_file, unknown_sample_count
 from gen_assets.models.checkpoint import load_model
-from gen_assets.models.data import images_to_tensor
-from gen_assets.models.text_data import encode_documents
+from gen_assets.training.image_data import images_to_tensor
+from gen_assets.training.text_data import encode_documents
 from gen_assets.models.tokenizers import tokenizer_from_dict
-from gen_assets import promotion
+from gen_assets.rules import promotion
 from gen_assets.store import registry
 
 

@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.assets.common import CleanTable
+from gen_assets.defs.handles import CleanTable
 from gen_assets.cleaning import images as image_cleaning
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.store.snapshots import Snapshot

@@ -9,21 +9,21 @@ import torch
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from gen_assets.assets.common import TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, inference_device, stable_key
-from gen_assets.assets.feedback import FeedbackRef
-from gen_assets.assets.training import load_image_split
+from gen_assets.defs.handles import TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, inference_device, stable_key
+from gen_assets.defs.assets.human_feedback import FeedbackRef
+from gen_assets.defs.assets.trained import load_image_split
 from gen_assets.cleaning import texts as text_cleaning
-from gen_assets.curation import NgramIndex, curate, image_confidence, text_flags
+from gen_assets.rules.curation import NgramIndex, curate, image_confidence, text_flags
 from gen_assets.feedback.ingest import ratings_for
-from gen_assets.generation import generate_per_class
-from gen_assets.imaging import decode_image
+from gen_assets.training.sampling import generate_per_class
+from gen_assets.media.png import decode_image
 from gen_assets.models.checkpoint import load_model, save_versioned_model
-from gen_assets.models.data import images_to_tensor
-from gen_assets.models.finetune import finetune_image_generator, finetune_text_generator, preference_weights
+from gen_assets.training.image_data import images_to_tensor
+from gen_assets.training.finetune import finetune_image_generator, finetune_text_generator, preference_weights
 from gen_assets.models.reward import fit_reward, image_features, text_features
-from gen_assets.models.text_data import generate_texts
+from gen_assets.training.text_data import generate_texts
 from gen_assets.models.tokenizers import tokenizer_from_dict
-from gen_assets.resources import ArtifactStore, TrainerResource
+from gen_assets.defs.resources import ArtifactStore, TrainerResource
 from gen_assets.store import warehouse as wh
 from gen_assets.store.samples import rated_samples
 

@@ -13,13 +13,13 @@ import torch
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from gen_assets.assets.common import Batch, CleanTable, ModelRef, inference_device
-from gen_assets.assets.training import label_indices
+from gen_assets.defs.handles import Batch, CleanTable, ModelRef, inference_device
+from gen_assets.defs.assets.trained import label_indices
 from gen_assets.cleaning import texts as text_cleaning
-from gen_assets.curation import NgramIndex, curate, image_confidence, text_flags
-from gen_assets.imaging import decode_image
+from gen_assets.rules.curation import NgramIndex, curate, image_confidence, text_flags
+from gen_assets.media.png import decode_image
 from gen_assets.models.checkpoint import load_model
-from gen_assets.models.data import images_to_tensor
+from gen_assets.training.image_data import images_to_tensor
 from gen_assets.models.reward import image_features, text_features
 from gen_assets.models.tokenizers import tokenizer_from_dict
 from gen_assets.store import warehouse as wh

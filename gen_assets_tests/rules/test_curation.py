@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from gen_assets.curation import NgramIndex, curate, image_confidence, text_flags
+from gen_assets.rules.curation import NgramIndex, curate, image_confidence, text_flags
 from gen_assets.models.evaluator import EvaluatorConfig, ImageEvaluator
 from gen_assets.models.tokenizers import UNK_TEXT
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from gen_assets.models.data import seeded_generator
+from gen_assets.training.image_data import seeded_generator
 from gen_assets.models.tokenizers import TextTokenizer
 
 

@@ -1,0 +1,1 @@
+"""PNG encoding, sample grids and plots (no dagster import)."""
