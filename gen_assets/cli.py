@@ -27,8 +27,11 @@ def prepare_dagster_home(paths: Paths) -> Path:
     return home
 
 
-def execute(job_name: str, profile: str, verbose: bool, asset_selection: list[str] | None = None) -> int:
-    """Run a job of the definitions through Dagster (recorded in the instance), then print the report."""
+def execute(job_name: str, profile: str, verbose: bool, asset_selection: list[str] | None = None,
+            config: dict[str, dict] | None = None, report: bool = True) -> int:
+    """Run a job of the definitions through Dagster (recorded in the instance), then print the report.
+
+    config: asset name -> config fields laid over the profile's (e.g. a person's decision for a champion)."""
     import warnings
 
     import dagster as dg
@@ -42,6 +45,8 @@ def execute(job_name: str, profile: str, verbose: bool, asset_selection: list[st
     job = defs.resolve_job_def(job_name)
     selection = [dg.AssetKey(key) for key in asset_selection] if asset_selection else None
     run_config = profile_run_config(profile, set(asset_selection) if asset_selection else set(job.graph.node_dict))
+    for name, fields in (config or {}).items():
+        run_config["ops"].setdefault(name, {"config": {}})["config"].update(fields)
     # the terminal shows progress and results; every event, debug ones too, is in the instance for the UI
     run_config["loggers"] = {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}
     print(f"gen-assets: running {job.name} with the {profile} profile; home {paths.home}", flush=True)
@@ -64,7 +69,7 @@ def execute(job_name: str, profile: str, verbose: bool, asset_selection: list[st
             print(f"step {event.step_key} failed: {err.message.strip() if err else 'unknown error'}", file=sys.stderr)
         return 1
     print(f"run {result.run_id} succeeded\n")
-    return cmd_report(argparse.Namespace(json=False))
+    return cmd_report(argparse.Namespace(json=False)) if report else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -151,45 +156,47 @@ def actor(args: argparse.Namespace) -> str:
     return args.by or os.environ.get("GEN_ASSETS_USER") or getpass.getuser()
 
 
-def cmd_promote(args: argparse.Namespace) -> int:
-    """A person makes a model champion, whatever the promotion check said; recorded with who and when."""
+def decide_champion(modality: str, decision: dict, profile: str) -> int:
+    """A person's decision is a run of `<modality>_champion` with it in the config (recorded in the instance
+    and in `promotions`), so the UI shows what was generated before it as stale."""
+    from gen_assets.store import registry
     from gen_assets.store import warehouse as wh
 
+    status = execute("nightly_job", profile, False, [f"{modality}_champion"], {f"{modality}_champion": decision},
+                     report=False)
+    if status == 0:
+        paths = Paths.from_env()
+        with wh.connect(paths.warehouse, read_only=True, artifacts=paths.artifacts_location) as con:
+            last = registry.promotion_history(con, modality, limit=1)[0]
+        was = f" (was {last['previous_version']})" if last["previous_version"] else ""
+        print(f"{modality} champion: {last['model_version']}{was}, by {last['actor']}: {last['reason']}")
+    return status
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """A person makes a model champion, whatever the rule says; recorded with who and when."""
     from gen_assets.store import registry
+    from gen_assets.store import warehouse as wh
 
     paths = Paths.from_env()
     if not has_warehouse(paths):
         return 1
-    with wh.connect(paths.warehouse, artifacts=paths.artifacts_location) as con:
+    with wh.connect(paths.warehouse, read_only=True, artifacts=paths.artifacts_location) as con:
         try:
-            previous = registry.promote(con, args.version, actor=actor(args), reason=args.reason or "promoted by hand")
-            model = registry.get_model(con, args.version)
-        except (KeyError, ValueError) as e:
+            modality = registry.get_model(con, args.version)["modality"]
+        except KeyError as e:
             print(e.args[0], file=sys.stderr)
             return 1
-    was = f" (was {previous})" if previous else ""
-    print(f"{model['modality']} champion: {args.version}{was}, by {actor(args)}")
-    return 0
+    return decide_champion(modality, {"promote": args.version, "by": actor(args), "reason": args.reason},
+                           args.profile)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Give the championship back to the previous champion; the demoted model is not auto-promoted again."""
-    from gen_assets.store import warehouse as wh
-
-    from gen_assets.store import registry
-
     paths = Paths.from_env()
     if not has_warehouse(paths):
         return 1
-    with wh.connect(paths.warehouse, artifacts=paths.artifacts_location) as con:
-        try:
-            restored, demoted = registry.rollback(con, args.modality, actor=actor(args),
-                                                  reason=args.reason or "rolled back by hand")
-        except ValueError as e:
-            print(e.args[0], file=sys.stderr)
-            return 1
-    print(f"{args.modality} champion: {restored} (rolled back from {demoted}, by {actor(args)})")
-    return 0
+    return decide_champion(args.modality, {"rollback": True, "by": actor(args), "reason": args.reason}, args.profile)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -319,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("--modality", choices=["image", "text"], required=True)
         cmd.add_argument("--reason", help="why, for the record")
         cmd.add_argument("--by", help="who (default: GEN_ASSETS_USER, else the login name)")
+        cmd.add_argument("--profile", choices=sorted(PROFILES), default="demo",
+                         help="how the new champion is measured (the profile's champion config)")
         cmd.set_defaults(func=func)
     prune = sub.add_parser("prune", help="remove old checkpoints and batches (never a champion or anything in use)")
     prune.add_argument("--keep-models", type=int, default=int(os.environ.get("GEN_ASSETS_KEEP_MODELS", 5)),

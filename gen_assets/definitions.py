@@ -4,7 +4,7 @@ import os
 
 import dagster as dg
 
-from gen_assets.defs.assets import clean, curated, evaluated, generated, human_feedback, raw, trained, tuned
+from gen_assets.defs.assets import champions, clean, curated, evaluated, generated, human_feedback, raw, trained, tuned
 from gen_assets.defs.checks import checks
 from gen_assets.defs.pruning import prune_job
 from gen_assets.defs.jobs import jobs
@@ -13,7 +13,7 @@ from gen_assets.defs.schedules import schedules_for
 from gen_assets.defs.sensors import FeedbackPolicy, sensors
 from gen_assets.settings import Paths, timezone_from_env
 
-ASSET_MODULES = [raw, clean, trained, human_feedback, tuned, generated, curated, evaluated]
+ASSET_MODULES = [raw, clean, trained, human_feedback, tuned, champions, generated, curated, evaluated]
 
 
 def executor_from_env() -> dg.ExecutorDefinition | None:

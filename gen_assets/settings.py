@@ -110,9 +110,9 @@ PROFILES: dict[str, dict[str, dict]] = {
         "image_reward_model": {"min_ratings": 10},
         "text_reward_model": {"min_ratings": 10},
         # smoke models are barely trained, so their FID and loss move a lot from run to run: the gate's
-        # plumbing runs, loosely (the decision rule itself is tested in gen_assets_tests/test_promotion.py)
-        "tuned_image_generator_promotion": {"per_class": 20, "tolerance": 10.0, "max_ratio_to_floor": None},
-        "tuned_text_generator_promotion": {"val_batches": 5, "tolerance": 0.5, "max_val_loss": None},
+        # plumbing runs, loosely (the decision rule itself is tested in gen_assets_tests/rules/test_promotion.py)
+        "image_champion": {"per_class": 20, "tolerance": 10.0, "max_ratio_to_floor": None},
+        "text_champion": {"val_batches": 5, "tolerance": 0.5, "max_val_loss": None},
     },
     "demo": {},
     "full": {
@@ -126,9 +126,6 @@ PROFILES: dict[str, dict[str, dict]] = {
 }
 
 
-CHECK_NAMES = {"promotion"}  # checks that take config in some profile
-
-
 def profile_run_config(profile: str, ops: set[str] | None = None) -> dict:
     """Dagster run config for a profile, limited to the ops (asset names) of the job being run."""
     if profile not in PROFILES:
@@ -137,8 +134,6 @@ def profile_run_config(profile: str, ops: set[str] | None = None) -> dict:
         "ops": {
             name: {"config": dict(cfg)}
             for name, cfg in PROFILES[profile].items()
-            # an asset's checks run as ops named <asset>_<check>
-            if ops is None or name in ops or any(name.startswith(f"{op}_") and name[len(op) + 1 :] in CHECK_NAMES
-                                                 for op in ops)
+            if ops is None or name in ops
         }
     }

@@ -153,7 +153,7 @@ def test_rollback_and_promote_by_hand_and_the_registry_report(smoke_home, capsys
     assert [p["action"] for p in entry["promotions"]][:1] == ["promote"]
     assert Path(entry["trend_png"]).read_bytes()[:4] == b"\x89PNG" and len(entry["trend"]) >= 2
 
-    assert cli.main(["rollback", "--modality", "image", "--by", "tester", "--reason", "too dark"]) == 0
+    assert cli.main(["rollback", "--modality", "image", "--by", "tester", "--reason", "too dark", "--profile", "smoke"]) == 0
     data = report(smoke_home, capsys, monkeypatch)
     restored = {m["modality"]: m for m in data["models"]}["image"]
     assert restored["version"] != tuned and restored["status"] == "champion"
@@ -161,10 +161,10 @@ def test_rollback_and_promote_by_hand_and_the_registry_report(smoke_home, capsys
     assert (last["action"], last["actor"], last["reason"], last["previous_version"]) == (
         "rollback", "tester", "too dark", tuned)
 
-    assert cli.main(["promote", tuned, "--by", "tester"]) == 0
+    assert cli.main(["promote", tuned, "--by", "tester", "--profile", "smoke"]) == 0
     assert {m["modality"]: m["version"] for m in report(smoke_home, capsys, monkeypatch)["models"]}["image"] == tuned
     assert cli.main(["promote", "no-such-version"]) == 1
-    assert cli.main(["rollback", "--modality", "text", "--by", "tester"]) == 0
+    assert cli.main(["rollback", "--modality", "text", "--by", "tester", "--profile", "smoke"]) == 0
 
 
 def test_prune_keeps_what_is_in_use(smoke_home, capsys, monkeypatch):

@@ -1,4 +1,5 @@
-"""Asset checks: data quality of the clean tables and the quality bar of generated content."""
+"""Asset checks (read-only): data quality of the clean tables and the feedback, the quality bar of the
+champions and of generated content."""
 
 import json
 from types import ModuleType
@@ -8,20 +9,13 @@ from pydantic import Field
 from dagster_duckdb import DuckDBResource
 
 from gen_assets.defs.assets.clean import clean_images, clean_texts
-from gen_assets.defs.handles import CleanTable, ModelRef, inference_device
+from gen_assets.defs.assets.champions import image_champion, text_champion
+from gen_assets.defs.handles import ModelRef
 from gen_assets.defs.assets.evaluated import image_metrics, text_metrics
 from gen_assets.defs.assets.human_feedback import feedback
-from gen_assets.defs.assets.trained import load_image_split
-from gen_assets.defs.assets.tuned import tuned_image_generator, tuned_text_generator
 from gen_assets.cleaning import images as image_cleaning
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.feedback.ingest import quarantine_share_by_file, unknown_sample_count
-from gen_assets.models.checkpoint import load_model
-from gen_assets.training.image_data import images_to_tensor
-from gen_assets.training.text_data import encode_documents
-from gen_assets.models.tokenizers import tokenizer_from_dict
-from gen_assets.rules import promotion
-from gen_assets.store import registry
 
 
 class SplitRatiosConfig(dg.Config):
@@ -155,145 +149,36 @@ def feedback_known_samples(warehouse: DuckDBResource) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=unknown == 0, metadata={"unknown_samples": unknown})
 
 
-class ImagePromotionConfig(dg.Config):
-    tolerance: float = Field(
-        default=1.0,
-        description="a candidate whose FID is at most this share above the champion's is still promoted. Tuning "
-        "towards people's ratings moves samples away from the data's average, which FID counts as worse (the demo's "
-        "feedback rounds: FID on val +21% and +71% for ratings +66% and +76%), so the default lets FID double and no more",
-    )
-    max_ratio_to_floor: float | None = Field(
-        default=3.0, description="and FID at most this multiple of the real-data floor (None: no absolute bar)"
-    )
-    per_class: int = Field(default=100, description="samples per category in the FID against the val split")
-    seed: int = 0
+def quality_bar(champion: ModelRef) -> dg.AssetCheckResult:
+    """Read-only: the model in use meets the absolute quality bar its champion asset applies to candidates
+    (a person's promote or rollback can make a champion that does not)."""
+    details = champion.details
+    key, value, bar = details.get("key_metric"), details.get("key_value"), details.get("bar")
+    meta = {"champion": champion.version, "key_metric": str(key)}
+    if value is None:
+        return dg.AssetCheckResult(passed=False, metadata=meta,
+                                   description=f"{champion.version}'s {key} could not be measured (checkpoint pruned?)")
+    meta[str(key)] = dg.MetadataValue.float(round(float(value), 4))
+    if bar is None:
+        return dg.AssetCheckResult(passed=True, description=f"{key} {value:.4g}; no absolute bar configured",
+                                   metadata=meta)
+    meta["bar"] = dg.MetadataValue.float(round(float(bar), 4))
+    passed = value <= bar
+    return dg.AssetCheckResult(passed=passed, metadata=meta,
+                               description=f"{key} {value:.4g} {'within' if passed else 'above'} the bar of "
+                               f"{bar:.4g} ({details.get('bar_label', '')})")
 
 
-class TextPromotionConfig(dg.Config):
-    tolerance: float = Field(default=0.02, description="a candidate whose val loss is at most this share above "
-                             "the champion's is still promoted")
-    max_val_loss: float | None = Field(default=2.5, description="and its val loss at most this (nats per token; "
-                                       "None: no absolute bar), also when no champion is comparable")
-    val_batches: int = Field(default=50, description="random val windows (of 32) in the loss")
-    seed: int = 0
+@dg.asset_check(asset=image_champion, name="quality_bar",
+                description="the image champion's FID (measured when it was decided) is within the absolute bar")
+def image_champion_quality_bar(image_champion: ModelRef) -> dg.AssetCheckResult:
+    return quality_bar(image_champion)
 
 
-def promotion_check(context, warehouse: DuckDBResource, candidate: ModelRef, tolerance: float, measure,
-                    comparable, ceiling: tuple[float, str] | None = None) -> dg.AssetCheckResult:
-    """Promote `candidate` to champion of its modality when its key metric is not worse than the
-    champion's beyond `tolerance`; otherwise it stays a candidate and the check fails (it blocks the
-    downstream assets of this run, which keep using the champion). Every decision is in `promotions`.
-
-    measure(model) -> key metric of a loaded model; comparable(candidate, champion) -> None or why not."""
-    modality, key = candidate.modality, promotion.KEY_METRICS[candidate.modality]
-    actor = f"dagster:{context.run.run_id}"
-    with warehouse.get_connection() as con:
-        current = registry.champion(con, modality)
-        demoted = registry.demoted_by_person(con, candidate.version)
-    meta = {"candidate": candidate.version, "champion": current["model_version"] if current else "none"}
-    if current and current["model_version"] == candidate.version:
-        return dg.AssetCheckResult(passed=True, description=f"{candidate.version} is already the champion", metadata=meta)
-    if demoted:
-        reason = (f"{candidate.version} was rolled back by {demoted['actor']} at {demoted['at']}; "
-                  f"only a person brings it back (gen-assets promote {candidate.version})")
-        with warehouse.get_connection() as con:
-            registry.refuse(con, candidate.version, actor=actor, reason=reason)
-        return dg.AssetCheckResult(passed=False, description=reason, metadata=meta)
-
-    cand_model = load_model(candidate.path, inference_device())
-    cand_value = measure(cand_model)
-    champ_value, note = None, None
-    if current is not None:
-        if current["pruned_at"] is not None:
-            note = f"champion {current['model_version']}'s checkpoint was pruned"
-        else:
-            champ_model = load_model(current["checkpoint_path"], inference_device())
-            note = comparable(cand_model, champ_model)
-            if note is None:
-                champ_value = measure(champ_model)
-    decision = promotion.decide(key, cand_value, champ_value, tolerance,
-                                champion_version=current["model_version"] if current else None,
-                                ceiling=ceiling[0] if ceiling else None, ceiling_label=ceiling[1] if ceiling else "")
-    reason = decision.reason + (f" ({note})" if note else "")
-    with warehouse.get_connection() as con:
-        registry.record_key_metric(con, candidate.version, key, cand_value)
-        if champ_value is not None:
-            registry.record_key_metric(con, current["model_version"], key, champ_value)
-        passed = decision.passed
-        if passed:
-            try:
-                registry.promote(con, candidate.version, actor=actor, reason=reason,
-                                 expected_previous=current["model_version"] if current else None)
-            except registry.ChampionChanged as e:
-                passed, reason = False, f"{e}; run the check again to compare with the new champion"
-        if not passed:
-            registry.refuse(con, candidate.version, actor=actor, reason=reason)
-    context.log.info(f"{modality}: {candidate.version} {'promoted' if passed else 'stays a candidate'}: {reason}")
-    return dg.AssetCheckResult(
-        passed=passed,
-        description=reason,
-        metadata={**meta, "key_metric": key, f"candidate_{key}": dg.MetadataValue.float(float(cand_value)),
-                  **({f"champion_{key}": dg.MetadataValue.float(float(champ_value))} if champ_value is not None else {}),
-                  "tolerance": tolerance, "promoted": passed, "reason": reason},
-    )
-
-
-@dg.asset_check(
-    asset=tuned_image_generator,
-    name="promotion",
-    blocking=True,
-    additional_ins={"image_evaluator": dg.AssetIn(), "clean_images": dg.AssetIn()},
-    description="promotes the model to image champion unless its FID on the val split is worse than the "
-    "champion's beyond the tolerance; a failure blocks this run's generation, which keeps the champion",
-)
-def image_promotion(context, config: ImagePromotionConfig, tuned_image_generator: ModelRef, image_evaluator: ModelRef,
-                    clean_images: CleanTable, warehouse: DuckDBResource) -> dg.AssetCheckResult:
-    evaluator = load_model(image_evaluator.path, inference_device())
-    with warehouse.get_connection() as con:
-        val_x, _ = load_image_split(con, clean_images, "val")
-        train_x, _ = load_image_split(con, clean_images, "train")
-    reference = images_to_tensor(val_x)
-    ceiling = None
-    if config.max_ratio_to_floor is not None:
-        n = config.per_class * len(clean_images.categories)
-        floor = promotion.image_floor(evaluator, images_to_tensor(train_x), reference, n=n, seed=config.seed)
-        ceiling = (config.max_ratio_to_floor * floor, f"{config.max_ratio_to_floor:g}x the real-data floor {floor:.4g}")
-
-    def measure(model) -> float:
-        return promotion.image_key_metric(model, evaluator, reference, per_class=config.per_class, seed=config.seed)
-
-    def comparable(candidate, champion) -> str | None:
-        return promotion.image_models_comparable(candidate.config, champion.config)
-
-    return promotion_check(context, warehouse, tuned_image_generator, config.tolerance, measure, comparable,
-                           ceiling)
-
-
-@dg.asset_check(
-    asset=tuned_text_generator,
-    name="promotion",
-    blocking=True,
-    additional_ins={"clean_texts": dg.AssetIn()},
-    description="promotes the model to text champion unless its validation loss is worse than the champion's "
-    "beyond the tolerance; a failure blocks this run's generation, which keeps the champion",
-)
-def text_promotion(context, config: TextPromotionConfig, tuned_text_generator: ModelRef, clean_texts: CleanTable,
-                   warehouse: DuckDBResource) -> dg.AssetCheckResult:
-    with warehouse.get_connection() as con:
-        val_docs = text_cleaning.load_texts(con, split="val", table=clean_texts.table)
-    encoded: dict[str, object] = {}
-
-    def measure(model) -> float:
-        tokenizer = tokenizer_from_dict(model.extra["tokenizer"])
-        ids = encoded.setdefault(str(sorted(model.extra["tokenizer"].items())),
-                                 encode_documents(tokenizer, [t for _, t in val_docs], [c for c, _ in val_docs]))
-        return promotion.text_key_metric(model, ids, batches=config.val_batches, seed=config.seed)
-
-    def comparable(candidate, champion) -> str | None:
-        return promotion.text_models_comparable(candidate.extra["tokenizer"], champion.extra["tokenizer"])
-
-    ceiling = None if config.max_val_loss is None else (config.max_val_loss, "the configured max_val_loss")
-    return promotion_check(context, warehouse, tuned_text_generator, config.tolerance, measure, comparable, ceiling)
+@dg.asset_check(asset=text_champion, name="quality_bar",
+                description="the text champion's val loss (measured when it was decided) is within the absolute bar")
+def text_champion_quality_bar(text_champion: ModelRef) -> dg.AssetCheckResult:
+    return quality_bar(text_champion)
 
 
 checks = [
@@ -303,6 +188,6 @@ checks = [
     text_quality,
     feedback_quarantine_share,
     feedback_known_samples,
-    image_promotion,
-    text_promotion,
+    image_champion_quality_bar,
+    text_champion_quality_bar,
 ]

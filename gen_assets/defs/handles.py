@@ -9,9 +9,7 @@ from typing import Any
 
 import dagster as dg
 import torch
-from dagster_duckdb import DuckDBResource
 
-from gen_assets.store import registry
 
 
 # The Dagster concurrency pool of the assets that train on the accelerator: limit it to one slot per GPU
@@ -75,21 +73,3 @@ def numeric_metadata(values: Mapping[str, float]) -> dict[str, dg.MetadataValue]
 def inference_device() -> str:
     """Generation and evaluation run on the GPU when there is one (training leaves it to Lightning)."""
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def champion_model(warehouse: DuckDBResource, modality: str, upstream: ModelRef, log) -> ModelRef:
-    """The champion of `modality`: what generation uses, whatever the upstream asset produced.
-
-    Upstream (tuned_<modality>_generator) is a candidate until its blocking promotion check promotes it;
-    when the check refused it, or a person rolled it back, the champion it did not replace is used."""
-    with warehouse.get_connection() as con:
-        current = registry.champion(con, modality)
-    if current is None:
-        raise dg.Failure(
-            f"no {modality} champion yet: the promotion check of tuned_{modality}_generator promotes the first "
-            f"model (materialize it with its checks), or promote {upstream.version} with `gen-assets promote`"
-        )
-    if current["model_version"] != upstream.version:
-        log.warning(f"{upstream.version} is not the {modality} champion; using champion {current['model_version']}")
-    return ModelRef(modality, current["arch"], current["model_version"], current["checkpoint_path"],
-                    current["checkpoint_sha"], current["details"])

@@ -22,17 +22,17 @@ nightly_job = dg.define_asset_job(
 
 # what a retrain for one modality's feedback materializes, in graph order
 RETRAIN_ASSETS = {
-    "image": ["feedback", "image_reward_model", "tuned_image_generator", "generated_images", "curated_images",
-              "image_metrics"],
-    "text": ["feedback", "text_reward_model", "tuned_text_generator", "generated_texts", "curated_texts",
-             "text_metrics"],
+    "image": ["feedback", "image_reward_model", "tuned_image_generator", "image_champion", "generated_images",
+              "curated_images", "image_metrics"],
+    "text": ["feedback", "text_reward_model", "tuned_text_generator", "text_champion", "generated_texts",
+             "curated_texts", "text_metrics"],
 }
 
 retrain_job = dg.define_asset_job(
     "retrain_job",
     selection=dg.AssetSelection.assets(*sorted({key for keys in RETRAIN_ASSETS.values() for key in keys})),
-    description="Feedback -> reward model -> generator tuned on feedback -> generation -> curation -> "
-    "evaluation. feedback_sensor runs it for the modality its new ratings concern.",
+    description="Feedback -> reward model -> generator tuned on feedback -> champion (promoted or refused) -> "
+    "generation -> curation with the new reward model -> evaluation. feedback_sensor runs it for the modality its new ratings concern.",
 )
 
 jobs = [image_job, text_job, nightly_job, retrain_job]

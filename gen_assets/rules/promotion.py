@@ -10,19 +10,28 @@ no champion to compare with; for images also FID <= a multiple of the real-data 
 so tolerated losses cannot add up over many rounds). Both values are measured in the same run with the same data and evaluator,
 so a change of evaluator or data between two training runs never makes an old number look better.
 
-Pure module (torch only): no dagster import.
+`review` applies the rule to a candidate against the registry's champion and records the outcome
+(promoted, or refused with the reason) in `promotions`: a refused candidate is a normal outcome, the
+champion stays. The `<modality>_champion` assets call it.
+
+Pure module (torch and the store): no dagster import.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
+from typing import Any
 
+import duckdb
 import torch
 
 from gen_assets.training.sampling import generate_per_class
 from gen_assets.metrics.lm import validation_loss
 from gen_assets.models.evaluator import frechet_distance
+from gen_assets.store import registry
 
 KEY_METRICS = {"image": "fid", "text": "val_loss"}
 
@@ -126,3 +135,98 @@ def text_models_comparable(candidate_tokenizer: dict, champion_tokenizer: dict) 
     if candidate_tokenizer != champion_tokenizer:
         return "the tokenizer differs, so losses per token are not comparable"
     return None
+
+
+@dataclass(frozen=True)
+class Review:
+    """What `review` decided: the champion after it, and the numbers and reason behind it."""
+
+    champion: dict[str, Any] | None  # registry row of the champion after the review (None: there is none)
+    candidate_version: str
+    promoted: bool
+    reason: str
+    key_metric: str
+    candidate_value: float | None = None
+    champion_value: float | None = None  # the champion's key metric after the review, when measured
+
+
+def review(
+    connect: Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]],
+    candidate_version: str,
+    *,
+    load: Callable[[str], Any],
+    measure: Callable[[Any], float],
+    comparable: Callable[[Any, Any], str | None],
+    tolerance: float,
+    actor: str,
+    ceiling: tuple[float, str] | None = None,
+) -> Review:
+    """Promote `candidate_version` to champion of its modality when its key metric passes `decide` against
+    the current champion's, measured now the same way; otherwise it stays a candidate. Every decision is a
+    row of `promotions`; a model a person rolled back is refused (only a person brings it back).
+
+    connect() -> a warehouse connection (held only while reading or writing the registry, never while
+    measuring); load(checkpoint path) -> model; measure(model) -> key metric; comparable(candidate model,
+    champion model) -> None, or why their metrics cannot be compared; ceiling: (bar, label) or None."""
+    with connect() as con:
+        candidate = registry.get_model(con, candidate_version)
+        key = KEY_METRICS[candidate["modality"]]
+        current = registry.champion(con, candidate["modality"])
+        demoted = registry.demoted_by_person(con, candidate_version)
+
+    def outcome(champion: dict | None, promoted: bool, reason: str, cand=None, champ=None) -> Review:
+        return Review(champion, candidate_version, promoted, reason, key, cand, champ)
+
+    if current and current["model_version"] == candidate_version:
+        value = measure(load(candidate["checkpoint_path"]))
+        with connect() as con:
+            registry.record_key_metric(con, candidate_version, key, value)
+            current = registry.champion(con, candidate["modality"])
+        return outcome(current, False, f"{candidate_version} is already the champion", value, value)
+    if demoted:
+        reason = (f"{candidate_version} was rolled back by {demoted['actor']} at {demoted['at']}; "
+                  f"only a person brings it back (gen-assets promote {candidate_version})")
+        with connect() as con:
+            registry.refuse(con, candidate_version, actor=actor, reason=reason)
+        return outcome(current, False, reason, champ=_measure_champion(current, load, measure))
+
+    cand_model = load(candidate["checkpoint_path"])
+    cand_value = measure(cand_model)
+    champ_value, note = None, None
+    if current is not None:
+        if current["pruned_at"] is not None:
+            note = f"champion {current['model_version']}'s checkpoint was pruned"
+        else:
+            champ_model = load(current["checkpoint_path"])
+            note = comparable(cand_model, champ_model)
+            if note is None:
+                champ_value = measure(champ_model)
+    decision = decide(key, cand_value, champ_value, tolerance,
+                      champion_version=current["model_version"] if current else None,
+                      ceiling=ceiling[0] if ceiling else None, ceiling_label=ceiling[1] if ceiling else "")
+    reason, passed = decision.reason + (f" ({note})" if note else ""), decision.passed
+    with connect() as con:
+        registry.record_key_metric(con, candidate_version, key, cand_value)
+        if champ_value is not None:
+            registry.record_key_metric(con, current["model_version"], key, champ_value)
+        if passed:
+            try:
+                registry.promote(con, candidate_version, actor=actor, reason=reason,
+                                 expected_previous=current["model_version"] if current else None)
+            except registry.ChampionChanged as e:
+                passed, reason = False, f"{e}; materialize the champion again to compare with the new one"
+        if not passed:
+            registry.refuse(con, candidate_version, actor=actor, reason=reason)
+        champion_now = registry.champion(con, candidate["modality"])
+    if passed:
+        return outcome(champion_now, True, reason, cand_value, cand_value)
+    if champion_now is not None and (current is None or champion_now["model_version"] != current["model_version"]
+                                     or champ_value is None):
+        champ_value = _measure_champion(champion_now, load, measure)  # a person's champion, or an incomparable one
+    return outcome(champion_now, False, reason, cand_value, champ_value)
+
+
+def _measure_champion(champion: dict | None, load, measure) -> float | None:
+    if champion is None or champion["pruned_at"] is not None:
+        return None
+    return measure(load(champion["checkpoint_path"]))

@@ -1,17 +1,13 @@
-"""Promotion: the decision rule, and the blocking check's bookkeeping (champion, refusals, rollbacks)."""
+"""Promotion: the decision rule, and `review`'s bookkeeping (champion, refusals, rollbacks)."""
 
-import logging
 import math
 from types import SimpleNamespace
 
 import duckdb
 import pytest
 import torch
-from dagster_duckdb import DuckDBResource
 
-from gen_assets.defs import checks
 from gen_assets.rules import promotion
-from gen_assets.defs.handles import ModelRef
 from gen_assets.store import registry
 from gen_assets.store import warehouse as wh
 
@@ -65,38 +61,36 @@ def test_image_key_metric_ranks_a_copy_of_the_data_above_noise():
     assert same < 1e-6 < noise and noise > 0.1
 
 
-class Context:
-    def __init__(self):
-        self.run = SimpleNamespace(run_id="run-1")
-        self.log = logging.getLogger("test")
-
-
 @pytest.fixture
-def setup(tmp_path, monkeypatch):
-    """A warehouse, a fake model loader (path -> its key metric) and the check's measure/comparable."""
+def setup(tmp_path):
+    """A warehouse, a fake model loader (path -> its key metric), and `review` with a trivial comparable."""
     database = str(tmp_path / "w.duckdb")
     values: dict[str, float] = {}
-    monkeypatch.setattr(checks, "load_model", lambda path, device=None: path)
 
-    def run(version: str, value: float, tolerance: float = 0.1) -> bool:
+    def connect():
+        return duckdb.connect(database)
+
+    def run(version: str, value: float, tolerance: float = 0.1, ceiling=None) -> promotion.Review:
         values[f"/m/{version}.pt"] = value
-        with duckdb.connect(database) as con:
-            wh.register_model(con, model_version=version, modality="image", arch="dcgan", config={},
-                              input_versions={}, checkpoint_path=f"/m/{version}.pt", checkpoint_sha=version)
-        ref = ModelRef("image", "dcgan", version, f"/m/{version}.pt", version)
-        result = checks.promotion_check(Context(), DuckDBResource(database=database), ref, tolerance,
-                                        measure=values.__getitem__, comparable=lambda a, b: None)
-        return result.passed
+        with connect() as con:
+            if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'models'").fetchone()[0] or \
+                    not con.execute("SELECT count(*) FROM models WHERE model_version = ?", [version]).fetchone()[0]:
+                wh.register_model(con, model_version=version, modality="image", arch="dcgan", config={},
+                                  input_versions={}, checkpoint_path=f"/m/{version}.pt", checkpoint_sha=version)
+        return promotion.review(connect, version, load=lambda path: path, measure=values.__getitem__,
+                                comparable=lambda a, b: None, tolerance=tolerance, actor="dagster:run-1",
+                                ceiling=ceiling)
 
     def state():
-        with duckdb.connect(database) as con:
+        with connect() as con:
             status = dict(con.execute("SELECT model_version, status FROM models").fetchall())
             return status, registry.promotion_history(con, "image")
 
-    return SimpleNamespace(run=run, state=state, database=database)
+    return SimpleNamespace(run=lambda *a, **k: run(*a, **k).promoted, review=run, state=state, database=database,
+                           values=values)
 
 
-def test_check_promotes_the_first_and_better_models_and_refuses_a_worse_one(setup):
+def test_review_promotes_the_first_and_better_models_and_refuses_a_worse_one(setup):
     assert setup.run("v1", 10.0)
     assert setup.run("v2", 10.5)  # within 10%
     assert not setup.run("v3", 20.0)
@@ -105,12 +99,14 @@ def test_check_promotes_the_first_and_better_models_and_refuses_a_worse_one(setu
     refusal = history[0]
     assert refusal["action"] == "refuse" and refusal["model_version"] == "v3" and refusal["actor"] == "dagster:run-1"
     assert "20" in refusal["reason"] and "10.5" in refusal["reason"]
-    assert setup.run("v2", 10.5)  # the champion itself passes (an unchanged nightly run)
+    kept = setup.review("v2", 10.5)  # the champion itself: kept, nothing recorded (an unchanged nightly run)
+    assert not kept.promoted and kept.champion["model_version"] == "v2" and kept.champion_value == 10.5
+    assert len(setup.state()[1]) == len(history)
     with duckdb.connect(setup.database) as con:
         assert registry.get_model(con, "v3")["key_value"] == 20.0
 
 
-def test_check_does_not_undo_a_persons_rollback(setup):
+def test_review_does_not_undo_a_persons_rollback(setup):
     assert setup.run("v1", 10.0) and setup.run("v2", 9.0)
     with duckdb.connect(setup.database) as con:
         registry.rollback(con, "image", actor="bo", reason="complaints")
@@ -119,7 +115,7 @@ def test_check_does_not_undo_a_persons_rollback(setup):
     assert status["v1"] == "champion" and "rolled back by bo" in history[0]["reason"]
 
 
-def test_check_refuses_when_the_champion_changed_while_it_measured(setup, monkeypatch):
+def test_review_refuses_when_the_champion_changed_while_it_measured(setup, monkeypatch):
     assert setup.run("v1", 10.0)
     real_decide = promotion.decide
 
@@ -131,7 +127,10 @@ def test_check_refuses_when_the_champion_changed_while_it_measured(setup, monkey
         return real_decide(*args, **kwargs)
 
     monkeypatch.setattr(promotion, "decide", decide_while_a_person_promotes)
-    assert not setup.run("v2", 5.0)
+    setup.values["/m/v0.pt"] = 12.0
+    outcome = setup.review("v2", 5.0)
+    assert not outcome.promoted and outcome.champion["model_version"] == "v0"
+    assert outcome.champion_value == 12.0  # the person's champion, measured the same way
     status, history = setup.state()
     assert status["v0"] == "champion" and status["v2"] == "candidate"
     assert "changed from v1 to v0" in history[0]["reason"]
@@ -140,3 +139,18 @@ def test_check_refuses_when_the_champion_changed_while_it_measured(setup, monkey
 def test_a_broken_champion_measurement_does_not_block_forever():
     assert promotion.decide("val_loss", 1.9, math.nan, 0.02).passed
     assert not promotion.decide("val_loss", 3.0, math.nan, 0.02, ceiling=2.5).passed
+
+
+def test_a_refused_candidate_keeps_the_champion_with_its_measured_value(setup):
+    assert setup.run("v1", 10.0)
+    refused = setup.review("v2", 30.0)
+    assert not refused.promoted and refused.champion["model_version"] == "v1"
+    assert (refused.candidate_value, refused.champion_value) == (30.0, 10.0)
+    assert "worse" in refused.reason
+
+
+def test_a_first_candidate_above_the_bar_leaves_no_champion(setup):
+    outcome = setup.review("v1", 50.0, ceiling=(20.0, "3x the floor"))
+    assert outcome.champion is None and not outcome.promoted and "above the bar" in outcome.reason
+    status, history = setup.state()
+    assert status == {"v1": "candidate"} and history[0]["action"] == "refuse"

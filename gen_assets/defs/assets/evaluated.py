@@ -20,9 +20,15 @@ from gen_assets.training.text_data import encode_documents
 from gen_assets.models.tokenizers import tokenizer_from_dict
 from gen_assets.models.checkpoint import load_model
 from gen_assets.training.image_data import images_to_tensor
-from gen_assets.store import registry
 from gen_assets.store import warehouse as wh
 from gen_assets.store.files import read_table
+
+
+def same_model(batch: Batch, champion: ModelRef) -> None:
+    """The metrics describe the champion through its batch: both must be of the same model."""
+    if batch.model_version != champion.version:
+        raise dg.Failure(f"batch {batch.batch_id} is of {batch.model_version}, but the {champion.modality} champion is "
+                         f"{champion.version}: materialize generated_{champion.modality}s first")
 
 
 class ImageMetricsConfig(dg.Config):
@@ -42,6 +48,7 @@ def image_metrics(
     context: dg.AssetExecutionContext,
     config: ImageMetricsConfig,
     generated_images: Batch,
+    image_champion: ModelRef,
     image_evaluator: ModelRef,
     clean_images: CleanTable,
     warehouse: DuckDBResource,
@@ -52,6 +59,7 @@ def image_metrics(
     (uniform noise) bound `fid` from below and above; all three use the same sample count.
     """
     t0 = time.perf_counter()
+    same_model(generated_images, image_champion)
     table = read_table(generated_images.path, columns=["category", "content"])
     channels = int(clean_images.details["channels"])
     pixels = np.stack([decode_image(b, channels) for b in table.column("content").to_pylist()])
@@ -106,14 +114,14 @@ def text_metrics(
     context: dg.AssetExecutionContext,
     config: TextMetricsConfig,
     generated_texts: Batch,
+    text_champion: ModelRef,
     clean_texts: CleanTable,
     warehouse: DuckDBResource,
 ) -> dg.Output[dict]:
-    """Validation loss / perplexity of the model that wrote the batch; BLEU, ROUGE, diversity and novelty of it."""
+    """Validation loss / perplexity of the champion that wrote the batch; BLEU, ROUGE, diversity and novelty of it."""
     t0 = time.perf_counter()
-    with warehouse.get_connection() as con:
-        checkpoint = registry.get_model(con, generated_texts.model_version)["checkpoint_path"]
-    model = load_model(checkpoint, inference_device())
+    same_model(generated_texts, text_champion)
+    model = load_model(text_champion.path, inference_device())
     tokenizer = tokenizer_from_dict(model.extra["tokenizer"])
     with warehouse.get_connection() as con:
         train_docs = text_cleaning.load_texts(con, split="train", table=clean_texts.table)

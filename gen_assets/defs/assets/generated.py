@@ -7,7 +7,7 @@ from pydantic import Field
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.defs.handles import Batch, ModelRef, champion_model, inference_device, md_png, stable_key
+from gen_assets.defs.handles import Batch, ModelRef, inference_device, md_png, stable_key
 from gen_assets.training.sampling import generate_per_class
 from gen_assets.media.png import encode_png, make_grid, to_uint8
 from gen_assets.models.checkpoint import load_model
@@ -29,12 +29,12 @@ class GeneratedImagesConfig(dg.Config):
 def generated_images(
     context: dg.AssetExecutionContext,
     config: GeneratedImagesConfig,
-    tuned_image_generator: ModelRef,
+    image_champion: ModelRef,
     warehouse: DuckDBResource,
     artifacts: ArtifactStore,
 ) -> dg.Output[Batch]:
-    """A batch of samples per category, listed in the DuckDB view `generated`, with a PNG grid."""
-    champion = champion_model(warehouse, "image", tuned_image_generator, context.log)
+    """A batch of the champion's samples per category, listed in the DuckDB view `generated`, with a PNG grid."""
+    champion = image_champion
     t0 = time.perf_counter()
     categories = list(champion.details["categories"])
     model = load_model(champion.path, inference_device())
@@ -109,12 +109,13 @@ class GeneratedTextsConfig(dg.Config):
 def generated_texts(
     context: dg.AssetExecutionContext,
     config: GeneratedTextsConfig,
-    tuned_text_generator: ModelRef,
+    text_champion: ModelRef,
     warehouse: DuckDBResource,
     artifacts: ArtifactStore,
 ) -> dg.Output[Batch]:
-    """A batch of texts per category (each prompted by its control token), listed in the view `generated`."""
-    champion = champion_model(warehouse, "text", tuned_text_generator, context.log)
+    """A batch of the champion's texts per category (each prompted by its control token), listed in the view
+    `generated`."""
+    champion = text_champion
     t0 = time.perf_counter()
     categories = list(champion.details["categories"])
     model = load_model(champion.path, inference_device())

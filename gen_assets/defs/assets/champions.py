@@ -1,0 +1,181 @@
+"""The champion of each modality: the model generation uses, decided here and nowhere else.
+
+`<modality>_champion` takes the newest candidate (`tuned_<modality>_generator`) and what measuring needs,
+measures candidate and current champion the same way (gen_assets.rules.promotion), records the decision
+in `promotions` and outputs the champion's model reference (data version: its checkpoint hash). A
+refused candidate is a normal outcome: the run succeeds, the champion stays, and the decision and its
+reason are in the metadata and the run log. A person's decision (`gen-assets promote` / `rollback`) is a
+run of this asset with `promote` / `rollback` set, so generation shows as stale after it.
+"""
+
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from gen_assets.cleaning import texts as text_cleaning
+from gen_assets.defs.assets.trained import load_image_split
+from gen_assets.defs.handles import CleanTable, ModelRef, inference_device
+from gen_assets.models.checkpoint import load_model
+from gen_assets.rules import promotion
+from gen_assets.store import registry
+from gen_assets.training.image_data import images_to_tensor
+from gen_assets.training.text_data import encode_documents
+from gen_assets.models.tokenizers import tokenizer_from_dict
+
+
+class PersonDecision(dg.Config):
+    """Set by `gen-assets promote` / `rollback` (or in the launchpad): a person decides instead of the rule."""
+
+    promote: str | None = Field(default=None, description="make this model version the champion, whatever the "
+                                "rule says (gen-assets promote VERSION)")
+    rollback: bool = Field(default=False, description="give the championship back to the previous champion "
+                           "(gen-assets rollback)")
+    by: str | None = Field(default=None, description="who decides (recorded in promotions)")
+    reason: str | None = Field(default=None, description="why (recorded in promotions)")
+
+
+class ImageChampionConfig(PersonDecision):
+    tolerance: float = Field(
+        default=1.0,
+        description="a candidate whose FID is at most this share above the champion's is still promoted. Tuning "
+        "towards people's ratings moves samples away from the data's average, which FID counts as worse (the demo's "
+        "feedback rounds: FID on val +21% and +71% for ratings +66% and +76%), so the default lets FID double and no more",
+    )
+    max_ratio_to_floor: float | None = Field(
+        default=3.0, description="and FID at most this multiple of the real-data floor (None: no absolute bar)"
+    )
+    per_class: int = Field(default=100, description="samples per category in the FID against the val split")
+    seed: int = 0
+
+
+class TextChampionConfig(PersonDecision):
+    tolerance: float = Field(default=0.02, description="a candidate whose val loss is at most this share above "
+                             "the champion's is still promoted")
+    max_val_loss: float | None = Field(default=2.5, description="and its val loss at most this (nats per token; "
+                                       "None: no absolute bar), also when no champion is comparable")
+    val_batches: int = Field(default=50, description="random val windows (of 32) in the loss")
+    seed: int = 0
+
+
+def decide_by_hand(con, config: PersonDecision, modality: str, who: str, why: str | None) -> tuple[dict, str]:
+    """A person's promote or rollback, recorded in `promotions`; returns (the champion, what was done)."""
+    if config.promote:
+        model = registry.get_model(con, config.promote)
+        if model["modality"] != modality:
+            raise ValueError(f"{config.promote} is a {model['modality']} model, not {modality}")
+        previous = registry.promote(con, config.promote, actor=who, reason=why or "promoted by hand")
+        action = f"promoted {config.promote} by hand" + (f" (was {previous})" if previous else "")
+    else:
+        restored, demoted = registry.rollback(con, modality, actor=who, reason=why or "rolled back by hand")
+        action = f"rolled back from {demoted} to {restored}"
+    return registry.champion(con, modality), action
+
+
+def settle(context: dg.AssetExecutionContext, config: PersonDecision, warehouse: DuckDBResource, modality: str,
+           candidate: ModelRef, measure, comparable, ceiling: tuple[float, str] | None) -> dg.Output[ModelRef]:
+    """Apply a person's decision, or the rule to `candidate`; output the champion with the decision."""
+    run_actor = f"dagster:{context.run.run_id}"
+    load = lambda path: load_model(path, inference_device())  # noqa: E731
+    if config.promote or config.rollback:
+        if config.promote and config.rollback:
+            raise dg.Failure("set either promote or rollback, not both")
+        who, why = config.by or run_actor, config.reason
+        try:
+            with warehouse.get_connection() as con:
+                champion, action = decide_by_hand(con, config, modality, who, why)
+        except (KeyError, ValueError) as e:  # an unknown or pruned version, nothing to roll back to
+            raise dg.Failure(str(e.args[0])) from None
+        value = measure(load(champion["checkpoint_path"]))
+        with warehouse.get_connection() as con:
+            registry.record_key_metric(con, champion["model_version"], promotion.KEY_METRICS[modality], value)
+        outcome = promotion.Review(champion, candidate.version, False, f"{action}, by {who}",
+                                   promotion.KEY_METRICS[modality], None, value)
+        decision = "by hand"
+    else:
+        outcome = promotion.review(warehouse.get_connection, candidate.version, load=load, measure=measure,
+                                   comparable=comparable, tolerance=config.tolerance, actor=run_actor, ceiling=ceiling)
+        if outcome.champion is None:
+            raise dg.Failure(
+                f"no {modality} champion: the first candidate {candidate.version} was refused: {outcome.reason}. "
+                f"Train a better model (more data, a longer profile) or promote it by hand: "
+                f"gen-assets promote {candidate.version}")
+        decision = ("promoted" if outcome.promoted else
+                    "kept" if outcome.champion["model_version"] == candidate.version else "refused")
+    champion = outcome.champion
+    verb = {"promoted": "promoted", "kept": "is the champion already", "refused": "refused, the champion stays",
+            "by hand": "decided by a person"}[decision]
+    context.log.info(f"{modality} champion {champion['model_version']}; candidate {candidate.version} {verb}: "
+                     f"{outcome.reason}")
+    key = outcome.key_metric
+    details = {**champion["details"], "key_metric": key, "key_value": outcome.champion_value,
+               "bar": ceiling[0] if ceiling else None, "bar_label": ceiling[1] if ceiling else ""}
+    ref = ModelRef(modality, champion["arch"], champion["model_version"], champion["checkpoint_path"],
+                   champion["checkpoint_sha"], details)
+    meta = {"champion": champion["model_version"], "candidate": candidate.version, "decision": decision,
+            "promoted": outcome.promoted, "reason": outcome.reason, "key_metric": key,
+            "path": dg.MetadataValue.path(champion["checkpoint_path"])}
+    for who, value in (("candidate", outcome.candidate_value), ("champion", outcome.champion_value)):
+        if value is not None:
+            meta[f"{who}_{key}"] = dg.MetadataValue.float(round(float(value), 4))
+    if ceiling:
+        meta["bar"] = dg.MetadataValue.float(round(float(ceiling[0]), 4))
+    return dg.Output(ref, data_version=dg.DataVersion(champion["checkpoint_sha"][:16]), metadata=meta)
+
+
+@dg.asset(group_name="promotion", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1")
+def image_champion(
+    context: dg.AssetExecutionContext,
+    config: ImageChampionConfig,
+    tuned_image_generator: ModelRef,
+    image_evaluator: ModelRef,
+    clean_images: CleanTable,
+    warehouse: DuckDBResource,
+) -> dg.Output[ModelRef]:
+    """The image generator in use: the candidate when its FID on the val split is not worse than the
+    champion's beyond the tolerance (and within a multiple of the real-data floor), else the champion."""
+    evaluator = load_model(image_evaluator.path, inference_device())
+    with warehouse.get_connection() as con:
+        val_x, _ = load_image_split(con, clean_images, "val")
+        train_x, _ = load_image_split(con, clean_images, "train")
+    reference = images_to_tensor(val_x)
+    ceiling = None
+    if config.max_ratio_to_floor is not None:
+        n = config.per_class * len(clean_images.categories)
+        floor = promotion.image_floor(evaluator, images_to_tensor(train_x), reference, n=n, seed=config.seed)
+        ceiling = (config.max_ratio_to_floor * floor, f"{config.max_ratio_to_floor:g}x the real-data floor {floor:.4g}")
+
+    def measure(model) -> float:
+        return promotion.image_key_metric(model, evaluator, reference, per_class=config.per_class, seed=config.seed)
+
+    def comparable(candidate, champion) -> str | None:
+        return promotion.image_models_comparable(candidate.config, champion.config)
+
+    return settle(context, config, warehouse, "image", tuned_image_generator, measure, comparable, ceiling)
+
+
+@dg.asset(group_name="promotion", tags={"modality": "text"}, kinds={"pytorch"}, code_version="1")
+def text_champion(
+    context: dg.AssetExecutionContext,
+    config: TextChampionConfig,
+    tuned_text_generator: ModelRef,
+    clean_texts: CleanTable,
+    warehouse: DuckDBResource,
+) -> dg.Output[ModelRef]:
+    """The text generator in use: the candidate when its validation loss is not worse than the champion's
+    beyond the tolerance (and below max_val_loss), else the champion."""
+    with warehouse.get_connection() as con:
+        val_docs = text_cleaning.load_texts(con, split="val", table=clean_texts.table)
+    encoded: dict[str, object] = {}
+
+    def measure(model) -> float:
+        tokenizer = tokenizer_from_dict(model.extra["tokenizer"])
+        ids = encoded.setdefault(str(sorted(model.extra["tokenizer"].items())),
+                                 encode_documents(tokenizer, [t for _, t in val_docs], [c for c, _ in val_docs]))
+        return promotion.text_key_metric(model, ids, batches=config.val_batches, seed=config.seed)
+
+    def comparable(candidate, champion) -> str | None:
+        return promotion.text_models_comparable(candidate.extra["tokenizer"], champion.extra["tokenizer"])
+
+    ceiling = None if config.max_val_loss is None else (config.max_val_loss, "the configured max_val_loss")
+    return settle(context, config, warehouse, "text", tuned_text_generator, measure, comparable, ceiling)
