@@ -31,10 +31,6 @@ DEFAULT_BPE_VOCAB = 1024
 _RESERVED = ("eos", "unk")
 
 
-def control_token(name: str) -> str:
-    return f"<|{name}|>"
-
-
 def _check_categories(categories: Sequence[str]) -> list[str]:
     categories = list(categories)
     for i, c in enumerate(categories):

@@ -58,7 +58,6 @@ from gen_assets.sources.common import SourceError, download, is_url
 DEFAULT_SOURCE = "builtin:shakespeare"
 BUILTINS = ("builtin:shakespeare",)
 TEXT_EXTENSIONS = (".txt", ".md")
-TABLE_EXTENSIONS = (".csv", ".jsonl", ".ndjson", ".parquet")
 
 DOC_CHARS = 8000  # target document size: well inside the cleaning bound (max_chars=20000)
 MAX_BYTES = 1 << 20  # a document above 1 MiB is recorded (size, hash) but its text is not kept
