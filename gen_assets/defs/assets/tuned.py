@@ -119,10 +119,11 @@ class TunedGeneratorConfig(dg.Config):
 
 
 def register_tuned(context, warehouse, artifacts, *, modality, base: ModelRef, reward: ModelRef, feedback: FeedbackRef,
-                   model, key: str) -> dg.Output[ModelRef]:
+                   model, key: str, code: str) -> dg.Output[ModelRef]:
     version, final, sha = save_versioned_model(artifacts.paths.models / modality, base.arch, base.arch, model.cpu(),
                                                extra=getattr(model, "extra", None))
-    inputs = {"base_model": base.version, "reward_model": reward.version, "feedback": feedback.version}
+    # the registry row names the code too: lineage then tells which code a model came from
+    inputs = {"base_model": base.version, "reward_model": reward.version, "feedback": feedback.version, "code": code}
     details = {**base.details, "tuned_from": base.version}
     with warehouse.get_connection() as con:
         wh.register_model(con, model_version=version, modality=modality, arch=base.arch,
@@ -177,7 +178,8 @@ def tuned_image_generator(
         log=context.log.info, **trainer.fit_kwargs(),
     )
     return register_tuned(context, warehouse, artifacts, modality="image", base=image_generator,
-                          reward=image_reward_model, feedback=feedback, model=tuned, key=key)
+                          reward=image_reward_model, feedback=feedback, model=tuned, key=key,
+                          code=code_fingerprint(*TUNED_IMAGE_GENERATOR_CODE))
 
 
 @dg.asset(group_name="training", tags={"modality": "text"}, kinds={"pytorch"},
@@ -226,4 +228,5 @@ def tuned_text_generator(
     )
     tuned.extra = base.extra
     return register_tuned(context, warehouse, artifacts, modality="text", base=text_generator,
-                          reward=text_reward_model, feedback=feedback, model=tuned, key=key)
+                          reward=text_reward_model, feedback=feedback, model=tuned, key=key,
+                          code=code_fingerprint(*TUNED_TEXT_GENERATOR_CODE))
