@@ -139,6 +139,7 @@ def test_feedback_import_retrain_and_curation(smoke_home, capsys, monkeypatch, t
     tuned, base = info["models"]
     assert tuned["inputs"]["base_model"] == base["version"] and tuned["inputs"]["feedback"]
     assert base["inputs"]["raw_source"] == "builtin:digits" and base["inputs"]["raw_images"]
+    assert base["inputs"]["code"] and tuned["inputs"]["code"] not in ("", base["inputs"]["code"])  # code is identity
     assert [f["ratings"] for f in info["feedback_files"]] == [len(images) + len(texts)]
     assert cli.main(["lineage", "no-such-sample"]) == 1
 

@@ -1,4 +1,8 @@
-"""Training: the image evaluator and the image generator (Lightning, through models.training.fit)."""
+"""Training: the image evaluator and generator, the text tokenizer and generator (Lightning, through training.fit).
+
+Each asset's code_version is the fingerprint of the pure modules that define its result (see
+training/fingerprint.py), and a training run's key includes it: new code is a new model.
+"""
 
 import dataclasses
 import hashlib
@@ -19,10 +23,22 @@ from gen_assets.training.image_data import image_loaders
 from gen_assets.training.text_data import encode_documents, text_loaders
 from gen_assets.models.tokenizers import load_tokenizer, train_tokenizer
 from gen_assets.training.fit import FitResult, fit
+from gen_assets.training.fingerprint import code_fingerprint
 from gen_assets.media.plots import curves_png
 from gen_assets.defs.resources import ArtifactStore, TrainerResource
 from gen_assets.store import warehouse as wh
 from gen_assets.store.files import atomic_write_bytes, location
+
+
+# The pure modules whose code defines each asset's result; code_fingerprint adds what they import. The
+# architectures are named because models.checkpoint imports them by name (model_class), which a static
+# reading of the imports cannot see.
+IMAGE_EVALUATOR_CODE = ("gen_assets.models.evaluator", "gen_assets.training.fit", "gen_assets.training.image_data",
+                        "gen_assets.models.checkpoint")
+IMAGE_GENERATOR_CODE = ("gen_assets.models.dcgan", "gen_assets.models.vae", *IMAGE_EVALUATOR_CODE)
+TEXT_TOKENIZER_CODE = ("gen_assets.models.tokenizers",)
+TEXT_GENERATOR_CODE = ("gen_assets.models.gpt", "gen_assets.training.fit", "gen_assets.training.text_data",
+                       "gen_assets.models.tokenizers", "gen_assets.models.checkpoint")
 
 
 def config_for(arch: str, base: dict[str, Any], overrides: dict[str, Any]) -> Any:
@@ -43,17 +59,19 @@ def train_and_save(
     loaders: tuple[Any, Any],
     fit_args: dict[str, Any],
     key_parts: dict[str, Any],
+    code_version: str,
     artifacts: ArtifactStore,
     retrain: bool,
     extra: dict[str, Any] | None = None,
 ) -> tuple[ModelRef, list[dict[str, float]], dict[str, Any]]:
     """Fit (resuming a killed run), keep the best weights, save state_dict + config as the model file.
 
-    The training run lives in artifacts/training/<name>/<key>, key = hash of config and input versions:
-    the same inputs and config resume the same run, and a finished run is reused instead of retrained.
+    The training run lives in artifacts/training/<name>/<key>, key = hash of config, input versions and
+    code_version (the asset's code fingerprint): the same inputs, config and code resume the same run,
+    and a finished run is reused instead of retrained. Changed code is a new run.
     """
     paths = artifacts.paths
-    key = stable_key(arch, key_parts)
+    key = stable_key(arch, {**key_parts, "code": code_version})
     run_dir = paths.training / name / key
     done = run_dir / "done.json"
     if done.exists() and not retrain:
@@ -138,8 +156,8 @@ class ImageEvaluatorConfig(dg.Config):
     retrain: bool = False
 
 
-@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
-          op_tags=TRAINING_OP_TAGS)
+@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"},
+          code_version=code_fingerprint(*IMAGE_EVALUATOR_CODE), pool=TRAINING_POOL, op_tags=TRAINING_OP_TAGS)
 def image_evaluator(
     context: dg.AssetExecutionContext,
     config: ImageEvaluatorConfig,
@@ -169,6 +187,7 @@ def image_evaluator(
         },
         key_parts={"config": dataclasses.asdict(cfg), "asset_config": config.model_dump(exclude={"retrain"}),
                    "clean_images": clean_images.version},
+        code_version=code_fingerprint(*IMAGE_EVALUATOR_CODE),
         artifacts=artifacts,
         retrain=config.retrain,
     )
@@ -194,8 +213,8 @@ class ImageGeneratorConfig(dg.Config):
     retrain: bool = False
 
 
-@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
-          op_tags=TRAINING_OP_TAGS)
+@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"},
+          code_version=code_fingerprint(*IMAGE_GENERATOR_CODE), pool=TRAINING_POOL, op_tags=TRAINING_OP_TAGS)
 def image_generator(
     context: dg.AssetExecutionContext,
     config: ImageGeneratorConfig,
@@ -231,6 +250,7 @@ def image_generator(
         },
         key_parts={"config": dataclasses.asdict(cfg), "asset_config": config.model_dump(exclude={"retrain"}),
                    "clean_images": clean_images.version, "image_evaluator": image_evaluator.version},
+        code_version=code_fingerprint(*IMAGE_GENERATOR_CODE),
         artifacts=artifacts,
         retrain=config.retrain,
     )
@@ -244,7 +264,8 @@ def image_generator(
             config=dataclasses.asdict(cfg),
             input_versions={"clean_images": clean_images.version, "image_evaluator": image_evaluator.version,
                             "raw_images": clean_images.details["snapshot_version"],
-                            "raw_source": clean_images.details.get("source", "")},
+                            "raw_source": clean_images.details.get("source", ""),
+                            "code": code_fingerprint(*IMAGE_GENERATOR_CODE)},
             checkpoint_path=ref.path,
             checkpoint_sha=ref.sha256,
             details=ref.details,
@@ -263,7 +284,8 @@ class TextTokenizerConfig(dg.Config):
     vocab_size: int | None = Field(default=None, description="BPE vocabulary size (ignored for char)")
 
 
-@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"json"}, code_version="1")
+@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"json"},
+          code_version=code_fingerprint(*TEXT_TOKENIZER_CODE))
 def text_tokenizer(
     context: dg.AssetExecutionContext, config: TextTokenizerConfig, clean_texts: CleanTable, warehouse: DuckDBResource,
     artifacts: ArtifactStore,
@@ -305,8 +327,8 @@ class TextGeneratorConfig(dg.Config):
     retrain: bool = False
 
 
-@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
-          op_tags=TRAINING_OP_TAGS)
+@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"pytorch"},
+          code_version=code_fingerprint(*TEXT_GENERATOR_CODE), pool=TRAINING_POOL, op_tags=TRAINING_OP_TAGS)
 def text_generator(
     context: dg.AssetExecutionContext,
     config: TextGeneratorConfig,
@@ -351,6 +373,7 @@ def text_generator(
         },
         key_parts={"config": dataclasses.asdict(cfg), "asset_config": config.model_dump(exclude={"retrain"}),
                    "clean_texts": clean_texts.version, "text_tokenizer": text_tokenizer.version},
+        code_version=code_fingerprint(*TEXT_GENERATOR_CODE),
         artifacts=artifacts,
         retrain=config.retrain,
         extra={"tokenizer": tokenizer.to_dict()},
@@ -365,7 +388,8 @@ def text_generator(
             config=dataclasses.asdict(cfg),
             input_versions={"clean_texts": clean_texts.version, "text_tokenizer": text_tokenizer.version,
                             "raw_texts": clean_texts.details["snapshot_version"],
-                            "raw_source": clean_texts.details.get("source", "")},
+                            "raw_source": clean_texts.details.get("source", ""),
+                            "code": code_fingerprint(*TEXT_GENERATOR_CODE)},
             checkpoint_path=ref.path,
             checkpoint_sha=ref.sha256,
             details=ref.details,

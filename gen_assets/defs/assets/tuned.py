@@ -1,4 +1,8 @@
-"""Learning from feedback: reward models fitted to people's ratings, and generators tuned towards them."""
+"""Learning from feedback: reward models fitted to people's ratings, and generators tuned towards them.
+
+As in trained.py, each asset's code_version is the fingerprint of the pure modules that define its
+result, and a tuning run's key includes it.
+"""
 
 import dataclasses
 
@@ -11,7 +15,7 @@ from pydantic import Field
 
 from gen_assets.defs.handles import TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, inference_device, stable_key
 from gen_assets.defs.assets.human_feedback import FeedbackRef
-from gen_assets.defs.assets.trained import load_image_split
+from gen_assets.defs.assets.trained import IMAGE_GENERATOR_CODE, TEXT_GENERATOR_CODE, load_image_split
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.rules.curation import NgramIndex, curate, image_confidence, text_flags
 from gen_assets.feedback.ingest import ratings_for
@@ -20,12 +24,27 @@ from gen_assets.media.png import decode_image
 from gen_assets.models.checkpoint import load_model, save_versioned_model
 from gen_assets.training.image_data import images_to_tensor
 from gen_assets.training.finetune import finetune_image_generator, finetune_text_generator, preference_weights
+from gen_assets.training.fingerprint import code_fingerprint
 from gen_assets.models.reward import fit_reward, image_features, text_features
 from gen_assets.training.text_data import generate_texts
 from gen_assets.models.tokenizers import tokenizer_from_dict
 from gen_assets.defs.resources import ArtifactStore, TrainerResource
 from gen_assets.store import warehouse as wh
 from gen_assets.store.samples import rated_samples
+
+
+# The pure modules whose code defines each asset's result (see trained.py). A reward model is its fit
+# and the features it reads: the evaluator's (and decoded pixels) for images, the GPT's hidden states for
+# texts. A tuned generator is its base's code plus the fine-tuning, the candidates' sampling and
+# curation, and the reward model that scores them.
+IMAGE_REWARD_CODE = ("gen_assets.models.reward", "gen_assets.models.evaluator", "gen_assets.media.png",
+                     "gen_assets.training.image_data", "gen_assets.models.checkpoint")
+TEXT_REWARD_CODE = ("gen_assets.models.reward", "gen_assets.models.gpt", "gen_assets.models.tokenizers",
+                    "gen_assets.models.checkpoint")
+TUNED_IMAGE_GENERATOR_CODE = ("gen_assets.training.finetune", "gen_assets.training.sampling",
+                              "gen_assets.rules.curation", *IMAGE_REWARD_CODE, *IMAGE_GENERATOR_CODE)
+TUNED_TEXT_GENERATOR_CODE = ("gen_assets.training.finetune", "gen_assets.rules.curation", *TEXT_REWARD_CODE,
+                             *TEXT_GENERATOR_CODE)
 
 
 class RewardModelConfig(dg.Config):
@@ -51,7 +70,8 @@ def save_reward(artifacts: ArtifactStore, modality: str, model, report, feature_
     )
 
 
-@dg.asset(group_name="feedback", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1")
+@dg.asset(group_name="feedback", tags={"modality": "image"}, kinds={"pytorch"},
+          code_version=code_fingerprint(*IMAGE_REWARD_CODE))
 def image_reward_model(
     context: dg.AssetExecutionContext, config: RewardModelConfig, feedback: FeedbackRef, image_evaluator: ModelRef,
     warehouse: DuckDBResource, artifacts: ArtifactStore,
@@ -68,7 +88,8 @@ def image_reward_model(
     return save_reward(artifacts, "image", model, report, image_evaluator.version)
 
 
-@dg.asset(group_name="feedback", tags={"modality": "text"}, kinds={"pytorch"}, code_version="1")
+@dg.asset(group_name="feedback", tags={"modality": "text"}, kinds={"pytorch"},
+          code_version=code_fingerprint(*TEXT_REWARD_CODE))
 def text_reward_model(
     context: dg.AssetExecutionContext, config: RewardModelConfig, feedback: FeedbackRef, text_generator: ModelRef,
     warehouse: DuckDBResource, artifacts: ArtifactStore,
@@ -98,10 +119,11 @@ class TunedGeneratorConfig(dg.Config):
 
 
 def register_tuned(context, warehouse, artifacts, *, modality, base: ModelRef, reward: ModelRef, feedback: FeedbackRef,
-                   model, key: str) -> dg.Output[ModelRef]:
+                   model, key: str, code: str) -> dg.Output[ModelRef]:
     version, final, sha = save_versioned_model(artifacts.paths.models / modality, base.arch, base.arch, model.cpu(),
                                                extra=getattr(model, "extra", None))
-    inputs = {"base_model": base.version, "reward_model": reward.version, "feedback": feedback.version}
+    # the registry row names the code too: lineage then tells which code a model came from
+    inputs = {"base_model": base.version, "reward_model": reward.version, "feedback": feedback.version, "code": code}
     details = {**base.details, "tuned_from": base.version}
     with warehouse.get_connection() as con:
         wh.register_model(con, model_version=version, modality=modality, arch=base.arch,
@@ -119,8 +141,8 @@ def untuned(base: ModelRef, reward: ModelRef) -> dg.Output[ModelRef]:
                      metadata={"model_version": base.version, "tuned": False, "reason": f"the base model is used: {reason}"})
 
 
-@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
-          op_tags=TRAINING_OP_TAGS)
+@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"},
+          code_version=code_fingerprint(*TUNED_IMAGE_GENERATOR_CODE), pool=TRAINING_POOL, op_tags=TRAINING_OP_TAGS)
 def tuned_image_generator(
     context: dg.AssetExecutionContext, config: TunedGeneratorConfig, image_generator: ModelRef,
     image_reward_model: ModelRef, image_evaluator: ModelRef, feedback: FeedbackRef, clean_images: CleanTable,
@@ -148,18 +170,20 @@ def tuned_image_generator(
     keep_t = torch.from_numpy(keep.to_numpy().copy())
     weights = preference_weights(frame["reward"].to_numpy()[keep.to_numpy()], top_fraction=config.top_fraction)
     real_w = preference_weights(reward.predict(image_features(evaluator, real_x)))
-    key = stable_key(image_generator.version, image_reward_model.version, config.model_dump())
+    key = stable_key(image_generator.version, image_reward_model.version, config.model_dump(),
+                     code_fingerprint(*TUNED_IMAGE_GENERATOR_CODE))
     tuned = finetune_image_generator(
         base.cpu(), real_x, torch.from_numpy(train_y), cand_x[keep_t], cand_y[keep_t], weights, steps=config.steps,
         mix=config.mix, real_weights=real_w, seed=config.seed, run_dir=artifacts.paths.training / "tuned_image_generator" / key,
         log=context.log.info, **trainer.fit_kwargs(),
     )
     return register_tuned(context, warehouse, artifacts, modality="image", base=image_generator,
-                          reward=image_reward_model, feedback=feedback, model=tuned, key=key)
+                          reward=image_reward_model, feedback=feedback, model=tuned, key=key,
+                          code=code_fingerprint(*TUNED_IMAGE_GENERATOR_CODE))
 
 
-@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
-          op_tags=TRAINING_OP_TAGS)
+@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"pytorch"},
+          code_version=code_fingerprint(*TUNED_TEXT_GENERATOR_CODE), pool=TRAINING_POOL, op_tags=TRAINING_OP_TAGS)
 def tuned_text_generator(
     context: dg.AssetExecutionContext, config: TunedGeneratorConfig, text_generator: ModelRef,
     text_reward_model: ModelRef, feedback: FeedbackRef, clean_texts: CleanTable,
@@ -194,7 +218,8 @@ def tuned_text_generator(
         real_docs.append((cat, text[start : start + 600]))
     real_w = preference_weights(reward.predict(text_features([t for _, t in real_docs], base, tokenizer,
                                                              categories=[c for c, _ in real_docs])))
-    key = stable_key(text_generator.version, text_reward_model.version, config.model_dump())
+    key = stable_key(text_generator.version, text_reward_model.version, config.model_dump(),
+                     code_fingerprint(*TUNED_TEXT_GENERATOR_CODE))
     rated_docs = [(c, t) for c, t, k in zip(cats, texts, keep) if k]
     tuned = finetune_text_generator(
         base.cpu(), tokenizer, real_docs, rated_docs, weights, steps=config.steps, mix=config.mix, real_weights=real_w,
@@ -203,4 +228,5 @@ def tuned_text_generator(
     )
     tuned.extra = base.extra
     return register_tuned(context, warehouse, artifacts, modality="text", base=text_generator,
-                          reward=text_reward_model, feedback=feedback, model=tuned, key=key)
+                          reward=text_reward_model, feedback=feedback, model=tuned, key=key,
+                          code=code_fingerprint(*TUNED_TEXT_GENERATOR_CODE))
