@@ -19,9 +19,16 @@ from gen_assets.defs.handles import CleanTable, ModelRef, inference_device
 from gen_assets.models.checkpoint import load_model
 from gen_assets.rules import promotion
 from gen_assets.store import registry
+from gen_assets.training.fingerprint import code_fingerprint
 from gen_assets.training.image_data import images_to_tensor
 from gen_assets.training.text_data import encode_documents
 from gen_assets.models.tokenizers import tokenizer_from_dict
+
+
+# the decision depends on the rule and on how it measures (sampling, metrics), not on this module's wiring
+IMAGE_CHAMPION_CODE = ("gen_assets.rules.promotion", "gen_assets.models.dcgan", "gen_assets.models.vae",
+                       "gen_assets.models.evaluator", "gen_assets.training.image_data")
+TEXT_CHAMPION_CODE = ("gen_assets.rules.promotion", "gen_assets.models.gpt", "gen_assets.training.text_data")
 
 
 class PersonDecision(dg.Config):
@@ -123,7 +130,8 @@ def settle(context: dg.AssetExecutionContext, config: PersonDecision, warehouse:
     return dg.Output(ref, data_version=dg.DataVersion(champion["checkpoint_sha"][:16]), metadata=meta)
 
 
-@dg.asset(group_name="promotion", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1")
+@dg.asset(group_name="promotion", tags={"modality": "image"}, kinds={"pytorch"},
+          code_version=code_fingerprint(*IMAGE_CHAMPION_CODE))
 def image_champion(
     context: dg.AssetExecutionContext,
     config: ImageChampionConfig,
@@ -154,7 +162,8 @@ def image_champion(
     return settle(context, config, warehouse, "image", tuned_image_generator, measure, comparable, ceiling)
 
 
-@dg.asset(group_name="promotion", tags={"modality": "text"}, kinds={"pytorch"}, code_version="1")
+@dg.asset(group_name="promotion", tags={"modality": "text"}, kinds={"pytorch"},
+          code_version=code_fingerprint(*TEXT_CHAMPION_CODE))
 def text_champion(
     context: dg.AssetExecutionContext,
     config: TextChampionConfig,
