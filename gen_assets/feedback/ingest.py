@@ -38,6 +38,7 @@ from gen_assets.feedback.landing import (
     mtime_utc,
     parse_records,
 )
+from gen_assets.store import registry
 from gen_assets.store import warehouse as wh
 
 ASSET = "feedback"  # the quarantine rows' asset name
@@ -98,7 +99,7 @@ def ensure_feedback_schema(con: duckdb.DuckDBPyConnection) -> None:
     wh.ensure_schema(con)
     con.execute(SCHEMA)
     if not _exists(con, "generated"):
-        wh.refresh_generated_view(con)
+        registry.refresh_generated_view(con)
 
 
 def _exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:

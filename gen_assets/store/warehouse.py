@@ -12,7 +12,6 @@ Tables (one name for one thing, see docs):
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
@@ -112,15 +111,15 @@ def sql_literal(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def refresh_generated_view(con: duckdb.DuckDBPyConnection) -> None:
-    """(Re)define `generated` over every registered batch file of every modality.
+def define_generated_view(con: duckdb.DuckDBPyConnection, batch_files: Iterable[tuple[str, str]]) -> None:
+    """(Re)define `generated` over the given (modality, Parquet path) batch files, in that order.
 
     `content` is BLOB for all of them (PNG bytes, or the UTF-8 bytes of a text); `text` holds a text
-    sample as a string (NULL for images), so text is readable in SQL without decoding.
+    sample as a string (NULL for images), so text is readable in SQL without decoding. The batch files
+    come from the registry (gen_assets.store.registry.refresh_generated_view).
     """
-    rows = con.execute("SELECT modality, path FROM batches ORDER BY created_at, batch_id").fetchall()
     by_modality: dict[str, list[str]] = {}
-    for modality, path in rows:
+    for modality, path in batch_files:
         by_modality.setdefault(modality, []).append(path)
     common = "sample_id, batch_id, model_version, modality, category, created_at, seed"
     selects = []
@@ -139,88 +138,6 @@ def refresh_generated_view(con: duckdb.DuckDBPyConnection) -> None:
             "NULL::BIGINT AS seed, NULL::BLOB AS content, NULL::VARCHAR AS text WHERE false"
         )
     con.execute("CREATE OR REPLACE VIEW generated AS " + " UNION ALL ".join(selects))
-
-
-def register_batch(
-    con: duckdb.DuckDBPyConnection,
-    *,
-    batch_id: str,
-    modality: str,
-    model_version: str,
-    path: str,
-    grid_path: str | None,
-    n_samples: int,
-) -> None:
-    ensure_schema(con)
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(
-            "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [batch_id, modality, model_version, path, grid_path, n_samples, now()],
-        )
-        refresh_generated_view(con)
-        con.execute("COMMIT")
-    except BaseException:
-        rollback_quietly(con)
-        raise
-
-
-def register_model(
-    con: duckdb.DuckDBPyConnection,
-    *,
-    model_version: str,
-    modality: str,
-    arch: str,
-    config: Mapping,
-    input_versions: Mapping[str, str],
-    checkpoint_path: str,
-    checkpoint_sha: str,
-    details: Mapping | None = None,
-) -> None:
-    """Add a model to the registry as a candidate; a model already registered keeps its status.
-
-    Only a promotion (gen_assets.store.registry.promote: the blocking promotion check, or a person)
-    makes a model champion. `registered_at` moves every time (a reused model is in use again, which
-    retention counts), `created_at` stays the first registration."""
-    ensure_schema(con)
-    stamp = now()
-    con.execute(
-        """
-        INSERT INTO models (model_version, modality, arch, config, input_versions, feedback_version, details,
-                            checkpoint_path, checkpoint_sha, status, created_at, registered_at)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'candidate', ?, ?)
-        ON CONFLICT (model_version) DO UPDATE SET
-            checkpoint_path = excluded.checkpoint_path, checkpoint_sha = excluded.checkpoint_sha,
-            details = excluded.details, pruned_at = NULL, registered_at = excluded.registered_at
-        """,
-        [
-            model_version,
-            modality,
-            arch,
-            json.dumps(dict(config), default=str),
-            json.dumps(dict(input_versions)),
-            input_versions.get("feedback"),
-            json.dumps(dict(details or {}), default=str),
-            checkpoint_path,
-            checkpoint_sha,
-            stamp,
-            stamp,
-        ],
-    )
-
-
-def record_metrics(
-    con: duckdb.DuckDBPyConnection,
-    *,
-    model_version: str,
-    modality: str,
-    metrics: Mapping[str, float],
-    batch_id: str | None,
-) -> None:
-    ensure_schema(con)
-    ts = now()
-    rows = [(model_version, modality, k, float(v), batch_id, ts) for k, v in metrics.items()]
-    con.executemany("INSERT INTO metrics_history VALUES (?, ?, ?, ?, ?, ?)", rows)
 
 
 def insert_quarantine(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping]) -> int:

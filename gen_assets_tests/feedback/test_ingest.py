@@ -26,6 +26,7 @@ from gen_assets.feedback.ingest import (
     unknown_sample_count,
 )
 from gen_assets.feedback.landing import FeedbackPaths
+from gen_assets.store import registry
 from gen_assets.store import warehouse as wh
 from gen_assets.store.batches import batch_table, write_batch
 
@@ -37,8 +38,8 @@ def add_batch(con, directory, batch_id: str, modality: str, n: int) -> None:
     table = batch_table(batch_id=batch_id, model_version="m1", modality=modality, categories=["c"] * n,
                         contents=contents, seed=0)
     path = write_batch(table, directory, batch_id)
-    wh.register_batch(con, batch_id=batch_id, modality=modality, model_version="m1", path=str(path),
-                      grid_path=None, n_samples=n)
+    registry.register_batch(con, batch_id=batch_id, modality=modality, model_version="m1", path=str(path),
+                            grid_path=None, n_samples=n)
 
 
 @pytest.fixture
@@ -287,7 +288,7 @@ def test_unknown_sample_count_sees_samples_that_left_generated(warehouse, paths)
     assert ratings_for(con, "text") == [("txt-00000", 3.0)]
     assert ratings_for(con, "image") == [("img-00000", 4.0)]
     con.execute("DELETE FROM batches WHERE batch_id = 'txt'")
-    wh.refresh_generated_view(con)
+    registry.refresh_generated_view(con)
     assert unknown_sample_count(con) == 2
 
 

@@ -13,7 +13,6 @@ from gen_assets.defs import checks
 from gen_assets.rules import promotion
 from gen_assets.defs.handles import ModelRef
 from gen_assets.store import registry
-from gen_assets.store import warehouse as wh
 
 
 def test_decide_within_and_beyond_the_tolerance():
@@ -81,8 +80,8 @@ def setup(tmp_path, monkeypatch):
     def run(version: str, value: float, tolerance: float = 0.1) -> bool:
         values[f"/m/{version}.pt"] = value
         with duckdb.connect(database) as con:
-            wh.register_model(con, model_version=version, modality="image", arch="dcgan", config={},
-                              input_versions={}, checkpoint_path=f"/m/{version}.pt", checkpoint_sha=version)
+            registry.register_model(con, model_version=version, modality="image", arch="dcgan", config={},
+                                    input_versions={}, checkpoint_path=f"/m/{version}.pt", checkpoint_sha=version)
         ref = ModelRef("image", "dcgan", version, f"/m/{version}.pt", version)
         result = checks.promotion_check(Context(), DuckDBResource(database=database), ref, tolerance,
                                         measure=values.__getitem__, comparable=lambda a, b: None)
@@ -125,8 +124,8 @@ def test_check_refuses_when_the_champion_changed_while_it_measured(setup, monkey
 
     def decide_while_a_person_promotes(*args, **kwargs):  # someone promotes v0 during the measurement
         with duckdb.connect(setup.database) as con:
-            wh.register_model(con, model_version="v0", modality="image", arch="dcgan", config={}, input_versions={},
-                              checkpoint_path="/m/v0.pt", checkpoint_sha="v0")
+            registry.register_model(con, model_version="v0", modality="image", arch="dcgan", config={}, input_versions={},
+                                    checkpoint_path="/m/v0.pt", checkpoint_sha="v0")
             registry.promote(con, "v0", actor="ana", reason="by hand")
         return real_decide(*args, **kwargs)
 

@@ -16,9 +16,9 @@ def con(tmp_path):
 
 
 def register(con, version, modality="image", **extra):
-    wh.register_model(con, model_version=version, modality=modality, arch="dcgan", config={"a": 1},
-                      input_versions={"clean_images": "c", **extra}, checkpoint_path=f"/m/{version}.pt",
-                      checkpoint_sha="s" + version, details={"categories": ["0", "1"]})
+    registry.register_model(con, model_version=version, modality=modality, arch="dcgan", config={"a": 1},
+                            input_versions={"clean_images": "c", **extra}, checkpoint_path=f"/m/{version}.pt",
+                            checkpoint_sha="s" + version, details={"categories": ["0", "1"]})
 
 
 def statuses(con):
@@ -58,7 +58,7 @@ def test_registering_again_keeps_the_status(con):
 def test_the_report_shows_the_champion_not_a_newer_candidate(con):
     register(con, "v1")
     registry.promote(con, "v1", actor="ana", reason="first")
-    wh.record_metrics(con, model_version="v1", modality="image", metrics={"fid": 2.0}, batch_id="b1")
+    registry.record_metrics(con, model_version="v1", modality="image", metrics={"fid": 2.0}, batch_id="b1")
     register(con, "v2")
     [entry] = registry.latest_models(con)
     assert entry["version"] == "v1" and entry["status"] == "champion" and entry["metrics"] == {"fid": 2.0}
@@ -115,7 +115,7 @@ def test_rollback_needs_a_previous_champion(con):
 
 def test_metric_trend_counts_a_batch_evaluated_twice_once(con):
     for version, batch, fid in (("v1", "b1", 3.0), ("v1", "b1", 2.5), ("v2", "b2", 2.0)):
-        wh.record_metrics(con, model_version=version, modality="image", metrics={"fid": fid, "class_accuracy": 0.9},
-                          batch_id=batch)
+        registry.record_metrics(con, model_version=version, modality="image", metrics={"fid": fid, "class_accuracy": 0.9},
+                                batch_id=batch)
     trend = registry.metric_trend(con, "image")
     assert [(r["model_version"], r["fid"]) for r in trend] == [("v1", 2.5), ("v2", 2.0)]
