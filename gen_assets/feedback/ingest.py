@@ -1,6 +1,6 @@
 """Ingest rating files from the landing zone into DuckDB: one transaction per file, then the file moves.
 
-Tables:
+Tables (declared with the rest of the warehouse in gen_assets.store.warehouse):
 - feedback:       one row per accepted rating, with the modality of its sample (from `generated`) and
                   where it came from (file_name, file_sha, line).
 - feedback_files: one row per ingested file content (file_sha is the primary key).
@@ -43,29 +43,6 @@ from gen_assets.store import warehouse as wh
 
 ASSET = "feedback"  # the quarantine rows' asset name
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS feedback (
-    sample_id   VARCHAR NOT NULL,
-    rating      INTEGER NOT NULL CHECK (rating BETWEEN 1 AND 5),
-    user_id     VARCHAR,
-    ts          TIMESTAMP NOT NULL,  -- UTC; the file's landing time when the file gave none
-    comment     VARCHAR,
-    modality    VARCHAR NOT NULL,    -- of the sample, from `generated`
-    file_name   VARCHAR NOT NULL,
-    file_sha    VARCHAR NOT NULL,
-    line        INTEGER NOT NULL,
-    ingested_at TIMESTAMP NOT NULL,
-    PRIMARY KEY (file_sha, line)     -- a line of a file is one rating, at most once
-);
-CREATE TABLE IF NOT EXISTS feedback_files (
-    file_sha         VARCHAR PRIMARY KEY,
-    file_name        VARCHAR NOT NULL,
-    rows_ok          INTEGER NOT NULL,
-    rows_quarantined INTEGER NOT NULL,
-    ingested_at      TIMESTAMP NOT NULL
-);
-"""
-
 FEEDBACK_COLUMNS = pa.schema(
     [
         ("sample_id", pa.string()),
@@ -95,9 +72,8 @@ class IngestResult:
 
 
 def ensure_feedback_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the warehouse tables, the feedback tables and (if no batch exists yet) the empty `generated` view."""
+    """Create the warehouse tables (the feedback tables among them) and, if there is none yet, the `generated` view."""
     wh.ensure_schema(con)
-    con.execute(SCHEMA)
     if not _exists(con, "generated"):
         registry.refresh_generated_view(con)
 

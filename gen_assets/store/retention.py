@@ -28,7 +28,6 @@ import duckdb
 
 from gen_assets.store import registry
 from gen_assets.store.files import remove
-from gen_assets.store.samples import CURATED_SCHEMA
 from gen_assets.store.warehouse import ensure_schema
 
 
@@ -48,14 +47,17 @@ def plan_pruning(con: duckdb.DuckDBPyConnection, training_root: Path, *, keep_mo
     if keep_models < 1 or keep_batches < 1:
         raise ValueError(f"keep_models and keep_batches must be >= 1, got {keep_models} and {keep_batches}")
     ensure_schema(con)
-    con.execute(CURATED_SCHEMA)
-    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    rated = "SELECT DISTINCT g.batch_id FROM feedback f JOIN generated g USING (sample_id)" if "feedback" in tables else None
+    # before the first batch there is no `generated` view, and no rating (ratings name generated samples)
+    has_generated = con.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE view_name = 'generated' "
+        "AND database_name = current_database() AND schema_name = current_schema()"
+    ).fetchone()[0] > 0
 
     batches = registry.batches_by_age(con)
     needed = {r[0] for r in con.execute("SELECT DISTINCT batch_id FROM curated_samples").fetchall()}
-    if rated:
-        needed |= {r[0] for r in con.execute(rated).fetchall()}
+    if has_generated:
+        needed |= {r[0] for r in con.execute(
+            "SELECT DISTINCT g.batch_id FROM feedback f JOIN generated g USING (sample_id)").fetchall()}
     plan = PrunePlan()
     kept_batch_models = set()
     for batch_id, path, grid, model_version, age, of_champion in batches:

@@ -1,13 +1,21 @@
-"""DuckDB warehouse schema and the small amount of SQL every stage shares.
+"""The DuckDB warehouse: its whole schema, connecting, and the small amount of SQL every stage shares.
 
-Tables (one name for one thing, see docs):
-- quarantine:      rows refused by any stage, with the reason (never silently dropped)
+Every table and view of the warehouse is declared here (SCHEMA, applied by `ensure_schema`; the views
+by `define_generated_view` and `define_curated_view`). Columns added after the first release are
+`ALTER TABLE ... ADD COLUMN IF NOT EXISTS`, so older warehouses stay readable. Who writes what:
+
+- quarantine:      rows refused by any stage, with the reason (never silently dropped); `insert_quarantine`
 - models:          the model registry (one row per model_version; status candidate | champion | retired)
 - promotions:      every change of champion and every refused promotion: who, when, why
 - metrics_history: one row per (model_version, metric) measurement, appended, for trends
 - batches:         one row per generation batch (its Parquet file)
+                   (these four: only through gen_assets.store.registry)
 - generated (view): every generated sample of every modality, read from the batch Parquet files
                    (content BLOB: PNG bytes or UTF-8 text; text VARCHAR for text samples)
+- curated_samples: the current curated set of each modality (gen_assets.store.samples)
+- curated (view):  the columns of `generated` plus reward and rank, for the curated samples
+- feedback:        one accepted rating per row (gen_assets.feedback.ingest)
+- feedback_files:  one row per ingested rating file content
 """
 
 from __future__ import annotations
@@ -74,7 +82,41 @@ CREATE TABLE IF NOT EXISTS batches (
     n_samples     INTEGER NOT NULL,
     created_at    TIMESTAMP NOT NULL
 );
+CREATE TABLE IF NOT EXISTS curated_samples (
+    sample_id  VARCHAR NOT NULL,
+    modality   VARCHAR NOT NULL,
+    batch_id   VARCHAR NOT NULL,
+    category   VARCHAR NOT NULL,
+    reward     DOUBLE NOT NULL,
+    rank       INTEGER NOT NULL,
+    curated_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    sample_id   VARCHAR NOT NULL,
+    rating      INTEGER NOT NULL CHECK (rating BETWEEN 1 AND 5),
+    user_id     VARCHAR,
+    ts          TIMESTAMP NOT NULL,  -- UTC; the file's landing time when the file gave none
+    comment     VARCHAR,
+    modality    VARCHAR NOT NULL,    -- of the sample, from `generated`
+    file_name   VARCHAR NOT NULL,
+    file_sha    VARCHAR NOT NULL,
+    line        INTEGER NOT NULL,
+    ingested_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (file_sha, line)     -- a line of a file is one rating, at most once
+);
+CREATE TABLE IF NOT EXISTS feedback_files (
+    file_sha         VARCHAR PRIMARY KEY,
+    file_name        VARCHAR NOT NULL,
+    rows_ok          INTEGER NOT NULL,
+    rows_quarantined INTEGER NOT NULL,
+    ingested_at      TIMESTAMP NOT NULL
+);
 """
+
+CURATED_VIEW = (
+    "CREATE OR REPLACE VIEW curated AS SELECT g.*, c.reward, c.rank FROM curated_samples c "
+    "JOIN generated g USING (sample_id) ORDER BY g.modality, g.category, c.rank"
+)
 
 
 def connect(database: str | os.PathLike, *, read_only: bool = False, artifacts: str | None = None,
@@ -138,6 +180,12 @@ def define_generated_view(con: duckdb.DuckDBPyConnection, batch_files: Iterable[
             "NULL::BIGINT AS seed, NULL::BLOB AS content, NULL::VARCHAR AS text WHERE false"
         )
     con.execute("CREATE OR REPLACE VIEW generated AS " + " UNION ALL ".join(selects))
+
+
+def define_curated_view(con: duckdb.DuckDBPyConnection) -> None:
+    """(Re)define `curated`: the columns of `generated` plus reward and rank, for the current curated set
+    of each modality (the rows of curated_samples)."""
+    con.execute(CURATED_VIEW)
 
 
 def insert_quarantine(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping]) -> int:

@@ -67,8 +67,7 @@ def test_prune_keeps_rated_curated_and_champion_batches(home):
     add_model(tmp_path, con, "other")
     files = {b: add_batch(tmp_path, con, b, "other") for b in ("b1", "b2", "b3", "b4")}
     files["bc"] = add_batch(tmp_path, con, "bc", "champ")
-    con.execute("CREATE TABLE feedback (sample_id VARCHAR, rating INTEGER)")
-    con.execute("INSERT INTO feedback VALUES ('b1-00000', 5)")  # b1 was rated
+    con.execute("INSERT INTO feedback VALUES ('b1-00000', 5, 'ann', now(), NULL, 'image', 'r.csv', 'sha', 2, now())")  # b1 was rated
     replace_curated(con, "image", "b2", pd.DataFrame({"sample_id": ["b2-00000"], "category": ["a"], "reward": [1.0],
                                                         "rank": [1]}))
     plan = retention.prune(con, tmp_path / "training", keep_models=5, keep_batches=1)
