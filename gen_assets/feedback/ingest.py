@@ -4,6 +4,8 @@ Tables (declared with the rest of the warehouse in gen_assets.store.warehouse):
 - feedback:       one row per accepted rating, with the modality of its sample (from `generated`) and
                   where it came from (file_name, file_sha, line).
 - feedback_files: one row per ingested file content (file_sha is the primary key).
+- feedback_versions: the feedback asset's data version and exactly which files it stands for
+                  (`record_feedback_version`), so a model's lineage names the files it was tuned on.
 - quarantine:     the shared table; refused rows land there with asset='feedback', source=<file name>,
                   row_id=<line number>, snapshot_version=<file sha>, reason, content_hash=sha256(line).
 
@@ -255,12 +257,43 @@ def ingest_pending(con: duckdb.DuckDBPyConnection, root: str | Path | FeedbackPa
 # -- reading back --------------------------------------------------------------------------------------
 
 
+def _ingested_shas(con: duckdb.DuckDBPyConnection) -> list[str]:
+    if not _exists(con, "feedback_files"):
+        return []
+    return [r[0] for r in con.execute("SELECT file_sha FROM feedback_files ORDER BY file_sha").fetchall()]
+
+
+def _version_of(shas: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(shas)).encode()).hexdigest()[:16]
+
+
 def feedback_version(con: duckdb.DuckDBPyConnection) -> str:
-    """The feedback asset's data version: a hash of the set of ingested file shas (order-free)."""
-    shas = []
-    if _exists(con, "feedback_files"):
-        shas = [r[0] for r in con.execute("SELECT file_sha FROM feedback_files ORDER BY file_sha").fetchall()]
-    return hashlib.sha256("\n".join(shas).encode()).hexdigest()[:16]
+    """The feedback asset's data version: a hash of the set of ingested file shas (order-free).
+
+    Reads only; `record_feedback_version` also records which files the version stands for."""
+    return _version_of(_ingested_shas(con))
+
+
+def record_feedback_version(con: duckdb.DuckDBPyConnection) -> str:
+    """The current feedback version, its set of files recorded in `feedback_versions` (once per version).
+
+    What the feedback asset hands on: a model tuned on it names it in input_versions["feedback"], and
+    `gen_assets.store.registry.lineage` lists exactly these files, however many arrive later. The set and
+    its hash are read in the same transaction, so they agree even while another run ingests."""
+    ensure_feedback_schema(con)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        shas = _ingested_shas(con)
+        version = _version_of(shas)
+        con.execute(
+            "INSERT INTO feedback_versions VALUES (?, ?, ?) ON CONFLICT (feedback_version) DO NOTHING",
+            [version, shas, wh.now()],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        wh.rollback_quietly(con)
+        raise
+    return version
 
 
 def quarantine_share_by_file(con: duckdb.DuckDBPyConnection) -> dict[str, float]:

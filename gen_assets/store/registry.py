@@ -377,7 +377,10 @@ def latest_models(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 
 def lineage(con: duckdb.DuckDBPyConnection, sample_id: str) -> dict[str, Any]:
     """Where a sample came from: its batch and model, the model's chain of base models with the data
-    versions and raw sources each was trained on, and the feedback files that influenced it."""
+    versions and raw sources each was trained on, and the feedback files that influenced it: exactly
+    the files of the feedback versions the chain was tuned on (input_versions["feedback"]), as
+    `record_feedback_version` (gen_assets.feedback.ingest) recorded them. A version whose files were
+    never recorded (tuned before versions recorded them) is listed in `unrecorded_feedback_versions`."""
     row = con.execute(
         "SELECT batch_id, model_version, modality, category, created_at FROM generated WHERE sample_id = ?", [sample_id]
     ).fetchone()
@@ -397,23 +400,28 @@ def lineage(con: duckdb.DuckDBPyConnection, sample_id: str) -> dict[str, Any]:
         models.append({"version": m[0], "arch": m[1], "status": m[2], "created_at": str(m[3]),
                        "checkpoint": m[4], "inputs": inputs})
         if inputs.get("feedback"):
-            feedback_versions.append((inputs["feedback"], m[3]))
+            feedback_versions.append(inputs["feedback"])
         version = inputs.get("base_model")
-    files = []
+    files, recorded = [], set()
     tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    if feedback_versions and "feedback_files" in tables:
-        # the files ingested up to the newest tuning that used feedback
-        newest = max(ts for _, ts in feedback_versions)
+    if feedback_versions and {"feedback_versions", "feedback_files"} <= tables:
+        recorded = {r[0] for r in con.execute(
+            "SELECT feedback_version FROM feedback_versions WHERE list_contains(?::VARCHAR[], feedback_version)",
+            [feedback_versions],
+        ).fetchall()}
         files = [
             {"file": name, "sha256": sha, "ratings": ok, "ingested_at": str(at)}
             for name, sha, ok, at in con.execute(
-                "SELECT file_name, file_sha, rows_ok, ingested_at FROM feedback_files WHERE ingested_at <= ? "
-                "ORDER BY ingested_at",
-                [newest],
+                "SELECT f.file_name, f.file_sha, f.rows_ok, f.ingested_at FROM feedback_files f "
+                "WHERE f.file_sha IN (SELECT unnest(file_shas) FROM feedback_versions "
+                "                     WHERE list_contains(?::VARCHAR[], feedback_version)) "
+                "ORDER BY f.ingested_at, f.file_sha",
+                [feedback_versions],
             ).fetchall()
         ]
     return {"sample_id": sample_id, "modality": modality, "category": category, "batch_id": batch_id,
-            "created_at": str(created_at), "models": models, "feedback_files": files}
+            "created_at": str(created_at), "models": models, "feedback_files": files,
+            "unrecorded_feedback_versions": [v for v in dict.fromkeys(feedback_versions) if v not in recorded]}
 
 
 TREND_METRICS = {"image": ("fid", "fid_real_floor", "class_accuracy"), "text": ("val_loss", "bleu", "novelty")}

@@ -16,6 +16,8 @@ by `define_generated_view` and `define_curated_view`). Columns added after the f
 - curated (view):  the columns of `generated` plus reward and rank, for the curated samples
 - feedback:        one accepted rating per row (gen_assets.feedback.ingest)
 - feedback_files:  one row per ingested rating file content
+- feedback_versions: one row per feedback version (the feedback asset's data version): exactly which
+                   ingested files it stands for
 """
 
 from __future__ import annotations
@@ -110,6 +112,11 @@ CREATE TABLE IF NOT EXISTS feedback_files (
     rows_ok          INTEGER NOT NULL,
     rows_quarantined INTEGER NOT NULL,
     ingested_at      TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback_versions (
+    feedback_version VARCHAR PRIMARY KEY,  -- what models.input_versions["feedback"] names
+    file_shas        VARCHAR[] NOT NULL,   -- its ingested files (feedback_files.file_sha), sorted
+    recorded_at      TIMESTAMP NOT NULL
 );
 """
 

@@ -23,6 +23,7 @@ from gen_assets.feedback.ingest import (
     quarantine_share_by_file,
     ratings_for,
     ratings_summary,
+    record_feedback_version,
     unknown_sample_count,
 )
 from gen_assets.feedback.landing import FeedbackPaths
@@ -317,3 +318,19 @@ def test_read_helpers_work_on_a_read_only_warehouse_without_feedback(tmp_path):
         assert ratings_for(con, "image") == []
         assert failed_files(con) == []
         assert len(feedback_version(con)) == 16
+
+
+def test_record_feedback_version_records_the_exact_set_of_files_once(warehouse, paths):
+    con, _ = warehouse
+    drop(paths, "a.csv", HEADER + "img-00000,4,ann,,\n")
+    ingest_pending(con, paths.root)
+    [sha_a] = [r[0] for r in rows(con, "SELECT file_sha FROM feedback_files")]
+    version_a = record_feedback_version(con)
+    assert version_a == feedback_version(con) and record_feedback_version(con) == version_a  # recorded once
+    drop(paths, "b.csv", HEADER + "img-00001,2,bob,,\n")
+    ingest_pending(con, paths.root)
+    version_ab = record_feedback_version(con)
+    shas = sorted(r[0] for r in rows(con, "SELECT file_sha FROM feedback_files"))
+    assert version_ab != version_a
+    assert rows(con, "SELECT feedback_version, file_shas FROM feedback_versions ORDER BY len(file_shas)") == [
+        (version_a, [sha_a]), (version_ab, shas)]

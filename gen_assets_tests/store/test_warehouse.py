@@ -62,5 +62,5 @@ def test_ensure_schema_keeps_a_warehouse_of_the_first_release_readable(tmp_path)
         "v1", {"clean_images": "s1"}, None, None)
     tables = {r[0] for r in c.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     assert {"quarantine", "models", "promotions", "metrics_history", "batches", "curated_samples", "feedback",
-            "feedback_files"} <= tables
+            "feedback_files", "feedback_versions"} <= tables
     c.close()
