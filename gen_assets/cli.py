@@ -271,6 +271,8 @@ def cmd_lineage(args: argparse.Namespace) -> int:
             print(f"{'  ' * depth}  {key:<16} {value}")
     for f in info["feedback_files"]:
         print(f"feedback file {f['file']} ({f['ratings']} ratings, sha256 {f['sha256'][:16]}, ingested {f['ingested_at']})")
+    for version in info["unrecorded_feedback_versions"]:
+        print(f"feedback version {version}: its files were not recorded (tuned before feedback versions recorded them)")
     return 0
 
 

@@ -3,6 +3,7 @@
 - landing.py: the landing zone on disk (incoming/ processed/ failed/), reading and validating rating
   files, `import_file` (the CLI) and `append_ratings` (the web review page); all writes atomic.
 - ingest.py:  one transaction per file into `feedback`, refused rows into `quarantine`, then the file
-  moves to processed/; the feedback data version and the queries the asset checks use.
+  moves to processed/; the feedback data version (recorded with its exact set of files) and the
+  queries the asset checks use.
 - pending.py: what the sensor sees (files waiting in incoming/) and its pure decision to request a run.
 """

@@ -1,9 +1,11 @@
 """Ingest rating files from the landing zone into DuckDB: one transaction per file, then the file moves.
 
-Tables:
+Tables (declared with the rest of the warehouse in gen_assets.store.warehouse):
 - feedback:       one row per accepted rating, with the modality of its sample (from `generated`) and
                   where it came from (file_name, file_sha, line).
 - feedback_files: one row per ingested file content (file_sha is the primary key).
+- feedback_versions: the feedback asset's data version and exactly which files it stands for
+                  (`record_feedback_version`), so a model's lineage names the files it was tuned on.
 - quarantine:     the shared table; refused rows land there with asset='feedback', source=<file name>,
                   row_id=<line number>, snapshot_version=<file sha>, reason, content_hash=sha256(line).
 
@@ -38,32 +40,10 @@ from gen_assets.feedback.landing import (
     mtime_utc,
     parse_records,
 )
+from gen_assets.store import registry
 from gen_assets.store import warehouse as wh
 
 ASSET = "feedback"  # the quarantine rows' asset name
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS feedback (
-    sample_id   VARCHAR NOT NULL,
-    rating      INTEGER NOT NULL CHECK (rating BETWEEN 1 AND 5),
-    user_id     VARCHAR,
-    ts          TIMESTAMP NOT NULL,  -- UTC; the file's landing time when the file gave none
-    comment     VARCHAR,
-    modality    VARCHAR NOT NULL,    -- of the sample, from `generated`
-    file_name   VARCHAR NOT NULL,
-    file_sha    VARCHAR NOT NULL,
-    line        INTEGER NOT NULL,
-    ingested_at TIMESTAMP NOT NULL,
-    PRIMARY KEY (file_sha, line)     -- a line of a file is one rating, at most once
-);
-CREATE TABLE IF NOT EXISTS feedback_files (
-    file_sha         VARCHAR PRIMARY KEY,
-    file_name        VARCHAR NOT NULL,
-    rows_ok          INTEGER NOT NULL,
-    rows_quarantined INTEGER NOT NULL,
-    ingested_at      TIMESTAMP NOT NULL
-);
-"""
 
 FEEDBACK_COLUMNS = pa.schema(
     [
@@ -94,11 +74,10 @@ class IngestResult:
 
 
 def ensure_feedback_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the warehouse tables, the feedback tables and (if no batch exists yet) the empty `generated` view."""
+    """Create the warehouse tables (the feedback tables among them) and, if there is none yet, the `generated` view."""
     wh.ensure_schema(con)
-    con.execute(SCHEMA)
     if not _exists(con, "generated"):
-        wh.refresh_generated_view(con)
+        registry.refresh_generated_view(con)
 
 
 def _exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -278,12 +257,43 @@ def ingest_pending(con: duckdb.DuckDBPyConnection, root: str | Path | FeedbackPa
 # -- reading back --------------------------------------------------------------------------------------
 
 
+def _ingested_shas(con: duckdb.DuckDBPyConnection) -> list[str]:
+    if not _exists(con, "feedback_files"):
+        return []
+    return [r[0] for r in con.execute("SELECT file_sha FROM feedback_files ORDER BY file_sha").fetchall()]
+
+
+def _version_of(shas: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(shas)).encode()).hexdigest()[:16]
+
+
 def feedback_version(con: duckdb.DuckDBPyConnection) -> str:
-    """The feedback asset's data version: a hash of the set of ingested file shas (order-free)."""
-    shas = []
-    if _exists(con, "feedback_files"):
-        shas = [r[0] for r in con.execute("SELECT file_sha FROM feedback_files ORDER BY file_sha").fetchall()]
-    return hashlib.sha256("\n".join(shas).encode()).hexdigest()[:16]
+    """The feedback asset's data version: a hash of the set of ingested file shas (order-free).
+
+    Reads only; `record_feedback_version` also records which files the version stands for."""
+    return _version_of(_ingested_shas(con))
+
+
+def record_feedback_version(con: duckdb.DuckDBPyConnection) -> str:
+    """The current feedback version, its set of files recorded in `feedback_versions` (once per version).
+
+    What the feedback asset hands on: a model tuned on it names it in input_versions["feedback"], and
+    `gen_assets.store.registry.lineage` lists exactly these files, however many arrive later. The set and
+    its hash are read in the same transaction, so they agree even while another run ingests."""
+    ensure_feedback_schema(con)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        shas = _ingested_shas(con)
+        version = _version_of(shas)
+        con.execute(
+            "INSERT INTO feedback_versions VALUES (?, ?, ?) ON CONFLICT (feedback_version) DO NOTHING",
+            [version, shas, wh.now()],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        wh.rollback_quietly(con)
+        raise
+    return version
 
 
 def quarantine_share_by_file(con: duckdb.DuckDBPyConnection) -> dict[str, float]:

@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from gen_assets.settings import Paths
-from gen_assets.store.snapshots import atomic_write_bytes
+from gen_assets.store.files import atomic_write_bytes
 
 SUFFIXES = (".csv", ".jsonl", ".ndjson")
 REQUIRED = ("sample_id", "rating")

@@ -1,20 +1,27 @@
-"""The model registry (table `models`): champions, promotion and rollback, and what the report reads.
+"""The model registry: every read and write of the tables `models`, `batches`, `metrics_history` and
+`promotions` (their schema: gen_assets.store.warehouse.SCHEMA).
 
-A model enters the registry as a candidate (gen_assets.store.warehouse.register_model). It becomes the
-champion of its modality through `promote`: called by the blocking promotion check when the candidate's
-key metric is not worse than the champion's beyond the tolerance, or by a person (`gen-assets promote`).
-`rollback` gives the championship back to the previous champion. Every change, and every promotion the
-check refused, is a row of `promotions` with who and when. Generation and curation use `champion()`.
+A model enters the registry as a candidate (`register_model`). It becomes the champion of its modality
+through `promote`: called by the `<modality>_champion` asset (gen_assets.rules.promotion.review) when the
+candidate's key metric is not worse than the champion's beyond the tolerance, or by a person (`gen-assets
+promote`). `rollback` gives the championship back to the previous champion. Every change, and every
+promotion the rule refused, is a row of `promotions` with who and when. The champion asset reads
+`champion()` and hands the champion to generation; generation registers its batches (`register_batch`,
+which redefines the `generated` view), evaluation its metrics (`record_metrics`). Retention
+(store/retention.py) reads what it may prune here and marks it pruned with `mark_pruned`; the report,
+the review page and `gen-assets lineage` read here too.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 import duckdb
 
-from gen_assets.store.warehouse import ensure_schema, now, rollback_quietly
+from gen_assets.store.warehouse import define_generated_view, ensure_schema, now, rollback_quietly
 
 MODEL_COLUMNS = ("model_version", "modality", "arch", "status", "created_at", "checkpoint_path", "checkpoint_sha",
                  "config", "input_versions", "feedback_version", "details", "key_metric", "key_value", "pruned_at")
@@ -43,6 +50,99 @@ def champion(con: duckdb.DuckDBPyConnection, modality: str) -> dict[str, Any] | 
     return _model_dict(row) if row else None
 
 
+# -- registering models, batches and measurements ---------------------------------------------------------
+
+
+def register_model(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    model_version: str,
+    modality: str,
+    arch: str,
+    config: Mapping,
+    input_versions: Mapping[str, str],
+    checkpoint_path: str,
+    checkpoint_sha: str,
+    details: Mapping | None = None,
+) -> None:
+    """Add a model to the registry as a candidate; a model already registered keeps its status.
+
+    Only a promotion (`promote`: the champion asset's rule, or a person) makes a model champion.
+    `registered_at` moves every time (a reused model is in use again, which retention counts),
+    `created_at` stays the first registration."""
+    ensure_schema(con)
+    stamp = now()
+    con.execute(
+        """
+        INSERT INTO models (model_version, modality, arch, config, input_versions, feedback_version, details,
+                            checkpoint_path, checkpoint_sha, status, created_at, registered_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'candidate', ?, ?)
+        ON CONFLICT (model_version) DO UPDATE SET
+            checkpoint_path = excluded.checkpoint_path, checkpoint_sha = excluded.checkpoint_sha,
+            details = excluded.details, pruned_at = NULL, registered_at = excluded.registered_at
+        """,
+        [
+            model_version,
+            modality,
+            arch,
+            json.dumps(dict(config), default=str),
+            json.dumps(dict(input_versions)),
+            input_versions.get("feedback"),
+            json.dumps(dict(details or {}), default=str),
+            checkpoint_path,
+            checkpoint_sha,
+            stamp,
+            stamp,
+        ],
+    )
+
+
+def refresh_generated_view(con: duckdb.DuckDBPyConnection) -> None:
+    """(Re)define `generated` over every registered batch file of every modality, oldest first."""
+    rows = con.execute("SELECT modality, path FROM batches ORDER BY created_at, batch_id").fetchall()
+    define_generated_view(con, rows)
+
+
+def register_batch(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    batch_id: str,
+    modality: str,
+    model_version: str,
+    path: str,
+    grid_path: str | None,
+    n_samples: int,
+) -> None:
+    """Add a generation batch (its Parquet file) and its samples to `generated`, in one transaction."""
+    ensure_schema(con)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [batch_id, modality, model_version, path, grid_path, n_samples, now()],
+        )
+        refresh_generated_view(con)
+        con.execute("COMMIT")
+    except BaseException:
+        rollback_quietly(con)
+        raise
+
+
+def record_metrics(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    model_version: str,
+    modality: str,
+    metrics: Mapping[str, float],
+    batch_id: str | None,
+) -> None:
+    """Append one metrics_history row per metric, all with the same measurement time."""
+    ensure_schema(con)
+    ts = now()
+    rows = [(model_version, modality, k, float(v), batch_id, ts) for k, v in metrics.items()]
+    con.executemany("INSERT INTO metrics_history VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
 def record_key_metric(con: duckdb.DuckDBPyConnection, model_version: str, key_metric: str, value: float) -> None:
     con.execute("UPDATE models SET key_metric = ?, key_value = ? WHERE model_version = ?", [key_metric, value, model_version])
 
@@ -65,7 +165,7 @@ def promote(con: duckdb.DuckDBPyConnection, model_version: str, *, actor: str, r
     """Make `model_version` the champion of its modality, retiring the previous one; one transaction.
 
     With `expected_previous` (a version, or None for "no champion"), raise ChampionChanged instead
-    when the champion changed meanwhile (a person, or another run): the promotion check compared
+    when the champion changed meanwhile (a person, or another run): the review compared
     against a champion that is gone. Returns the previous champion's version (None when there was
     none, or it is the same model)."""
     ensure_schema(con)
@@ -124,7 +224,7 @@ def demoted_by_person(con: duckdb.DuckDBPyConnection, model_version: str) -> dic
 
 
 def refuse(con: duckdb.DuckDBPyConnection, model_version: str, *, actor: str, reason: str) -> None:
-    """Record that the promotion check kept `model_version` a candidate, and why."""
+    """Record that the champion asset's review kept `model_version` a candidate, and why."""
     model = get_model(con, model_version)
     current = champion(con, model["modality"])
     _log(con, model["modality"], "refuse", model_version, current["model_version"] if current else None, actor, reason)
@@ -140,6 +240,88 @@ def promotion_history(con: duckdb.DuckDBPyConnection, modality: str | None = Non
     keys = ("modality", "action", "model_version", "previous_version", "actor", "reason", "acted_at")
     return [{**dict(zip(keys, r, strict=True)), "acted_at": str(r[6])} for r in rows]
 
+
+# -- what retention reads and writes (store/retention.py decides) ----------------------------------------
+
+
+def batches_by_age(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str | None, str, int, bool]]:
+    """Every batch as (batch_id, path, grid_path, model_version, age, of_champion): age 1 is the newest
+    batch of its modality; of_champion tells whether its model is the champion now."""
+    return con.execute(
+        """
+        SELECT b.batch_id, b.path, b.grid_path, b.model_version,
+               row_number() OVER (PARTITION BY b.modality ORDER BY b.created_at DESC, b.batch_id) AS age,
+               coalesce(m.status = 'champion', false) AS of_champion
+        FROM batches b LEFT JOIN models m USING (model_version)
+        """
+    ).fetchall()
+
+
+def unpruned_models(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str, dict, int]]:
+    """Every model whose checkpoint is still there, as (model_version, checkpoint_path, status,
+    input_versions, age): age 1 is the most recently registered model of its modality (a reused model
+    counts as registered again)."""
+    rows = con.execute(
+        """
+        SELECT model_version, checkpoint_path, status, input_versions,
+               row_number() OVER (PARTITION BY modality
+                                  ORDER BY coalesce(registered_at, created_at) DESC, model_version) AS age
+        FROM models WHERE pruned_at IS NULL
+        """
+    ).fetchall()
+    return [(v, path, status, json.loads(inputs or "{}"), age) for v, path, status, inputs, age in rows]
+
+
+def rollback_targets(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The models `rollback` would restore: for each champion, the champion it replaced when last promoted."""
+    return {r[0] for r in con.execute(
+        "SELECT arg_max(p.previous_version, p.acted_at) FROM promotions p JOIN models m "
+        "ON m.model_version = p.model_version AND m.status = 'champion' "
+        "WHERE p.action = 'promote' AND p.previous_version IS NOT NULL GROUP BY p.model_version"
+    ).fetchall()}
+
+
+def mark_pruned(con: duckdb.DuckDBPyConnection, *, model_versions: Iterable[str], batch_ids: Iterable[str]) -> None:
+    """In one transaction: mark the models' checkpoints pruned (the rows stay, for lineage and metric
+    history) and remove the batches, and with them their samples from `generated`."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        stamp = now()
+        for version in model_versions:
+            con.execute("UPDATE models SET pruned_at = ? WHERE model_version = ?", [stamp, version])
+        for batch_id in batch_ids:
+            con.execute("DELETE FROM batches WHERE batch_id = ?", [batch_id])
+        refresh_generated_view(con)
+        con.execute("COMMIT")
+    except BaseException:
+        rollback_quietly(con)
+        raise
+
+
+# -- what the report and the review page read ------------------------------------------------------------
+
+
+def latest_batches(con: duckdb.DuckDBPyConnection, limit: int = 10) -> list[dict[str, Any]]:
+    """The newest generation batches, newest first: batch_id, modality, model_version, n_samples, created_at."""
+    rows = con.execute(
+        "SELECT batch_id, modality, model_version, n_samples, created_at FROM batches "
+        f"ORDER BY created_at DESC, batch_id LIMIT {int(limit)}"
+    ).fetchall()
+    keys = ("batch_id", "modality", "model_version", "n_samples", "created_at")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def last_retrain(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, datetime]]:
+    """modality -> (model_version, created_at) of the newest model tuned on feedback (what a retrain
+    registers). A warehouse from before the feedback loop has no feedback_version column: no retrain then."""
+    try:
+        rows = con.execute(
+            "SELECT modality, arg_max(model_version, created_at), max(created_at) FROM models "
+            "WHERE feedback_version IS NOT NULL GROUP BY modality ORDER BY modality"
+        ).fetchall()
+    except duckdb.BinderException:
+        return {}
+    return {m: (v, at) for m, v, at in rows}
 
 
 def latest_models(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
@@ -196,7 +378,10 @@ def latest_models(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 
 def lineage(con: duckdb.DuckDBPyConnection, sample_id: str) -> dict[str, Any]:
     """Where a sample came from: its batch and model, the model's chain of base models with the data
-    versions and raw sources each was trained on, and the feedback files that influenced it."""
+    versions and raw sources each was trained on, and the feedback files that influenced it: exactly
+    the files of the feedback versions the chain was tuned on (input_versions["feedback"]), as
+    `record_feedback_version` (gen_assets.feedback.ingest) recorded them. A version whose files were
+    never recorded (tuned before versions recorded them) is listed in `unrecorded_feedback_versions`."""
     row = con.execute(
         "SELECT batch_id, model_version, modality, category, created_at FROM generated WHERE sample_id = ?", [sample_id]
     ).fetchone()
@@ -216,23 +401,28 @@ def lineage(con: duckdb.DuckDBPyConnection, sample_id: str) -> dict[str, Any]:
         models.append({"version": m[0], "arch": m[1], "status": m[2], "created_at": str(m[3]),
                        "checkpoint": m[4], "inputs": inputs})
         if inputs.get("feedback"):
-            feedback_versions.append((inputs["feedback"], m[3]))
+            feedback_versions.append(inputs["feedback"])
         version = inputs.get("base_model")
-    files = []
+    files, recorded = [], set()
     tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    if feedback_versions and "feedback_files" in tables:
-        # the files ingested up to the newest tuning that used feedback
-        newest = max(ts for _, ts in feedback_versions)
+    if feedback_versions and {"feedback_versions", "feedback_files"} <= tables:
+        recorded = {r[0] for r in con.execute(
+            "SELECT feedback_version FROM feedback_versions WHERE list_contains(?::VARCHAR[], feedback_version)",
+            [feedback_versions],
+        ).fetchall()}
         files = [
             {"file": name, "sha256": sha, "ratings": ok, "ingested_at": str(at)}
             for name, sha, ok, at in con.execute(
-                "SELECT file_name, file_sha, rows_ok, ingested_at FROM feedback_files WHERE ingested_at <= ? "
-                "ORDER BY ingested_at",
-                [newest],
+                "SELECT f.file_name, f.file_sha, f.rows_ok, f.ingested_at FROM feedback_files f "
+                "WHERE f.file_sha IN (SELECT unnest(file_shas) FROM feedback_versions "
+                "                     WHERE list_contains(?::VARCHAR[], feedback_version)) "
+                "ORDER BY f.ingested_at, f.file_sha",
+                [feedback_versions],
             ).fetchall()
         ]
     return {"sample_id": sample_id, "modality": modality, "category": category, "batch_id": batch_id,
-            "created_at": str(created_at), "models": models, "feedback_files": files}
+            "created_at": str(created_at), "models": models, "feedback_files": files,
+            "unrecorded_feedback_versions": [v for v in dict.fromkeys(feedback_versions) if v not in recorded]}
 
 
 TREND_METRICS = {"image": ("fid", "fid_real_floor", "class_accuracy"), "text": ("val_loss", "bleu", "novelty")}

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import duckdb
 
+from gen_assets.store import registry
 from gen_assets.store.files import remove
-from gen_assets.store.samples import CURATED_SCHEMA
-from gen_assets.store.warehouse import ensure_schema, now, refresh_generated_view, rollback_quietly
+from gen_assets.store.warehouse import ensure_schema
 
 
 @dataclass
@@ -47,46 +47,30 @@ def plan_pruning(con: duckdb.DuckDBPyConnection, training_root: Path, *, keep_mo
     if keep_models < 1 or keep_batches < 1:
         raise ValueError(f"keep_models and keep_batches must be >= 1, got {keep_models} and {keep_batches}")
     ensure_schema(con)
-    con.execute(CURATED_SCHEMA)
-    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    rated = "SELECT DISTINCT g.batch_id FROM feedback f JOIN generated g USING (sample_id)" if "feedback" in tables else None
+    # before the first batch there is no `generated` view, and no rating (ratings name generated samples)
+    has_generated = con.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE view_name = 'generated' "
+        "AND database_name = current_database() AND schema_name = current_schema()"
+    ).fetchone()[0] > 0
 
-    batches = con.execute(
-        """
-        SELECT b.batch_id, b.path, b.grid_path, b.model_version,
-               row_number() OVER (PARTITION BY b.modality ORDER BY b.created_at DESC, b.batch_id) AS newest,
-               m.status = 'champion' AS of_champion
-        FROM batches b LEFT JOIN models m USING (model_version)
-        """
-    ).fetchall()
+    batches = registry.batches_by_age(con)
     needed = {r[0] for r in con.execute("SELECT DISTINCT batch_id FROM curated_samples").fetchall()}
-    if rated:
-        needed |= {r[0] for r in con.execute(rated).fetchall()}
+    if has_generated:
+        needed |= {r[0] for r in con.execute(
+            "SELECT DISTINCT g.batch_id FROM feedback f JOIN generated g USING (sample_id)").fetchall()}
     plan = PrunePlan()
     kept_batch_models = set()
-    for batch_id, path, grid, model_version, newest, of_champion in batches:
-        if newest <= keep_batches or of_champion or batch_id in needed:
+    for batch_id, path, grid, model_version, age, of_champion in batches:
+        if age <= keep_batches or of_champion or batch_id in needed:
             kept_batch_models.add(model_version)
         else:
             plan.batches.append((batch_id, path, grid))
 
-    models = con.execute(
-        """
-        SELECT model_version, checkpoint_path, status, input_versions,
-               row_number() OVER (PARTITION BY modality
-                                  ORDER BY coalesce(registered_at, created_at) DESC, model_version) AS newest
-        FROM models WHERE pruned_at IS NULL
-        """
-    ).fetchall()
-    base_of = {v: json.loads(inputs or "{}").get("base_model") for v, _, _, inputs, _ in models}
-    keep = {v for v, _, status, _, newest in models if status == "champion" or newest <= keep_models}
+    models = registry.unpruned_models(con)
+    base_of = {v: inputs.get("base_model") for v, _, _, inputs, _ in models}
+    keep = {v for v, _, status, _, age in models if status == "champion" or age <= keep_models}
     keep |= kept_batch_models
-    # the model `gen-assets rollback` would restore: the one each champion replaced when promoted
-    keep |= {r[0] for r in con.execute(
-        "SELECT arg_max(p.previous_version, p.acted_at) FROM promotions p JOIN models m "
-        "ON m.model_version = p.model_version AND m.status = 'champion' "
-        "WHERE p.action = 'promote' AND p.previous_version IS NOT NULL GROUP BY p.model_version"
-    ).fetchall()}
+    keep |= registry.rollback_targets(con)  # the model `gen-assets rollback` would restore
     frontier = list(keep)
     while frontier:  # a kept tuned model keeps the model it was tuned from, and so on
         base = base_of.get(frontier.pop())
@@ -111,18 +95,7 @@ def prune(con: duckdb.DuckDBPyConnection, training_root: Path, *, keep_models: i
     plan = plan_pruning(con, training_root, keep_models=keep_models, keep_batches=keep_batches)
     if dry_run or not (plan.models or plan.batches):
         return plan
-    con.execute("BEGIN TRANSACTION")
-    try:
-        stamp = now()
-        for version, _ in plan.models:
-            con.execute("UPDATE models SET pruned_at = ? WHERE model_version = ?", [stamp, version])
-        for batch_id, _, _ in plan.batches:
-            con.execute("DELETE FROM batches WHERE batch_id = ?", [batch_id])
-        refresh_generated_view(con)
-        con.execute("COMMIT")
-    except BaseException:
-        rollback_quietly(con)
-        raise
+    registry.mark_pruned(con, model_versions=[v for v, _ in plan.models], batch_ids=[b for b, _, _ in plan.batches])
     for _, path in plan.models:
         remove(path)
     for _, path, grid in plan.batches:

@@ -1,23 +1,12 @@
-"""Samples of the `generated` view joined with what people and curation said of them. Pure (DuckDB)."""
+"""Samples of the `generated` view joined with what people and curation said of them (table
+`curated_samples`, view `curated`: declared in gen_assets.store.warehouse). Pure (DuckDB)."""
 
 from __future__ import annotations
 
 import duckdb
 import pandas as pd
 
-from gen_assets.store.warehouse import ensure_schema, now, rollback_quietly
-
-CURATED_SCHEMA = """
-CREATE TABLE IF NOT EXISTS curated_samples (
-    sample_id  VARCHAR NOT NULL,
-    modality   VARCHAR NOT NULL,
-    batch_id   VARCHAR NOT NULL,
-    category   VARCHAR NOT NULL,
-    reward     DOUBLE NOT NULL,
-    rank       INTEGER NOT NULL,
-    curated_at TIMESTAMP NOT NULL
-);
-"""
+from gen_assets.store.warehouse import define_curated_view, ensure_schema, now, rollback_quietly
 
 
 def rated_samples(con: duckdb.DuckDBPyConnection, ratings: list[tuple[str, float]]) -> pd.DataFrame:
@@ -35,19 +24,9 @@ def rated_samples(con: duckdb.DuckDBPyConnection, ratings: list[tuple[str, float
         con.unregister("_rated")
 
 
-def refresh_curated_view(con: duckdb.DuckDBPyConnection) -> None:
-    """`curated`: the columns of `generated` plus reward and rank, for the current curated set of each modality."""
-    con.execute(CURATED_SCHEMA)
-    con.execute(
-        "CREATE OR REPLACE VIEW curated AS SELECT g.*, c.reward, c.rank FROM curated_samples c "
-        "JOIN generated g USING (sample_id) ORDER BY g.modality, g.category, c.rank"
-    )
-
-
 def replace_curated(con: duckdb.DuckDBPyConnection, modality: str, batch_id: str, curated: pd.DataFrame) -> None:
     """Make `curated` (sample_id, category, reward, rank) the current curated set of `modality`, atomically."""
     ensure_schema(con)
-    con.execute(CURATED_SCHEMA)
     rows = [
         (str(r.sample_id), modality, batch_id, str(r.category), float(r.reward), int(r.rank), now())
         for r in curated.itertuples()
@@ -57,7 +36,7 @@ def replace_curated(con: duckdb.DuckDBPyConnection, modality: str, batch_id: str
         con.execute("DELETE FROM curated_samples WHERE modality = ?", [modality])
         if rows:
             con.executemany("INSERT INTO curated_samples VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        refresh_curated_view(con)
+        define_curated_view(con)
         con.execute("COMMIT")
     except BaseException:
         rollback_quietly(con)

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gen_assets.store.files import Location, atomic_output, atomic_write_bytes, location, publish, staging_file
+from gen_assets.store.files import Location, atomic_output, location, publish, staging_file
 
-__all__ = ["ROW_GROUP_ROWS", "Snapshot", "RowHasher", "table_version", "atomic_write_bytes", "atomic_write_parquet",
-           "write_snapshot"]
+__all__ = ["ROW_GROUP_ROWS", "Snapshot", "RowHasher", "table_version", "atomic_write_parquet", "write_snapshot"]
 
 ROW_GROUP_ROWS = 131_072  # several row groups, so DuckDB reads and checks a large snapshot on all its threads
 _HASH_CHUNK_ROWS = 65_536  # the version hashes column by column within chunks of this many rows

@@ -1,18 +1,27 @@
-"""DuckDB warehouse schema and the small amount of SQL every stage shares.
+"""The DuckDB warehouse: its whole schema, connecting, and the small amount of SQL every stage shares.
 
-Tables (one name for one thing, see docs):
-- quarantine:      rows refused by any stage, with the reason (never silently dropped)
+Every table and view of the warehouse is declared here (SCHEMA, applied by `ensure_schema`; the views
+by `define_generated_view` and `define_curated_view`). Columns added after the first release are
+`ALTER TABLE ... ADD COLUMN IF NOT EXISTS`, so older warehouses stay readable. Who writes what:
+
+- quarantine:      rows refused by any stage, with the reason (never silently dropped); `insert_quarantine`
 - models:          the model registry (one row per model_version; status candidate | champion | retired)
 - promotions:      every change of champion and every refused promotion: who, when, why
 - metrics_history: one row per (model_version, metric) measurement, appended, for trends
 - batches:         one row per generation batch (its Parquet file)
+                   (these four: only through gen_assets.store.registry)
 - generated (view): every generated sample of every modality, read from the batch Parquet files
                    (content BLOB: PNG bytes or UTF-8 text; text VARCHAR for text samples)
+- curated_samples: the current curated set of each modality (gen_assets.store.samples)
+- curated (view):  the columns of `generated` plus reward and rank, for the curated samples
+- feedback:        one accepted rating per row (gen_assets.feedback.ingest)
+- feedback_files:  one row per ingested rating file content
+- feedback_versions: one row per feedback version (the feedback asset's data version): exactly which
+                   ingested files it stands for
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
@@ -54,7 +63,7 @@ CREATE TABLE IF NOT EXISTS promotions (
     action           VARCHAR NOT NULL,   -- promote (the check, or a person) | rollback | refuse
     model_version    VARCHAR NOT NULL,   -- the model the action is about (the new champion, or the refused one)
     previous_version VARCHAR,            -- the champion before the action
-    actor            VARCHAR NOT NULL,   -- who: a user name, or dagster:<run id> for the promotion check
+    actor            VARCHAR NOT NULL,   -- who: a user name, or dagster:<run id> for the champion asset's rule
     reason           VARCHAR NOT NULL,
     acted_at         TIMESTAMP NOT NULL
 );
@@ -75,7 +84,46 @@ CREATE TABLE IF NOT EXISTS batches (
     n_samples     INTEGER NOT NULL,
     created_at    TIMESTAMP NOT NULL
 );
+CREATE TABLE IF NOT EXISTS curated_samples (
+    sample_id  VARCHAR NOT NULL,
+    modality   VARCHAR NOT NULL,
+    batch_id   VARCHAR NOT NULL,
+    category   VARCHAR NOT NULL,
+    reward     DOUBLE NOT NULL,
+    rank       INTEGER NOT NULL,
+    curated_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    sample_id   VARCHAR NOT NULL,
+    rating      INTEGER NOT NULL CHECK (rating BETWEEN 1 AND 5),
+    user_id     VARCHAR,
+    ts          TIMESTAMP NOT NULL,  -- UTC; the file's landing time when the file gave none
+    comment     VARCHAR,
+    modality    VARCHAR NOT NULL,    -- of the sample, from `generated`
+    file_name   VARCHAR NOT NULL,
+    file_sha    VARCHAR NOT NULL,
+    line        INTEGER NOT NULL,
+    ingested_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (file_sha, line)     -- a line of a file is one rating, at most once
+);
+CREATE TABLE IF NOT EXISTS feedback_files (
+    file_sha         VARCHAR PRIMARY KEY,
+    file_name        VARCHAR NOT NULL,
+    rows_ok          INTEGER NOT NULL,
+    rows_quarantined INTEGER NOT NULL,
+    ingested_at      TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback_versions (
+    feedback_version VARCHAR PRIMARY KEY,  -- what models.input_versions["feedback"] names
+    file_shas        VARCHAR[] NOT NULL,   -- its ingested files (feedback_files.file_sha), sorted
+    recorded_at      TIMESTAMP NOT NULL
+);
 """
+
+CURATED_VIEW = (
+    "CREATE OR REPLACE VIEW curated AS SELECT g.*, c.reward, c.rank FROM curated_samples c "
+    "JOIN generated g USING (sample_id) ORDER BY g.modality, g.category, c.rank"
+)
 
 
 def connect(database: str | os.PathLike, *, read_only: bool = False, artifacts: str | None = None,
@@ -112,15 +160,15 @@ def sql_literal(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def refresh_generated_view(con: duckdb.DuckDBPyConnection) -> None:
-    """(Re)define `generated` over every registered batch file of every modality.
+def define_generated_view(con: duckdb.DuckDBPyConnection, batch_files: Iterable[tuple[str, str]]) -> None:
+    """(Re)define `generated` over the given (modality, Parquet path) batch files, in that order.
 
     `content` is BLOB for all of them (PNG bytes, or the UTF-8 bytes of a text); `text` holds a text
-    sample as a string (NULL for images), so text is readable in SQL without decoding.
+    sample as a string (NULL for images), so text is readable in SQL without decoding. The batch files
+    come from the registry (gen_assets.store.registry.refresh_generated_view).
     """
-    rows = con.execute("SELECT modality, path FROM batches ORDER BY created_at, batch_id").fetchall()
     by_modality: dict[str, list[str]] = {}
-    for modality, path in rows:
+    for modality, path in batch_files:
         by_modality.setdefault(modality, []).append(path)
     common = "sample_id, batch_id, model_version, modality, category, created_at, seed"
     selects = []
@@ -141,86 +189,10 @@ def refresh_generated_view(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE OR REPLACE VIEW generated AS " + " UNION ALL ".join(selects))
 
 
-def register_batch(
-    con: duckdb.DuckDBPyConnection,
-    *,
-    batch_id: str,
-    modality: str,
-    model_version: str,
-    path: str,
-    grid_path: str | None,
-    n_samples: int,
-) -> None:
-    ensure_schema(con)
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(
-            "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [batch_id, modality, model_version, path, grid_path, n_samples, now()],
-        )
-        refresh_generated_view(con)
-        con.execute("COMMIT")
-    except BaseException:
-        rollback_quietly(con)
-        raise
-
-
-def register_model(
-    con: duckdb.DuckDBPyConnection,
-    *,
-    model_version: str,
-    modality: str,
-    arch: str,
-    config: Mapping,
-    input_versions: Mapping[str, str],
-    checkpoint_path: str,
-    checkpoint_sha: str,
-    details: Mapping | None = None,
-) -> None:
-    """Add a model to the registry as a candidate; a model already registered keeps its status.
-
-    Only a promotion (gen_assets.store.registry.promote: the blocking promotion check, or a person)
-    makes a model champion. `registered_at` moves every time (a reused model is in use again, which
-    retention counts), `created_at` stays the first registration."""
-    ensure_schema(con)
-    stamp = now()
-    con.execute(
-        """
-        INSERT INTO models (model_version, modality, arch, config, input_versions, feedback_version, details,
-                            checkpoint_path, checkpoint_sha, status, created_at, registered_at)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'candidate', ?, ?)
-        ON CONFLICT (model_version) DO UPDATE SET
-            checkpoint_path = excluded.checkpoint_path, checkpoint_sha = excluded.checkpoint_sha,
-            details = excluded.details, pruned_at = NULL, registered_at = excluded.registered_at
-        """,
-        [
-            model_version,
-            modality,
-            arch,
-            json.dumps(dict(config), default=str),
-            json.dumps(dict(input_versions)),
-            input_versions.get("feedback"),
-            json.dumps(dict(details or {}), default=str),
-            checkpoint_path,
-            checkpoint_sha,
-            stamp,
-            stamp,
-        ],
-    )
-
-
-def record_metrics(
-    con: duckdb.DuckDBPyConnection,
-    *,
-    model_version: str,
-    modality: str,
-    metrics: Mapping[str, float],
-    batch_id: str | None,
-) -> None:
-    ensure_schema(con)
-    ts = now()
-    rows = [(model_version, modality, k, float(v), batch_id, ts) for k, v in metrics.items()]
-    con.executemany("INSERT INTO metrics_history VALUES (?, ?, ?, ?, ?, ?)", rows)
+def define_curated_view(con: duckdb.DuckDBPyConnection) -> None:
+    """(Re)define `curated`: the columns of `generated` plus reward and rank, for the current curated set
+    of each modality (the rows of curated_samples)."""
+    con.execute(CURATED_VIEW)
 
 
 def insert_quarantine(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping]) -> int:

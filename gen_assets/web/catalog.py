@@ -30,7 +30,7 @@ from typing import Any
 
 import duckdb
 
-from gen_assets.store.registry import registry_summary
+from gen_assets.store import registry
 from gen_assets.store.warehouse import connect
 
 MAX_AGE_SECONDS = 60.0  # read again after this long even if the file looks unchanged
@@ -253,7 +253,7 @@ def read_snapshot(con: duckdb.DuckDBPyConnection, signature: tuple = ()) -> Snap
         samples=samples,
         images=images,
         known=known,
-        registry=registry_summary(con),
+        registry=registry.registry_summary(con),
         batches=_batches(con) if "batches" in relations else (),
         last_retrain=_last_retrain(con) if "models" in relations else {},
         read_at=_utcnow(),
@@ -276,29 +276,16 @@ def _curated(con: duckdb.DuckDBPyConnection) -> tuple[tuple[CuratedSample, ...],
     return tuple(samples), images
 
 
-def _batches(con: duckdb.DuckDBPyConnection, limit: int = 10) -> tuple[dict, ...]:
-    rows = con.execute(
-        "SELECT batch_id, modality, model_version, n_samples, created_at FROM batches "
-        f"ORDER BY created_at DESC, batch_id LIMIT {int(limit)}"
-    ).fetchall()
-    keys = ("batch_id", "modality", "model_version", "n_samples", "created_at")
-    return tuple({**dict(zip(keys, r, strict=True)), "created_at": _iso(r[4])} for r in rows)
+def _batches(con: duckdb.DuckDBPyConnection) -> tuple[dict, ...]:
+    return tuple({**b, "created_at": _iso(b["created_at"])} for b in registry.latest_batches(con, limit=10))
 
 
 def _last_retrain(con: duckdb.DuckDBPyConnection) -> dict[str, dict]:
     """modality -> the newest model tuned on feedback (what a retrain registers) and when.
 
     The registry, not the Dagster instance, on purpose: it is in the same cheap read as the rest, and it
-    says when a retrain last produced a model. A warehouse from before the feedback loop has no
-    feedback_version column: no retrain then."""
-    try:
-        rows = con.execute(
-            "SELECT modality, arg_max(model_version, created_at), max(created_at) FROM models "
-            "WHERE feedback_version IS NOT NULL GROUP BY modality ORDER BY modality"
-        ).fetchall()
-    except duckdb.BinderException:
-        return {}
-    return {m: {"modality": m, "model_version": v, "at": _iso(at)} for m, v, at in rows}
+    says when a retrain last produced a model."""
+    return {m: {"modality": m, "model_version": v, "at": _iso(at)} for m, (v, at) in registry.last_retrain(con).items()}
 
 
 def _iso(value) -> str:

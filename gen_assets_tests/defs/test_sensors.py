@@ -11,7 +11,7 @@ from gen_assets.defs.jobs import RETRAIN_ASSETS
 from gen_assets.defs.resources import build_resources
 from gen_assets.defs.sensors import FeedbackPolicy, feedback_sensor
 from gen_assets.settings import Paths
-from gen_assets.store import warehouse as wh
+from gen_assets.store import registry
 from gen_assets.store.batches import batch_table, write_batch
 
 
@@ -23,8 +23,8 @@ def home(tmp_path):
         table = batch_table(batch_id=f"{modality}-b", model_version="m", modality=modality,
                             categories=["a"] * 40, contents=contents, seed=0)
         path = write_batch(table, paths.batches, f"{modality}-b")
-        wh.register_batch(con, batch_id=f"{modality}-b", modality=modality, model_version="m", path=str(path),
-                          grid_path=None, n_samples=40)
+        registry.register_batch(con, batch_id=f"{modality}-b", modality=modality, model_version="m", path=str(path),
+                                grid_path=None, n_samples=40)
     con.close()
     return paths
 

@@ -23,9 +23,11 @@ from gen_assets.feedback.ingest import (
     quarantine_share_by_file,
     ratings_for,
     ratings_summary,
+    record_feedback_version,
     unknown_sample_count,
 )
 from gen_assets.feedback.landing import FeedbackPaths
+from gen_assets.store import registry
 from gen_assets.store import warehouse as wh
 from gen_assets.store.batches import batch_table, write_batch
 
@@ -37,8 +39,8 @@ def add_batch(con, directory, batch_id: str, modality: str, n: int) -> None:
     table = batch_table(batch_id=batch_id, model_version="m1", modality=modality, categories=["c"] * n,
                         contents=contents, seed=0)
     path = write_batch(table, directory, batch_id)
-    wh.register_batch(con, batch_id=batch_id, modality=modality, model_version="m1", path=str(path),
-                      grid_path=None, n_samples=n)
+    registry.register_batch(con, batch_id=batch_id, modality=modality, model_version="m1", path=str(path),
+                            grid_path=None, n_samples=n)
 
 
 @pytest.fixture
@@ -287,7 +289,7 @@ def test_unknown_sample_count_sees_samples_that_left_generated(warehouse, paths)
     assert ratings_for(con, "text") == [("txt-00000", 3.0)]
     assert ratings_for(con, "image") == [("img-00000", 4.0)]
     con.execute("DELETE FROM batches WHERE batch_id = 'txt'")
-    wh.refresh_generated_view(con)
+    registry.refresh_generated_view(con)
     assert unknown_sample_count(con) == 2
 
 
@@ -316,3 +318,19 @@ def test_read_helpers_work_on_a_read_only_warehouse_without_feedback(tmp_path):
         assert ratings_for(con, "image") == []
         assert failed_files(con) == []
         assert len(feedback_version(con)) == 16
+
+
+def test_record_feedback_version_records_the_exact_set_of_files_once(warehouse, paths):
+    con, _ = warehouse
+    drop(paths, "a.csv", HEADER + "img-00000,4,ann,,\n")
+    ingest_pending(con, paths.root)
+    [sha_a] = [r[0] for r in rows(con, "SELECT file_sha FROM feedback_files")]
+    version_a = record_feedback_version(con)
+    assert version_a == feedback_version(con) and record_feedback_version(con) == version_a  # recorded once
+    drop(paths, "b.csv", HEADER + "img-00001,2,bob,,\n")
+    ingest_pending(con, paths.root)
+    version_ab = record_feedback_version(con)
+    shas = sorted(r[0] for r in rows(con, "SELECT file_sha FROM feedback_files"))
+    assert version_ab != version_a
+    assert rows(con, "SELECT feedback_version, file_shas FROM feedback_versions ORDER BY len(file_shas)") == [
+        (version_a, [sha_a]), (version_ab, shas)]

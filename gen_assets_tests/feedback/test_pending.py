@@ -11,6 +11,7 @@ import duckdb
 
 from gen_assets.feedback.landing import FeedbackPaths, append_ratings
 from gen_assets.feedback.pending import PendingFile, decide, files_by_modality, run_key_for, scan
+from gen_assets.store import registry
 from gen_assets.store import warehouse as wh
 from gen_assets.store.batches import batch_table, write_batch
 
@@ -92,8 +93,8 @@ def test_files_are_grouped_by_the_modality_of_their_samples(tmp_path):
         table = batch_table(batch_id=batch_id, model_version="m", modality=modality, categories=["c", "c"],
                             contents=contents, seed=0)
         path = write_batch(table, tmp_path, batch_id)
-        wh.register_batch(con, batch_id=batch_id, modality=modality, model_version="m", path=str(path),
-                          grid_path=None, n_samples=2)
+        registry.register_batch(con, batch_id=batch_id, modality=modality, model_version="m", path=str(path),
+                                grid_path=None, n_samples=2)
     files = [
         PendingFile("images", "s1", 2, NOW, ("img-00000", "img-00001")),
         PendingFile("both", "s2", 2, NOW, ("img-00000", "txt-00001")),

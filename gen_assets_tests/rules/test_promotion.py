@@ -9,7 +9,6 @@ import torch
 
 from gen_assets.rules import promotion
 from gen_assets.store import registry
-from gen_assets.store import warehouse as wh
 
 
 def test_decide_within_and_beyond_the_tolerance():
@@ -75,8 +74,8 @@ def setup(tmp_path):
         with connect() as con:
             if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'models'").fetchone()[0] or \
                     not con.execute("SELECT count(*) FROM models WHERE model_version = ?", [version]).fetchone()[0]:
-                wh.register_model(con, model_version=version, modality="image", arch="dcgan", config={},
-                                  input_versions={}, checkpoint_path=f"/m/{version}.pt", checkpoint_sha=version)
+                registry.register_model(con, model_version=version, modality="image", arch="dcgan", config={},
+                                        input_versions={}, checkpoint_path=f"/m/{version}.pt", checkpoint_sha=version)
         return promotion.review(connect, version, load=lambda path: path, measure=values.__getitem__,
                                 comparable=lambda a, b: None, tolerance=tolerance, actor="dagster:run-1",
                                 ceiling=ceiling)
@@ -121,8 +120,8 @@ def test_review_refuses_when_the_champion_changed_while_it_measured(setup, monke
 
     def decide_while_a_person_promotes(*args, **kwargs):  # someone promotes v0 during the measurement
         with duckdb.connect(setup.database) as con:
-            wh.register_model(con, model_version="v0", modality="image", arch="dcgan", config={}, input_versions={},
-                              checkpoint_path="/m/v0.pt", checkpoint_sha="v0")
+            registry.register_model(con, model_version="v0", modality="image", arch="dcgan", config={}, input_versions={},
+                                    checkpoint_path="/m/v0.pt", checkpoint_sha="v0")
             registry.promote(con, "v0", actor="ana", reason="by hand")
         return real_decide(*args, **kwargs)
 

@@ -20,6 +20,7 @@ from gen_assets import settings
 from gen_assets.models.checkpoint import file_sha256, load_model, save_model, save_versioned_model
 from gen_assets.models.gpt import GPT, GPTConfig
 from gen_assets.store import files
+from gen_assets.store import registry
 from gen_assets.store import warehouse as wh
 from gen_assets.store.batches import batch_table, write_batch
 from gen_assets.store.files import (
@@ -368,9 +369,9 @@ def test_generated_view_reads_a_batch_at_a_memory_url(tmp_path, memory_fs):
         assert memory_keys(memory_fs) == ["/bucket/art/batches/b1.parquet"]
         local_path = write_batch(local, tmp_path / "batches", "b2")
         for bid, path, table in (("b1", remote_path, remote), ("b2", local_path, local)):
-            wh.register_batch(con, batch_id=bid, modality="text", model_version="m1", path=str(path),
-                              grid_path=None, n_samples=table.num_rows)
-        wh.refresh_generated_view(con)
+            registry.register_batch(con, batch_id=bid, modality="text", model_version="m1", path=str(path),
+                                    grid_path=None, n_samples=table.num_rows)
+        registry.refresh_generated_view(con)
         assert con.execute("SELECT count(*) FROM generated").fetchone()[0] == 5
         rows = con.execute("SELECT batch_id, text FROM generated WHERE batch_id = 'b1' ORDER BY sample_id").fetchall()
         assert rows == [("b1", "one"), ("b1", "two"), ("b1", "three")]
@@ -389,9 +390,9 @@ def test_every_warehouse_connection_reads_the_batches_at_the_artifacts_url(tmp_p
     with wh.connect(database, artifacts=artifacts) as con:
         wh.ensure_schema(con)
         path = write_batch(table, f"{artifacts}/batches", "b1")
-        wh.register_batch(con, batch_id="b1", modality="text", model_version="m1", path=str(path),
-                          grid_path=None, n_samples=3)
-        wh.refresh_generated_view(con)
+        registry.register_batch(con, batch_id="b1", modality="text", model_version="m1", path=str(path),
+                                grid_path=None, n_samples=3)
+        registry.refresh_generated_view(con)
     with duckdb.connect(str(database), read_only=True) as plain, pytest.raises(duckdb.IOException):
         plain.execute("SELECT count(*) FROM generated").fetchone()  # unprepared: the memory:// files are unknown
     with wh.connect(database, read_only=True, artifacts=artifacts) as con:

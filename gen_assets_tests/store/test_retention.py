@@ -26,8 +26,8 @@ def add_model(tmp_path, con, version, base=None, modality="image"):
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(b"weights")
     inputs = {"base_model": base} if base else {}
-    wh.register_model(con, model_version=version, modality=modality, arch="dcgan", config={}, input_versions=inputs,
-                      checkpoint_path=str(path), checkpoint_sha=version)
+    registry.register_model(con, model_version=version, modality=modality, arch="dcgan", config={}, input_versions=inputs,
+                            checkpoint_path=str(path), checkpoint_sha=version)
     run = tmp_path / "training" / "image_generator" / f"run-{version}"
     run.mkdir(parents=True)
     (run / "done.json").write_text(json.dumps({"version": version}))
@@ -39,8 +39,8 @@ def add_batch(tmp_path, con, batch_id, version, modality="image"):
     table = batch_table(batch_id=batch_id, model_version=version, modality=modality, categories=["a"],
                         contents=[b"\x89PNG"], seed=0)
     path = write_batch(table, tmp_path / "batches", batch_id)
-    wh.register_batch(con, batch_id=batch_id, modality=modality, model_version=version, path=str(path),
-                      grid_path=None, n_samples=1)
+    registry.register_batch(con, batch_id=batch_id, modality=modality, model_version=version, path=str(path),
+                            grid_path=None, n_samples=1)
     return path
 
 
@@ -67,8 +67,7 @@ def test_prune_keeps_rated_curated_and_champion_batches(home):
     add_model(tmp_path, con, "other")
     files = {b: add_batch(tmp_path, con, b, "other") for b in ("b1", "b2", "b3", "b4")}
     files["bc"] = add_batch(tmp_path, con, "bc", "champ")
-    con.execute("CREATE TABLE feedback (sample_id VARCHAR, rating INTEGER)")
-    con.execute("INSERT INTO feedback VALUES ('b1-00000', 5)")  # b1 was rated
+    con.execute("INSERT INTO feedback VALUES ('b1-00000', 5, 'ann', now(), NULL, 'image', 'r.csv', 'sha', 2, now())")  # b1 was rated
     replace_curated(con, "image", "b2", pd.DataFrame({"sample_id": ["b2-00000"], "category": ["a"], "reward": [1.0],
                                                         "rank": [1]}))
     plan = retention.prune(con, tmp_path / "training", keep_models=5, keep_batches=1)
@@ -109,7 +108,7 @@ def test_a_reused_model_counts_as_recent(home):
     tmp_path, con = home
     for v in ("old", "a", "b"):
         add_model(tmp_path, con, v)
-    wh.register_model(con, model_version="old", modality="image", arch="dcgan", config={}, input_versions={},
-                      checkpoint_path=str(tmp_path / "models" / "old.pt"), checkpoint_sha="old")
+    registry.register_model(con, model_version="old", modality="image", arch="dcgan", config={}, input_versions={},
+                            checkpoint_path=str(tmp_path / "models" / "old.pt"), checkpoint_sha="old")
     plan = retention.plan_pruning(con, tmp_path / "training", keep_models=2, keep_batches=1)
     assert [v for v, _ in plan.models] == ["a"]

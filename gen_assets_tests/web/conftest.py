@@ -82,8 +82,8 @@ def _add_batch(con, paths: Paths, modality: str, batch_id: str, version: str, ca
     table = batches.batch_table(batch_id=batch_id, model_version=version, modality=modality, categories=categories,
                                 contents=contents, seed=0)
     path = batches.write_batch(table, paths.batches / modality, batch_id)
-    wh.register_batch(con, batch_id=batch_id, modality=modality, model_version=version, path=str(path), grid_path=None,
-                      n_samples=table.num_rows)
+    registry.register_batch(con, batch_id=batch_id, modality=modality, model_version=version, path=str(path), grid_path=None,
+                            n_samples=table.num_rows)
     return table.column("sample_id").to_pylist()
 
 
@@ -98,8 +98,8 @@ def _curate(con, modality: str, batch_id: str, ids: list[str], categories: list[
 
 
 def _register(con, version: str, modality: str, arch: str, **inputs) -> None:
-    wh.register_model(con, model_version=version, modality=modality, arch=arch, config={}, checkpoint_path=f"/m/{version}.pt",
-                      input_versions={"clean": "c0", **inputs}, checkpoint_sha="0" * 64)
+    registry.register_model(con, model_version=version, modality=modality, arch=arch, config={}, checkpoint_path=f"/m/{version}.pt",
+                            input_versions={"clean": "c0", **inputs}, checkpoint_sha="0" * 64)
 
 
 def build_home(home: Path) -> Paths:
@@ -111,10 +111,10 @@ def build_home(home: Path) -> Paths:
         _register(con, TEXT_CHAMPION, "text", "gpt")
         registry.promote(con, TEXT_CHAMPION, actor="dagster:run-1", reason="val_loss 1.89 <= 2.0")
         for i, (fid, acc) in enumerate([(14.2, 0.962), (12.8, 0.978), (11.1, 0.992)]):
-            wh.record_metrics(con, model_version=IMAGE_CHAMPION, modality="image", batch_id=f"image-eval{i}",
-                              metrics={"fid": fid, "fid_real_floor": 10.0, "class_accuracy": acc})
-            wh.record_metrics(con, model_version=TEXT_CHAMPION, modality="text", batch_id=f"text-eval{i}",
-                              metrics={"val_loss": 2.1 - 0.1 * i, "bleu": 0.11 + 0.02 * i, "novelty": 1.0})
+            registry.record_metrics(con, model_version=IMAGE_CHAMPION, modality="image", batch_id=f"image-eval{i}",
+                                    metrics={"fid": fid, "fid_real_floor": 10.0, "class_accuracy": acc})
+            registry.record_metrics(con, model_version=TEXT_CHAMPION, modality="text", batch_id=f"text-eval{i}",
+                                    metrics={"val_loss": 2.1 - 0.1 * i, "bleu": 0.11 + 0.02 * i, "novelty": 1.0})
         image_categories, pngs = _digit_pngs()
         ids = _add_batch(con, paths, "image", IMAGE_BATCH, IMAGE_CHAMPION, image_categories, pngs)
         _curate(con, "image", IMAGE_BATCH, ids, image_categories)

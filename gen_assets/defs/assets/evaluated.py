@@ -20,7 +20,7 @@ from gen_assets.training.text_data import encode_documents
 from gen_assets.models.tokenizers import tokenizer_from_dict
 from gen_assets.models.checkpoint import load_model
 from gen_assets.training.image_data import images_to_tensor
-from gen_assets.store import warehouse as wh
+from gen_assets.store import registry
 from gen_assets.store.files import read_table
 
 
@@ -83,7 +83,7 @@ def image_metrics(
     )
     metrics["fid_ratio_to_floor"] = metrics["fid"] / max(metrics["fid_real_floor"], 1e-9)
     with warehouse.get_connection() as con:
-        wh.record_metrics(
+        registry.record_metrics(
             con,
             model_version=generated_images.model_version,
             modality="image",
@@ -134,8 +134,8 @@ def text_metrics(
     metrics = {"val_loss": loss, "perplexity": perplexity(loss)}
     metrics.update(compute_text_metrics(generated, test_docs, [t for _, t in train_docs]))
     with warehouse.get_connection() as con:
-        wh.record_metrics(con, model_version=generated_texts.model_version, modality="text", metrics=metrics,
-                          batch_id=generated_texts.batch_id)
+        registry.record_metrics(con, model_version=generated_texts.model_version, modality="text", metrics=metrics,
+                                batch_id=generated_texts.batch_id)
     context.log.info(", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return dg.Output(
         metrics,

@@ -14,7 +14,7 @@ from gen_assets.models.checkpoint import load_model
 from gen_assets.training.text_data import generate_texts
 from gen_assets.models.tokenizers import tokenizer_from_dict
 from gen_assets.defs.resources import ArtifactStore
-from gen_assets.store import warehouse as wh
+from gen_assets.store import registry
 from gen_assets.store.batches import batch_table, write_batch
 from gen_assets.store.files import atomic_write_bytes
 
@@ -64,7 +64,7 @@ def generated_images(
     grid_path = directory / f"{batch_id}.png"
     atomic_write_bytes(grid_path, grid_png)
     with warehouse.get_connection() as con:
-        wh.register_batch(
+        registry.register_batch(
             con,
             batch_id=batch_id,
             modality="image",
@@ -149,8 +149,8 @@ def generated_texts(
     )
     path = write_batch(table, artifacts.paths.batches / "text", batch_id)
     with warehouse.get_connection() as con:
-        wh.register_batch(con, batch_id=batch_id, modality="text", model_version=champion.version,
-                          path=str(path), grid_path=None, n_samples=len(rows))
+        registry.register_batch(con, batch_id=batch_id, modality="text", model_version=champion.version,
+                                path=str(path), grid_path=None, n_samples=len(rows))
     seconds = time.perf_counter() - t0
     preview = "\n\n".join(f"**{c}**\n\n> " + t[:300].replace("\n", "\n> ") for c, t in rows[:: max(1, config.samples_per_category)][:6])
     return dg.Output(

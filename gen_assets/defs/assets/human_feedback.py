@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.feedback.ingest import failed_files, feedback_version, ingest_pending, ratings_summary
+from gen_assets.feedback.ingest import failed_files, ingest_pending, ratings_summary, record_feedback_version
 from gen_assets.defs.resources import ArtifactStore
 
 
@@ -28,7 +28,7 @@ def feedback(context: dg.AssetExecutionContext, warehouse: DuckDBResource, artif
     t0 = time.perf_counter()
     with warehouse.get_connection() as con:
         results = ingest_pending(con, artifacts.paths.feedback)
-        version = feedback_version(con)
+        version = record_feedback_version(con)  # with the exact set of files it stands for
         summary = ratings_summary(con)
         refused = failed_files(con)
     for r in results:

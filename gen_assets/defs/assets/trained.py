@@ -26,7 +26,7 @@ from gen_assets.training.fit import FitResult, fit
 from gen_assets.training.fingerprint import code_fingerprint
 from gen_assets.media.plots import curves_png
 from gen_assets.defs.resources import ArtifactStore, TrainerResource
-from gen_assets.store import warehouse as wh
+from gen_assets.store import registry
 from gen_assets.store.files import atomic_write_bytes, location
 
 
@@ -256,7 +256,7 @@ def image_generator(
     )
     ref = dataclasses.replace(ref, details={"categories": list(clean_images.categories)})
     with warehouse.get_connection() as con:
-        wh.register_model(
+        registry.register_model(
             con,
             model_version=ref.version,
             modality="image",
@@ -380,7 +380,7 @@ def text_generator(
     )
     ref = dataclasses.replace(ref, details={"categories": list(clean_texts.categories)})
     with warehouse.get_connection() as con:
-        wh.register_model(
+        registry.register_model(
             con,
             model_version=ref.version,
             modality="text",

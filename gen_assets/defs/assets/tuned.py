@@ -29,7 +29,7 @@ from gen_assets.models.reward import fit_reward, image_features, text_features
 from gen_assets.training.text_data import generate_texts
 from gen_assets.models.tokenizers import tokenizer_from_dict
 from gen_assets.defs.resources import ArtifactStore, TrainerResource
-from gen_assets.store import warehouse as wh
+from gen_assets.store import registry
 from gen_assets.store.samples import rated_samples
 
 
@@ -126,9 +126,9 @@ def register_tuned(context, warehouse, artifacts, *, modality, base: ModelRef, r
     inputs = {"base_model": base.version, "reward_model": reward.version, "feedback": feedback.version, "code": code}
     details = {**base.details, "tuned_from": base.version}
     with warehouse.get_connection() as con:
-        wh.register_model(con, model_version=version, modality=modality, arch=base.arch,
-                          config=dataclasses.asdict(model.config), input_versions=inputs,
-                          checkpoint_path=str(final), checkpoint_sha=sha, details=details)
+        registry.register_model(con, model_version=version, modality=modality, arch=base.arch,
+                                config=dataclasses.asdict(model.config), input_versions=inputs,
+                                checkpoint_path=str(final), checkpoint_sha=sha, details=details)
     context.log.info(f"tuned {base.version} on feedback {feedback.version}: {version} (a candidate until promoted)")
     ref = ModelRef(modality, base.arch, version, str(final), sha, details)
     return dg.Output(ref, data_version=dg.DataVersion(sha[:16]),
