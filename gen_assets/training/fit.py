@@ -110,6 +110,22 @@ class RandomState(Callback):
             self._seed_this_rank(int(torch.randint(0, 2**31, (1,)).item()))
 
 
+class RankZeroBuffers(Callback):
+    """Under DDP, hand rank 0's buffers to every rank before each validation.
+
+    Batch-norm running statistics are buffers that each rank updates with its own batches; DDP hands
+    rank 0's out at the start of every training step, so after the last step before validation they
+    differ between ranks. Generated validation samples (the DCGAN's g_ema, the VAE's decoder, in eval
+    mode) read them, so without this each rank would measure a slightly different model, none of them
+    exactly the one rank 0 checkpoints. DDP would broadcast the same buffers at the next step anyway.
+    """
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            for buffer in pl_module.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
+
 @dataclass
 class FitResult:
     best_path: str | None  # best checkpoint by the monitored metric (None when nothing is monitored)
@@ -158,7 +174,7 @@ def fit(
     last_checkpoint = ModelCheckpoint(dirpath=run_dir, filename="last", monitor=None, save_top_k=1,
                                       enable_version_counter=False)
     history = History(log=log, every=log_every_epochs)
-    callbacks: list[Callback] = [last_checkpoint, history, RandomState(), *extra_callbacks]
+    callbacks: list[Callback] = [last_checkpoint, history, RandomState(), RankZeroBuffers(), *extra_callbacks]
     checkpoint = None
     if monitor:
         checkpoint = ModelCheckpoint(dirpath=run_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
