@@ -1,7 +1,8 @@
 """One way to fit any of our LightningModules: checkpoints, resume, early stopping, history, progress.
 
 Pure module (torch + Lightning only). The Dagster layer passes `log` (its run logger) so per-epoch
-progress shows live in the UI; `progress_bar` is for terminals.
+progress shows live in the UI; `progress_bar` is for terminals; `logger` sends the logged metrics to
+the tools ML engineers read curves in (a CSV file, TensorBoard, MLflow).
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import importlib.util
+
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
+
+LOGGERS = ("csv", "tensorboard", "mlflow", "none")
 
 
 def default_precision(accelerator: str = "auto") -> str:
@@ -126,6 +132,36 @@ class RankZeroBuffers(Callback):
                 torch.distributed.broadcast(buffer, src=0)
 
 
+def make_logger(kind: str, run_dir: Path, *, mlflow_tracking_uri: str | None = None) -> Logger | None:
+    """The Lightning logger named by `kind` (one of LOGGERS), writing under run_dir/logs.
+
+    csv: run_dir/logs/version_N/metrics.csv (+ hparams.yaml); tensorboard: event files in the same
+    place (`tensorboard --logdir <run_dir>/logs`); mlflow: a run in the experiment "gen_assets" at
+    `mlflow_tracking_uri`, or in a file store at run_dir/logs/mlruns without one (the caller reads
+    MLflow's MLFLOW_TRACKING_URI: TrainerResource does). Each start of the
+    run, a resume included, is a new version: the curves of a killed run are kept, not overwritten.
+    """
+    if kind not in LOGGERS:
+        raise ValueError(f"unknown logger {kind!r}; choose one of {', '.join(LOGGERS)}")
+    logs = run_dir / "logs"
+    if kind == "none":
+        return None
+    if kind == "csv":
+        return CSVLogger(save_dir=run_dir, name="logs")
+    if kind == "tensorboard":
+        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+            raise ModuleNotFoundError(
+                "logger 'tensorboard' needs the tensorboard package: pip install 'gen_assets[tensorboard]'"
+            )
+        # default_hp_metric=False: no placeholder "hp_metric" curve at -1
+        return TensorBoardLogger(save_dir=run_dir, name="logs", default_hp_metric=False)
+    if importlib.util.find_spec("mlflow") is None:
+        raise ModuleNotFoundError("logger 'mlflow' needs the mlflow package: pip install 'gen_assets[mlflow]'")
+    # one MLflow run per training run folder (<asset>/<key of config and inputs>), named after it
+    return MLFlowLogger(experiment_name="gen_assets", run_name=f"{run_dir.parent.name}/{run_dir.name}",
+                        tracking_uri=mlflow_tracking_uri, save_dir=str(logs / "mlruns"))
+
+
 @dataclass
 class FitResult:
     best_path: str | None  # best checkpoint by the monitored metric (None when nothing is monitored)
@@ -162,10 +198,17 @@ def fit(
     progress_bar: bool = False,
     resume: bool = True,
     extra_callbacks: Sequence[Callback] = (),
+    logger: str = "csv",
+    mlflow_tracking_uri: str | None = None,
 ) -> FitResult:
-    """Train `module`; resume from run_dir/last.ckpt when it exists (a killed run continues)."""
+    """Train `module`; resume from run_dir/last.ckpt when it exists (a killed run continues).
+
+    `logger` (one of LOGGERS) and `mlflow_tracking_uri`: see make_logger.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # built first: a missing optional package fails the run before any training
+    lightning_logger = make_logger(logger, run_dir, mlflow_tracking_uri=mlflow_tracking_uri)
     L.seed_everything(seed, workers=True, verbose=False)
     # Two checkpoints: best.ckpt by the monitored metric, and last.ckpt rewritten after EVERY epoch (what
     # a killed run resumes from). ModelCheckpoint(save_last=True) alone moves last.ckpt only on epochs
@@ -205,7 +248,7 @@ def fit(
             precision=precision,
             gradient_clip_val=gradient_clip_val,
             callbacks=callbacks,
-            logger=False,
+            logger=lightning_logger if lightning_logger is not None else False,
             enable_progress_bar=progress_bar,
             enable_model_summary=False,
             deterministic=not torch.cuda.is_available(),

@@ -133,6 +133,13 @@ def test_trainer_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("GEN_ASSETS_NUM_NODES", "1")
     kwargs = trainer_from_env().fit_kwargs()
     assert (kwargs["strategy"], kwargs["devices"], kwargs["num_nodes"]) == ("ddp_spawn", 2, 1)
+    assert kwargs["logger"] == "csv"  # the default: metrics.csv in the run folder
+    monkeypatch.setenv("GEN_ASSETS_LOGGER", "tensorboard")
+    assert trainer_from_env().fit_kwargs()["logger"] == "tensorboard"
+    monkeypatch.setenv("GEN_ASSETS_LOGGER", "wandb")
+    with pytest.raises(ValueError, match="GEN_ASSETS_LOGGER must be one of csv, tensorboard, mlflow, none"):
+        trainer_from_env()
+    monkeypatch.delenv("GEN_ASSETS_LOGGER")
     monkeypatch.setenv("GEN_ASSETS_NUM_NODES", "two")
     with pytest.raises(ValueError, match="GEN_ASSETS_NUM_NODES"):
         trainer_from_env()

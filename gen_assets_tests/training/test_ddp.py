@@ -82,7 +82,8 @@ def test_two_cpu_processes_agree_and_only_rank_zero_writes(tmp_path):
     assert len(result.history) == 2 and all("val_loss" in row for row in result.history)
     assert result.best_path and Path(result.best_path).is_file() and result.best_score is not None
     assert result.epochs == 2
-    assert sorted(p.name for p in run_dir.iterdir()) == ["best.ckpt", "last.ckpt"]  # one copy, rank 0's
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.ckpt", "last.ckpt", "logs"]  # one copy, rank 0's
+    assert [p.name for p in (run_dir / "logs").iterdir()] == ["version_0"]
 
 
 def test_the_dcgan_survives_pickling_with_its_spectral_norm_state():
@@ -136,7 +137,8 @@ def test_the_image_generator_trains_on_two_cpu_processes(tmp_path):
     assert len(result.history) == 2 and all({"g_loss", "d_loss", "val_fid"} <= set(row) for row in result.history)
     assert result.best_path and Path(result.best_path).is_file() and result.best_score is not None
     assert result.epochs == 2
-    assert sorted(p.name for p in run_dir.iterdir()) == ["best.ckpt", "last.ckpt"]  # one copy, rank 0's
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.ckpt", "last.ckpt", "logs"]  # one copy, rank 0's
+    assert [p.name for p in (run_dir / "logs").iterdir()] == ["version_0"]
 
     # val_fid is the FID of the whole val split, not the mean of the ranks' FIDs: recompute it in this
     # process from the final weights (the last validation came after the last step) with the split as
