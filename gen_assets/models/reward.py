@@ -3,9 +3,9 @@
 A reward model is a linear read-out over standardised features (a ridge regression, the default), or
 that plus a small MLP, fitted on the ratings collected so far (`fit_reward`). The ridge is solved in
 closed form by scikit-learn's RidgeCV, which also picks its penalty by efficient leave-one-out
-cross-validation, and lands in the torch module's parameters; the MLP is trained with torch. It ranks candidates for curation (gen_assets.rules.curation) and
-weights the fine-tuning targets (gen_assets.training.finetune), so what matters is that it orders samples
-the way the ratings do: `fit_reward` reports Pearson and Spearman correlation and the mean absolute
+cross-validation, and lands in the torch module's parameters; the MLP is trained with torch. It ranks
+candidates for curation (gen_assets.rules.curation) and weights the fine-tuning targets
+(gen_assets.training.finetune), so what matters is that it orders samples the way the ratings do: `fit_reward` reports Pearson and Spearman correlation and the mean absolute
 error on ratings it never saw.
 
 Features per modality:
