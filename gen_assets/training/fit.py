@@ -7,9 +7,13 @@ the tools ML engineers read curves in (a CSV file, TensorBoard, MLflow).
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,59 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
 
 LOGGERS = ("csv", "tensorboard", "mlflow", "none")
+
+# What Lightning prints that says nothing about our runs, silenced by message so that every other
+# warning still shows: adverts, and warnings about choices fit() and the project make on purpose.
+QUIET_WARNINGS = (
+    # our image and text sets are tensors in memory: loader workers would add start-up time, not speed
+    r"The '\w+' does not have many workers",
+    # accelerator="cpu" on a GPU machine is a deliberate choice (tests, GEN_ASSETS_ACCELERATOR=cpu)
+    r"GPU available but not used",
+    # our modules log per epoch only, so the per-step logging interval is irrelevant
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+    # the run folder holds last.ckpt on purpose: it is what a killed run resumes from
+    r"Checkpoint directory .* exists and is not empty",
+    # Lightning's own use of a torch API that torch deprecated: nothing for us to change
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+# Lightning's INFO-level adverts for litlogger and litmodels
+QUIET_INFO_PREFIX = "💡 Tip:"
+_RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+def _drop_tips(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(QUIET_INFO_PREFIX)
+
+
+def _install_quiet_filters() -> None:
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in _RANK_ZERO_LOGGERS:
+        logging.getLogger(name).addFilter(_drop_tips)
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence QUIET_WARNINGS and Lightning's tips in this process for the duration of the block."""
+    with warnings.catch_warnings():
+        _install_quiet_filters()
+        try:
+            yield
+        finally:
+            for name in _RANK_ZERO_LOGGERS:
+                logging.getLogger(name).removeFilter(_drop_tips)
+
+
+class QuietRanks(Callback):
+    """The same silence in the ranks that ddp_spawn starts: they are fresh processes, which the
+    caller's warning filters do not reach. There the filters stay for the life of the rank."""
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if os.getpid() != self._pid:
+            _install_quiet_filters()
 
 
 def default_precision(accelerator: str = "auto") -> str:
@@ -217,7 +274,8 @@ def fit(
     last_checkpoint = ModelCheckpoint(dirpath=run_dir, filename="last", monitor=None, save_top_k=1,
                                       enable_version_counter=False)
     history = History(log=log, every=log_every_epochs)
-    callbacks: list[Callback] = [last_checkpoint, history, RandomState(), RankZeroBuffers(), *extra_callbacks]
+    callbacks: list[Callback] = [last_checkpoint, history, RandomState(), RankZeroBuffers(), QuietRanks(),
+                                 *extra_callbacks]
     checkpoint = None
     if monitor:
         checkpoint = ModelCheckpoint(dirpath=run_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
@@ -258,18 +316,20 @@ def fit(
             limit_val_batches=None if val_dataloaders is not None else 0,
         )
 
-    trainer = make_trainer(strategy)
-    if strategy == "auto" and trainer.num_devices * trainer.num_nodes > 1:
-        # Lightning's own pick for several devices (devices="auto" on a multi-GPU machine) is "ddp", which
-        # re-launches the current command once per rank: inside a Dagster step, that is the step worker.
-        # The ranks are spawned from this process instead.
-        trainer = make_trainer("ddp_spawn")
-    last = run_dir / "last.ckpt"
-    resumed_from = str(last) if resume and last.exists() else None
-    if resumed_from and log:
-        log(f"resuming from {resumed_from}")
-    t0 = time.perf_counter()
-    trainer.fit(module, train_dataloaders, val_dataloaders, ckpt_path=resumed_from)
+    # Trainer() prints the tips and the GPU warning, fit() the rest (QuietRanks covers spawned ranks)
+    with quiet_lightning():
+        trainer = make_trainer(strategy)
+        if strategy == "auto" and trainer.num_devices * trainer.num_nodes > 1:
+            # Lightning's own pick for several devices (devices="auto" on a multi-GPU machine) is "ddp", which
+            # re-launches the current command once per rank: inside a Dagster step, that is the step worker.
+            # The ranks are spawned from this process instead.
+            trainer = make_trainer("ddp_spawn")
+        last = run_dir / "last.ckpt"
+        resumed_from = str(last) if resume and last.exists() else None
+        if resumed_from and log:
+            log(f"resuming from {resumed_from}")
+        t0 = time.perf_counter()
+        trainer.fit(module, train_dataloaders, val_dataloaders, ckpt_path=resumed_from)
     seconds = time.perf_counter() - t0
     epochs = trainer.current_epoch
     if not history.rows and last.exists():
