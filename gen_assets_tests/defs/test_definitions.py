@@ -163,3 +163,19 @@ def test_warehouse_settings_come_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("GEN_ASSETS_DUCKDB_THREADS", "many")
     with pytest.raises(ValueError, match="GEN_ASSETS_DUCKDB_THREADS"):
         warehouse_from_env(paths)
+
+
+def test_inference_on_a_gpu_uses_tf32_matmuls(monkeypatch):
+    import torch
+
+    from gen_assets.defs.handles import inference_device
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert inference_device() == "cpu" and torch.get_float32_matmul_precision() == "highest"
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert inference_device() == "cuda" and torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
