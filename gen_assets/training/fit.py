@@ -40,6 +40,8 @@ QUIET_WARNINGS = (
     r"The number of training batches \(\d+\) is smaller than the logging interval",
     # the run folder holds last.ckpt on purpose: it is what a killed run resumes from
     r"Checkpoint directory .* exists and is not empty",
+    # fit(val_dataloaders=None) is deliberate: fine-tuning has no val split, and fit() then skips validation
+    r"You defined a `validation_step` but have no `val_dataloader`",
     # Lightning's own use of a torch API that torch deprecated: nothing for us to change
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 )

@@ -35,6 +35,7 @@ def test_the_filters_match_by_message_and_end_with_the_block(caplog):
             rank_zero_warn("GPU available but not used. You can set it by doing `Trainer(accelerator='gpu')`.",
                            category=PossibleUserWarning)
             rank_zero_warn("The 'train_dataloader' returned a batch of unknown size", category=PossibleUserWarning)
+            rank_zero_warn("You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.")
             rank_zero_info("💡 Tip: For seamless cloud uploads and versioning, try installing [litmodels]")
             rank_zero_info("an ordinary message")
         rank_zero_warn(workers, category=PossibleUserWarning)
