@@ -29,15 +29,16 @@ def ddp_home(tmp_path, monkeypatch):
 
 
 def one_trained_model(home, modality: str, arch: str, asset: str, registry_rows: str) -> list[dict]:
-    """Rank 0 alone wrote: one model file, one registry row (the champion) and one checkpoint set for
-    the training run of `asset`; `registry_rows` is the SQL condition on `models` that picks its rows.
+    """Rank 0 alone wrote: one model file, one registry row (the champion) and one checkpoint set and
+    metrics log for the training run of `asset`; `registry_rows` is the SQL condition on `models` that picks its rows.
     Returns the run's history, which came back from the spawned ranks."""
     models = sorted(p.name for p in (home / "artifacts" / "models" / modality).glob(f"{arch}-*.pt"))
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         rows = con.execute(f"SELECT model_version, status FROM models WHERE {registry_rows}").fetchall()
     assert len(models) == 1 and rows == [(models[0].removesuffix(".pt"), "champion")]
     [run] = (home / "artifacts" / "training" / asset).iterdir()
-    assert sorted(p.name for p in run.iterdir()) == ["best.ckpt", "done.json", "last.ckpt"]
+    assert sorted(p.name for p in run.iterdir()) == ["best.ckpt", "done.json", "last.ckpt", "logs"]
+    assert [p.name for p in (run / "logs").iterdir()] == ["version_0"]  # one CSV log, rank 0's
     return json.loads((run / "done.json").read_text())["history"]
 
 

@@ -13,6 +13,7 @@ from dagster_duckdb import DuckDBResource
 
 from gen_assets.settings import Paths
 from gen_assets.store.files import prepare_connection
+from gen_assets.training.fit import LOGGERS
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -33,6 +34,11 @@ class TrainerResource(dg.ConfigurableResource):
     `precision` None means bf16-mixed on a GPU that supports it and fp32 on CPU. `strategy`,
     `devices` and `num_nodes` are Lightning's own, e.g. strategy="ddp_spawn", devices=2 (plain "ddp"
     re-launches the current command once per rank, which inside a Dagster step is the step worker).
+
+    `logger` sends the logged metrics (losses, val_fid, ...) to a Lightning logger under the training
+    run's folder: "csv" (logs/version_N/metrics.csv), "tensorboard" (the tensorboard extra), "mlflow"
+    (the mlflow extra; to `mlflow_tracking_uri`, else MLflow's own MLFLOW_TRACKING_URI, else a file
+    store in the run folder) or "none".
     """
 
     accelerator: str = "auto"
@@ -41,6 +47,8 @@ class TrainerResource(dg.ConfigurableResource):
     num_nodes: int = 1
     precision: str | None = None
     progress_bar: bool | None = None  # None: a progress bar only when stderr is a terminal
+    logger: str = "csv"
+    mlflow_tracking_uri: str | None = None
 
     def fit_kwargs(self) -> dict:
         devices: int | str = int(self.devices) if self.devices.isdigit() else self.devices
@@ -52,6 +60,8 @@ class TrainerResource(dg.ConfigurableResource):
             "num_nodes": self.num_nodes,
             "precision": self.precision,
             "progress_bar": show,
+            "logger": self.logger,
+            "mlflow_tracking_uri": self.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
         }
 
 
@@ -61,6 +71,7 @@ TRAINER_ENV = {  # TrainerResource field -> the environment variable that sets i
     "strategy": "GEN_ASSETS_STRATEGY",
     "num_nodes": "GEN_ASSETS_NUM_NODES",
     "precision": "GEN_ASSETS_PRECISION",
+    "logger": "GEN_ASSETS_LOGGER",
 }
 
 
@@ -72,6 +83,8 @@ def trainer_from_env() -> TrainerResource:
         if not values["num_nodes"].isascii() or not values["num_nodes"].isdigit() or int(values["num_nodes"]) < 1:
             raise ValueError(f"GEN_ASSETS_NUM_NODES must be a whole number >= 1, got {values['num_nodes']!r}")
         values["num_nodes"] = int(values["num_nodes"])
+    if "logger" in values and values["logger"] not in LOGGERS:
+        raise ValueError(f"GEN_ASSETS_LOGGER must be one of {', '.join(LOGGERS)}, got {values['logger']!r}")
     return TrainerResource(**values)
 
 

@@ -251,5 +251,5 @@ def image_metrics(
         out["real_diversity"] = _diversity(real, labels_of_real)
     finally:
         evaluator.train(was_training)
-    # metric modules hold the evaluator as a child; they are dropped here, the evaluator is untouched
+    # the metric modules only point at the evaluator (see models/evaluator.py _Frozen); they are dropped here
     return {k: out[k] for k in METRIC_KEYS}

@@ -133,7 +133,9 @@ class DCGAN(L.LightningModule):
         # a tuple hides the evaluator from nn.Module: it is a yardstick for validation, not part of the
         # model, so it stays out of state_dict, checkpoints and the optimizers
         self._evaluator = (evaluator,)
-        self._quality: SampleQuality | None = None
+        # val_fid and val_class_acc as torchmetrics metrics that Lightning computes, syncs across DDP ranks
+        # and resets each epoch; they add no keys to the state_dict (see SampleQuality)
+        self.val_quality = SampleQuality(evaluator) if evaluator is not None else None
         self._loss_sums: dict[str, torch.Tensor] = {}
         self._loss_count = 0
 
@@ -261,16 +263,11 @@ class DCGAN(L.LightningModule):
 
     # validation: FID and category accuracy in the evaluator's feature space, when one is given
 
-    def on_validation_epoch_start(self) -> None:
-        self._quality = SampleQuality(self.evaluator, self.device) if self.evaluator is not None else None
-
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        if self._quality is not None:
+        if self.val_quality is not None:
             x, y = batch
-            self._quality.update(x, self.generate(y, seed=self.config.val_samples_seed + batch_idx), y)
-
-    def on_validation_epoch_end(self) -> None:
-        if self._quality is not None:
-            # sync_dist: under DDP each rank measured its shard of the val split; the ranks log the mean
-            self.log_dict(self._quality.compute(), sync_dist=True)
-            self._quality = None
+            self.val_quality.update(x, self.generate(y, seed=self.config.val_samples_seed + batch_idx), y)
+            # logged as metric objects: Lightning calls compute() at the epoch's end, where torchmetrics
+            # gathers the ranks' sums first, so under DDP val_fid is that of the whole val split
+            self.log("val_fid", self.val_quality.fid, on_step=False, on_epoch=True)
+            self.log("val_class_acc", self.val_quality.class_acc, on_step=False, on_epoch=True)

@@ -5,8 +5,9 @@ Inception-v3 features mean little on 8x8 digits, so we train our own evaluator o
 logits (Inception Score), and its argmax tells whether a generated sample shows the category it was
 conditioned on. Keep `num_features` small: FID estimates a covariance from a few hundred samples.
 
-Also here, so the generators and metrics/images.py share one definition: `frechet_distance` and
-`SampleQuality`, the generators' per-epoch val_fid / val_class_acc.
+Also here, so the generators, rules/promotion.py and metrics/images.py share one definition:
+`frechet_distance`, and `SampleQuality`, the generators' per-epoch val_fid / val_class_acc as torchmetrics
+metrics over the evaluator's features (`feature_extractor`, the same network metrics/images.py hands torchmetrics).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import lightning as L
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.image.fid import FrechetInceptionDistance
 
 
 @dataclass
@@ -118,7 +121,8 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two (N, D) feature sets (the FID formula).
 
     Same estimator as torchmetrics' FrechetInceptionDistance (unbiased covariances, trace of the
-    square root via the eigenvalues of the product), so a generator's val_fid and the reported fid agree.
+    square root via the eigenvalues of the product), which computes the generators' val_fid and the
+    reported fid: the promotion rules' distances agree with both.
     """
     if feats_a.ndim != 2 or feats_b.ndim != 2 or feats_a.shape[1] != feats_b.shape[1]:
         shapes = f"{tuple(feats_a.shape)} and {tuple(feats_b.shape)}"
@@ -132,49 +136,67 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * sqrt_trace)
 
 
-class SampleQuality:
-    """A generator's validation yardstick: real and generated images of the same categories, batch by
-    batch, into val_fid (Fréchet distance in evaluator-feature space) and val_class_acc (share of
-    generated images the evaluator puts in the category they were conditioned on)."""
+class SampleQuality(nn.Module):
+    """A generator's validation yardstick, as torchmetrics metrics for the generator to log by object:
+    `fid` (Fréchet distance between real and generated images in the evaluator's feature space: val_fid)
+    and `class_acc` (share of generated images the evaluator puts in the category they were conditioned
+    on: val_class_acc).
 
-    def __init__(self, evaluator: ImageEvaluator, device: torch.device):
-        self.evaluator = evaluator.to(device).eval()
-        self.real: list[torch.Tensor] = []
-        self.fake: list[torch.Tensor] = []
-        self.hits: list[torch.Tensor] = []
-
-    @torch.no_grad()
-    def update(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor) -> None:
-        # fp32 even under bf16 autocast: FID subtracts traces of nearly equal size
-        with torch.autocast(real.device.type, enabled=False):
-            self.real.append(self.evaluator.features(real.float()))
-            fake_f = self.evaluator.features(fake.float())
-            self.fake.append(fake_f)
-            self.hits.append(self.evaluator.classifier(fake_f).argmax(dim=1) == labels)
-
-    def compute(self) -> dict[str, float]:
-        out = {"val_class_acc": float(torch.cat(self.hits).float().mean())} if self.hits else {}
-        real = torch.cat(self.real) if self.real else torch.zeros(0)
-        if len(real) >= 2:
-            out["val_fid"] = frechet_distance(real, torch.cat(self.fake))
-        return out
-
-
-class _Frozen(nn.Module):
-    """Wraps the evaluator and never leaves eval mode (dropout and batch-norm statistics stay fixed)."""
+    They keep sums, not per-rank results: under DDP torchmetrics all-reduces the feature sums and
+    outer products before computing, so val_fid is the FID of the whole val split rather than a mean
+    of per-rank FIDs (which FID's small-sample bias would push up). Their states are not persistent
+    and the evaluator is hidden from nn.Module (see _Frozen), so this module adds nothing to the
+    generator's state_dict, checkpoints, optimizers or DDP gradient sync: a generator loaded from
+    its file without an evaluator has the same keys.
+    """
 
     def __init__(self, evaluator: ImageEvaluator):
         super().__init__()
-        self.evaluator = evaluator
-        self.evaluator.eval()
+        # reset_real_features (the default): the real split is fed again every epoch, and under DDP
+        # each rank holds its own shard of it
+        self.fid = FrechetInceptionDistance(feature=evaluator.feature_extractor(), normalize=False)
+        self.class_acc = MeanMetric()
+        self.logits = evaluator.logits_extractor()
+
+    @torch.no_grad()
+    def update(self, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor) -> None:
+        self.fid.update(real, real=True)
+        self.fid.update(fake, real=False)
+        hits = self.logits(fake).argmax(dim=1) == labels.to(fake.device)
+        self.class_acc.update(hits.float())
+
+
+class _Frozen(nn.Module):
+    """The evaluator as a torchmetrics `feature=` network, without owning it.
+
+    The evaluator sits in a tuple, out of nn.Module's sight: a metric holding this wrapper (a
+    generator's val_fid) adds none of its weights to its owner's state_dict, optimizer or DDP
+    gradient sync. For the same reason the owner's .to() and .train() do not reach it, so the
+    wrapper itself keeps it in eval mode (dropout off, batch-norm statistics fixed) and on the
+    device of its input, and in fp32 even under bf16 autocast: FID subtracts traces of nearly equal size.
+    """
+
+    def __init__(self, evaluator: ImageEvaluator):
+        super().__init__()
+        self._evaluator = (evaluator,)
+        evaluator.eval()
+
+    @property
+    def evaluator(self) -> ImageEvaluator:
+        return self._evaluator[0]
 
     def train(self, mode: bool = True) -> "_Frozen":
         return super().train(False)
 
-    def _input(self, x: torch.Tensor) -> torch.Tensor:
+    def _ready(self, x: torch.Tensor) -> tuple[ImageEvaluator, torch.Tensor]:
+        evaluator = self.evaluator
+        if evaluator.training:
+            evaluator.eval()
+        if evaluator.device != x.device:
+            evaluator.to(x.device)
         if x.dtype == torch.uint8:  # torchmetrics' own convention for images is uint8 0..255
             x = x.float() / 255.0
-        return x.float()
+        return evaluator, x.float()
 
 
 class EvaluatorFeatures(_Frozen):
@@ -185,10 +207,14 @@ class EvaluatorFeatures(_Frozen):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.evaluator.features(self._input(x))
+        evaluator, x = self._ready(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return evaluator.features(x)
 
 
 class EvaluatorLogits(_Frozen):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.evaluator(self._input(x))
+        evaluator, x = self._ready(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return evaluator(x)

@@ -1,9 +1,11 @@
 """Reward models: predict the rating a person would give a sample, from features of the sample.
 
-A reward model is a linear read-out plus a small MLP over standardised features, trained with torch on
-the ratings collected so far (`fit_reward`). It ranks candidates for curation (gen_assets.rules.curation) and
-weights the fine-tuning targets (gen_assets.training.finetune), so what matters is that it orders samples
-the way the ratings do: `fit_reward` reports Pearson and Spearman correlation and the mean absolute
+A reward model is a linear read-out over standardised features (a ridge regression, the default), or
+that plus a small MLP, fitted on the ratings collected so far (`fit_reward`). The ridge is solved in
+closed form by scikit-learn's RidgeCV, which also picks its penalty by efficient leave-one-out
+cross-validation, and lands in the torch module's parameters; the MLP is trained with torch. It ranks
+candidates for curation (gen_assets.rules.curation) and weights the fine-tuning targets
+(gen_assets.training.finetune), so what matters is that it orders samples the way the ratings do: `fit_reward` reports Pearson and Spearman correlation and the mean absolute
 error on ratings it never saw.
 
 Features per modality:
@@ -30,9 +32,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sklearn.linear_model import Ridge, RidgeCV
 from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
 IMAGE_STAT_NAMES = ("ink", "coverage", "contrast", "sharpness", "center_y", "center_x")
@@ -57,10 +61,12 @@ class RewardConfig:
     # it predicted held-out ratings worse than the linear model for both modalities); give it width
     # when the ratings are many and the taste is not linear in the features
     hidden: int = 0
-    dropout: float = 0.1
-    lr: float = 1e-2
-    l2: float = 1e-2  # ridge penalty on the weights (not the biases), in standardised units
-    steps: int = 400  # full-batch AdamW steps: a few hundred ratings fit in one batch
+    dropout: float = 0.1  # the MLP's
+    lr: float = 1e-2  # the MLP's AdamW
+    # ridge penalty on the weights (not the biases), per unit of mean squared error in standardised
+    # units. With hidden = 0 fit_reward chooses it by cross-validation (unless given) and stores the choice here.
+    l2: float = 1e-2
+    steps: int = 400  # the MLP's full-batch AdamW steps: a few hundred ratings fit in one batch
     # standardised features are clipped to [-clip, clip]: a feature that was (nearly) constant in the
     # ratings, such as '!' in texts that never exclaim, would otherwise reach z = 1000 on the first
     # sample that has it and swing the prediction by its barely-trained weight
@@ -135,6 +141,7 @@ class RewardReport:
     val_mae: float
     val_mae_baseline: float  # MAE of always predicting the mean training rating: the bar to beat
     train_pearson: float
+    l2: float  # the ridge penalty the model was fitted with (RewardConfig.l2): the CV's choice when hidden = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -180,10 +187,16 @@ def fit_reward(
 
     The rows are shuffled with `seed`; `val_fraction` of them (at least 2) are held out, the rest train
     the model, and the returned model is the one the report describes (it never saw the val rows).
-    `config` overrides RewardConfig's defaults (hidden, dropout, lr, l2, steps). Training is plain
-    full-batch AdamW on the mean squared error in standardised units plus the ridge penalty: a few
-    hundred rows of a few dozen features take well under a second, and Lightning's machinery would
-    cost more than the fit.
+    `config` overrides RewardConfig's defaults (hidden, dropout, lr, l2, steps).
+
+    hidden = 0 (the default) is a ridge regression, solved exactly: scikit-learn's RidgeCV tries every
+    penalty of L2_GRID with efficient leave-one-out cross-validation on the training rows (one
+    decomposition of the data serves all of them) and refits at the best, unless `l2` is given. The
+    penalty matters more than the solver: with a few dozen ratings per feature a fixed one either
+    lets the model fit the raters' noise or flattens a clear taste. With hidden > 0 training is plain
+    full-batch AdamW on the mean squared error in standardised units plus the ridge penalty at `l2`:
+    a few hundred rows of a few dozen features take well under a second, and Lightning's machinery
+    would cost more than the fit.
     """
     features, ratings = _check_fit_inputs(features, ratings)
     n = len(features)
@@ -198,6 +211,7 @@ def fit_reward(
     x, y = features[train_idx], ratings[train_idx]
 
     cfg = RewardConfig(in_features=features.shape[1], **config)
+    choose_l2 = cfg.hidden == 0 and "l2" not in config
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # initial weights and dropout masks: one seed, one model
         model = RewardModel(cfg)
@@ -211,14 +225,10 @@ def fit_reward(
 
         xs = model.standardise(x)
         ys = (y - model.rating_mean) / model.rating_std
-        weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-        model.train()
-        for _ in range(cfg.steps):
-            loss = F.mse_loss(model._raw(xs), ys) + cfg.l2 * sum(w.square().sum() for w in weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        if cfg.hidden == 0:
+            cfg.l2 = _fit_ridge(model.linear, xs, ys, None if choose_l2 else cfg.l2)
+        else:
+            _fit_mlp(model, xs, ys)
     model.eval()
 
     train_pearson, _ = _correlations(model.predict(x), y)
@@ -229,8 +239,50 @@ def fit_reward(
         val_mae_baseline = float((target - y.mean()).abs().mean())
     else:
         val_pearson = val_spearman = val_mae = val_mae_baseline = math.nan
-    report = RewardReport(n, n - n_val, n_val, val_pearson, val_spearman, val_mae, val_mae_baseline, train_pearson)
+    report = RewardReport(
+        n, n - n_val, n_val, val_pearson, val_spearman, val_mae, val_mae_baseline, train_pearson, cfg.l2
+    )
     return model, report
+
+
+# the penalties the cross-validation chooses from, in RewardConfig.l2's units: half-decade steps from
+# next to no shrinkage to ~1000 times the data's own weight, where every weight is practically zero
+L2_GRID = tuple(float(v) for v in np.logspace(-5, 3, 17))
+
+
+@torch.no_grad()
+def _fit_ridge(linear: nn.Linear, xs: torch.Tensor, ys: torch.Tensor, l2: float | None) -> float:
+    """Solve min_w,b mean((xs w + b - ys)^2) + l2 |w|^2 into `linear`; l2 None: choose it from L2_GRID by
+    leave-one-out CV. Returns the l2 used.
+
+    scikit-learn's penalty `alpha` weighs the squared error summed, not averaged: alpha = n * l2. Its
+    intercept is left unpenalised, as our bias is.
+    """
+    n = len(xs)
+    x, y = xs.double().numpy(), ys.double().numpy()
+    if l2 is None:
+        # gcv_mode="auto": leave-one-out errors for every alpha from one SVD (or eigendecomposition)
+        alphas = n * np.array(L2_GRID)
+        ridge = RidgeCV(alphas=alphas, fit_intercept=True).fit(x, y)
+        l2 = L2_GRID[int(np.argmin(np.abs(alphas - ridge.alpha_)))]
+    else:
+        ridge = Ridge(alpha=n * l2, fit_intercept=True).fit(x, y)
+    linear.weight.copy_(torch.from_numpy(np.asarray(ridge.coef_, dtype=np.float64)).reshape(linear.weight.shape))
+    linear.bias.fill_(float(ridge.intercept_))
+    return l2
+
+
+def _fit_mlp(model: RewardModel, xs: torch.Tensor, ys: torch.Tensor) -> None:
+    """Full-batch AdamW on the mean squared error plus the ridge penalty on every weight matrix."""
+    cfg = model.config
+    weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    model.train()
+    for _ in range(cfg.steps):
+        loss = F.mse_loss(model._raw(xs), ys) + cfg.l2 * sum(w.square().sum() for w in weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
 
 # ---- features -----------------------------------------------------------------------------------------

@@ -135,6 +135,13 @@ def test_trainer_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("GEN_ASSETS_NUM_NODES", "1")
     kwargs = trainer_from_env().fit_kwargs()
     assert (kwargs["strategy"], kwargs["devices"], kwargs["num_nodes"]) == ("ddp_spawn", 2, 1)
+    assert kwargs["logger"] == "csv"  # the default: metrics.csv in the run folder
+    monkeypatch.setenv("GEN_ASSETS_LOGGER", "tensorboard")
+    assert trainer_from_env().fit_kwargs()["logger"] == "tensorboard"
+    monkeypatch.setenv("GEN_ASSETS_LOGGER", "wandb")
+    with pytest.raises(ValueError, match="GEN_ASSETS_LOGGER must be one of csv, tensorboard, mlflow, none"):
+        trainer_from_env()
+    monkeypatch.delenv("GEN_ASSETS_LOGGER")
     monkeypatch.setenv("GEN_ASSETS_NUM_NODES", "two")
     with pytest.raises(ValueError, match="GEN_ASSETS_NUM_NODES"):
         trainer_from_env()
@@ -158,3 +165,19 @@ def test_warehouse_settings_come_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("GEN_ASSETS_DUCKDB_THREADS", "many")
     with pytest.raises(ValueError, match="GEN_ASSETS_DUCKDB_THREADS"):
         warehouse_from_env(paths)
+
+
+def test_inference_on_a_gpu_uses_tf32_matmuls(monkeypatch):
+    import torch
+
+    from gen_assets.defs.handles import inference_device
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert inference_device() == "cpu" and torch.get_float32_matmul_precision() == "highest"
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert inference_device() == "cuda" and torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)

@@ -1,3 +1,4 @@
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -134,3 +135,43 @@ def test_frechet_distance_matches_torchmetrics():
     assert frechet_distance(a, b) > 1.0
     with pytest.raises(ValueError, match="at least 2"):
         frechet_distance(a[:1], b)
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "vae"])
+def test_generators_val_fid_through_torchmetrics_matches_the_hand_computed_fid(arch):
+    # val_fid used to be computed by hand: features of every val batch and of its generated twin, kept,
+    # then frechet_distance over all of them. It is now torchmetrics' FID fed batch by batch; on one
+    # process the two must agree, and a second validation must start afresh (Lightning resets the metric).
+    from gen_assets.models.dcgan import DCGAN, DCGANConfig
+    from gen_assets.models.vae import VAE, VAEConfig
+
+    torch.manual_seed(0)
+    x, y = digits(96)
+    evaluator = ImageEvaluator(EvaluatorConfig(8, 1, 10, num_features=16)).eval()
+    if arch == "dcgan":
+        model = DCGAN(DCGANConfig(8, 1, 10, width=4, d_width=4), evaluator=evaluator)
+        bare = DCGAN(DCGANConfig(8, 1, 10, width=4, d_width=4))
+    else:
+        model = VAE(VAEConfig(8, 1, 10, width=4), evaluator=evaluator)
+        bare = VAE(VAEConfig(8, 1, 10, width=4))
+    # the metrics add nothing to the model's state: a model file loads into a generator built without them
+    assert list(model.state_dict()) == list(bare.state_dict())
+    _, val = image_loaders(x[:8], y[:8], x, y, batch_size=32, seed=0)  # 3 val batches
+
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    first = trainer.validate(model, val, verbose=False)[0]
+    second = trainer.validate(model, val, verbose=False)[0]
+
+    real, fake, hits = [], [], []
+    with torch.no_grad():
+        for i, (xb, yb) in enumerate(val):
+            generated = model.generate(yb, seed=model.config.val_samples_seed + i)
+            real.append(evaluator.features(xb))
+            fake.append(evaluator.features(generated))
+            hits.append(evaluator.classifier(fake[-1]).argmax(dim=1) == yb)
+    expected_fid = frechet_distance(torch.cat(real), torch.cat(fake))
+    expected_acc = float(torch.cat(hits).float().mean())
+    assert expected_fid > 0.01  # a real distance, not two identical sets
+    assert first["val_fid"] == pytest.approx(expected_fid, rel=1e-4)
+    assert first["val_class_acc"] == pytest.approx(expected_acc, abs=1e-6)
+    assert second["val_fid"] == pytest.approx(first["val_fid"], rel=1e-6)

@@ -11,6 +11,7 @@ from gen_assets.models.evaluator import EvaluatorConfig, ImageEvaluator
 from gen_assets.models.gpt import GPT, GPTConfig
 from gen_assets.models.reward import (
     IMAGE_STAT_NAMES,
+    L2_GRID,
     TEXT_STAT_NAMES,
     RewardConfig,
     RewardModel,
@@ -157,3 +158,62 @@ def test_gpt_hidden_states_are_pooled_per_text_whatever_the_batch():
     with pytest.raises(ValueError, match="without its tokenizer"):
         text_features(texts, model)
     np.testing.assert_array_equal(feats[:, : len(TEXT_STAT_NAMES)].numpy(), text_features(texts).numpy())
+
+
+# ---- the ridge (hidden = 0): closed form, penalty by cross-validation ---------------------------------
+
+
+def standardised(x: torch.Tensor, clip: float = 5.0) -> np.ndarray:
+    """The model's own input transform, redone by hand: z-scores by the training rows' statistics, clipped."""
+    std = x.std(0, unbiased=False)
+    z = (x - x.mean(0)) / torch.where(std > 1e-8, std, torch.ones_like(std))
+    return z.clamp(-clip, clip).double().numpy()
+
+
+def test_the_ridge_is_sklearns_ridge_at_the_penalty_leave_one_out_prefers():
+    from sklearn.linear_model import Ridge
+
+    x, ratings = planted(n=60, d=8, noise=1.0)
+    model, report = fit_reward(x, ratings, seed=0, val_fraction=0.0)  # every row trains
+    assert report.l2 in L2_GRID and model.config.l2 == report.l2
+    # sklearn's alpha weighs the summed squared error, ours the mean one
+    z, r = standardised(x), ratings.double().numpy()
+    expected = Ridge(alpha=len(x) * report.l2).fit(z, r).predict(z)
+    np.testing.assert_allclose(model.predict(x).double().numpy(), expected, rtol=1e-5, atol=1e-5)
+
+    # the penalty is the one with the least leave-one-out error, found by refitting without each row in turn
+    # (standardised once, as the CV does)
+    def loo_error(l2: float) -> float:
+        errors = []
+        for i in range(len(z)):
+            keep = np.arange(len(z)) != i
+            fitted = Ridge(alpha=(len(z) - 1) * l2).fit(z[keep], r[keep])
+            errors.append(float(fitted.predict(z[i : i + 1])[0] - r[i]) ** 2)
+        return float(np.mean(errors))
+
+    errors = {l2: loo_error(l2) for l2 in L2_GRID}
+    assert report.l2 == min(errors, key=errors.get)
+
+
+def test_the_cross_validation_shrinks_more_on_noise_than_on_a_clean_taste():
+    x, clean = planted(n=200, d=16, noise=0.1)
+    noise = torch.randn(200, generator=torch.Generator().manual_seed(5))
+    _, on_taste = fit_reward(x, clean, seed=0)
+    model, on_noise = fit_reward(x, noise, seed=0)
+    assert on_noise.l2 >= 100 * on_taste.l2
+    assert on_taste.val_pearson > 0.95
+    # ratings that carry no taste leave the model close to the mean rating, not fitted to the noise
+    assert float(model.predict(x).std()) < 0.2 * float(noise.std())
+    # a penalty that is given is used as it is
+    _, fixed = fit_reward(x, noise, seed=0, l2=1e-3)
+    assert fixed.l2 == 1e-3
+
+
+def test_save_load_round_trip_of_the_ridge_keeps_its_penalty(tmp_path):
+    x, ratings = planted(n=100)
+    model, report = fit_reward(x, ratings, seed=0)
+    assert model.mlp is None and float(model.linear.weight.detach().abs().max()) > 0.1
+    save_model(tmp_path / "reward.pt", "reward", model)
+    loaded = load_model(tmp_path / "reward.pt")
+    assert loaded.config == model.config and loaded.config.l2 == report.l2
+    torch.testing.assert_close(loaded.predict(x), model.predict(x))

@@ -16,9 +16,9 @@ import pytest
 import torch
 import torch.distributed
 
-from gen_assets.training.image_data import image_loaders
+from gen_assets.training.image_data import image_loaders, images_to_tensor
 from gen_assets.models.dcgan import DCGAN, DCGANConfig
-from gen_assets.models.evaluator import EvaluatorConfig, ImageEvaluator
+from gen_assets.models.evaluator import EvaluatorConfig, ImageEvaluator, frechet_distance
 from gen_assets.models.gpt import GPT, GPTConfig
 from gen_assets.training.text_data import text_loaders
 from gen_assets.training.fit import fit
@@ -82,7 +82,8 @@ def test_two_cpu_processes_agree_and_only_rank_zero_writes(tmp_path):
     assert len(result.history) == 2 and all("val_loss" in row for row in result.history)
     assert result.best_path and Path(result.best_path).is_file() and result.best_score is not None
     assert result.epochs == 2
-    assert sorted(p.name for p in run_dir.iterdir()) == ["best.ckpt", "last.ckpt"]  # one copy, rank 0's
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.ckpt", "last.ckpt", "logs"]  # one copy, rank 0's
+    assert [p.name for p in (run_dir / "logs").iterdir()] == ["version_0"]
 
 
 def test_the_dcgan_survives_pickling_with_its_spectral_norm_state():
@@ -136,7 +137,24 @@ def test_the_image_generator_trains_on_two_cpu_processes(tmp_path):
     assert len(result.history) == 2 and all({"g_loss", "d_loss", "val_fid"} <= set(row) for row in result.history)
     assert result.best_path and Path(result.best_path).is_file() and result.best_score is not None
     assert result.epochs == 2
-    assert sorted(p.name for p in run_dir.iterdir()) == ["best.ckpt", "last.ckpt"]  # one copy, rank 0's
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.ckpt", "last.ckpt", "logs"]  # one copy, rank 0's
+    assert [p.name for p in (run_dir / "logs").iterdir()] == ["version_0"]
+
+    # val_fid is the FID of the whole val split, not the mean of the ranks' FIDs: recompute it in this
+    # process from the final weights (the last validation came after the last step) with the split as
+    # the ranks saw it: Lightning's DistributedSampler deals the 16 val images out in turn, so rank r
+    # validated images r, r + 2, ... in one batch, generated with the seed of batch 0
+    val_x, val_y = images_to_tensor(x[48:]), torch.from_numpy(y[48:])
+    real, fake, per_rank = [], [], []
+    with torch.no_grad():
+        for r in (0, 1):
+            xb, yb = val_x[r::2], val_y[r::2]
+            real.append(evaluator.features(xb))
+            fake.append(evaluator.features(model.generate(yb, seed=model.config.val_samples_seed)))
+            per_rank.append(frechet_distance(real[-1], fake[-1]))
+    whole = frechet_distance(torch.cat(real), torch.cat(fake))
+    assert result.history[-1]["val_fid"] == pytest.approx(whole, rel=1e-4)
+    assert abs(sum(per_rank) / 2 - whole) > 1e-3 * whole, "the mean of the ranks' FIDs would be another number"
 
 
 def test_several_devices_with_the_automatic_strategy_spawn_their_ranks(tmp_path):
