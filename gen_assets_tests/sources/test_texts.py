@@ -203,6 +203,36 @@ def test_csv_rows_bad_cells_and_short_rows(tmp_path):
     assert rows[3]["category"] is None and rows[3]["text"] == "No category here"
 
 
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        # a stray quote opens a field that a later quote closes: the lenient reader glued lines 3-5 into one
+        # two-field document ('Oops,x\nthird,y\nfourth q"', 'z') without a word
+        (b'text,category\nfirst,a\n"Oops,x\nthird,y\nfourth "q",z\nfifth,w\n',
+         r"the record starting at line 3 \(read up to line 5\): ',' expected after '\"'"),
+        # a quote that is never closed swallows the rest of the file
+        (b'text,category\nfirst,a\n"never closed,x\nthird,y\n', r"the record starting at line 3 .*unexpected end"),
+        # text after a closing quote on one line
+        (b'text,category\nfirst,a\n"quoted" then more,x\nthird,y\n', r"line 3: ',' expected after '\"'"),
+    ],
+)
+def test_csv_with_a_stray_quote_is_an_error_naming_the_file_and_line_never_a_merged_record(tmp_path, body, where):
+    f = tmp_path / "stray.csv"
+    f.write_bytes(body)
+    with pytest.raises(SourceError, match=rf"stray\.csv: malformed CSV at {where}"):
+        collect_texts(str(f))
+    stream = iter_texts(str(f), batch_rows=1)
+    assert next(stream).column("text").to_pylist() == ["first"]  # the good record before it is read
+    with pytest.raises(SourceError, match="malformed CSV"):
+        next(stream)  # and the stream fails there, so write_snapshot lands nothing
+
+
+def test_csv_quote_inside_an_unquoted_field_is_text(tmp_path):
+    f = tmp_path / "quotes.csv"
+    f.write_bytes(b'text,category\nHe said "hi,a\n"a ""quoted"" word",b\n')
+    assert collect_texts(str(f)).column("text").to_pylist() == ['He said "hi', 'a "quoted" word']
+
+
 def test_csv_without_the_configured_column_is_a_clear_error(tmp_path):
     f = tmp_path / "data.csv"
     f.write_text("body,genre\nhello,x\n", encoding="utf-8")
