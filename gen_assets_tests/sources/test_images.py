@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import os
 import threading
 from pathlib import Path
 
@@ -111,6 +112,90 @@ def test_folder_errors(tmp_path):
         collect_images(str(empty))
     with pytest.raises(SourceError, match="labels= only applies"):
         collect_images(str(empty), labels="x")
+
+
+def _deny_listing(monkeypatch, *denied: Path) -> None:
+    """os.scandir raising PermissionError for `denied`, as for a folder without read permission (the tests
+    run as root, for which chmod 000 changes nothing)."""
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path) in denied:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def _labelled_folder(root: Path) -> Path:
+    for relative in ("cat/a.png", "dog/b.png", "dog/more/c.png"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(_png(10))
+    return root
+
+
+def test_a_category_folder_that_cannot_be_listed_is_an_error_naming_it(tmp_path, monkeypatch):
+    root = _labelled_folder(tmp_path / "pets")
+    _deny_listing(monkeypatch, root / "dog")
+    with pytest.raises(SourceError, match=r"pets: cannot list folder dog: Permission denied"):
+        collect_images(str(root))  # not a table with the cat alone
+
+
+def test_a_sub_folder_of_a_category_that_cannot_be_listed_is_an_error_naming_it(tmp_path, monkeypatch):
+    root = _labelled_folder(tmp_path / "pets")
+    _deny_listing(monkeypatch, root / "dog" / "more")
+    with pytest.raises(SourceError, match=r"pets: cannot list folder dog/more: Permission denied"):
+        collect_images(str(root))
+
+
+def test_the_folder_itself_that_cannot_be_listed_is_an_error(tmp_path, monkeypatch):
+    root = _labelled_folder(tmp_path / "pets")
+    _deny_listing(monkeypatch, root)
+    with pytest.raises(SourceError, match=r"pets: cannot list the folder: Permission denied"):
+        collect_images(str(root))
+
+
+def test_a_broken_symbolic_link_is_an_error_naming_it(tmp_path):
+    root = _labelled_folder(tmp_path / "pets")
+    (root / "bird").symlink_to(tmp_path / "unmounted" / "bird")  # a category whose target is gone
+    with pytest.raises(SourceError, match=r"pets: bird is a broken symbolic link"):
+        collect_images(str(root))
+    (root / "bird").unlink()
+    (root / "dog" / "more" / "gone").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(SourceError, match=r"pets: dog/more/gone is a broken symbolic link"):
+        collect_images(str(root))
+
+
+def test_linked_folders_are_followed_and_a_link_loop_is_an_error(tmp_path):
+    root = _labelled_folder(tmp_path / "pets")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "d.png").write_bytes(_png(40))
+    (root / "cat" / "linked").symlink_to(tmp_path / "elsewhere")
+    (root / "fish").symlink_to(tmp_path / "elsewhere")
+    os.mkfifo(root / "dog" / "pipe.png")  # neither a file nor a folder: skipped and counted, never opened
+    table = collect_images(str(root))
+    assert table.column("row_id").to_pylist() == [
+        "cat/a.png", "cat/linked/d.png", "dog/b.png", "dog/more/c.png", "fish/d.png"]
+    assert table.schema.metadata[b"skipped_files"] == b"1"
+    (root / "dog" / "more" / "loop").symlink_to(root / "dog")
+    with pytest.raises(SourceError, match=r"pets: dog/more/loop links back to a folder that contains it"):
+        collect_images(str(root))
+
+
+def test_an_image_file_that_cannot_be_read_is_a_row_with_the_reason(tmp_path, monkeypatch):
+    root = _labelled_folder(tmp_path / "pets")
+    real_read_bytes = Path.read_bytes
+
+    def deny(self):
+        if self.name == "b.png":
+            raise PermissionError(13, "Permission denied")
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", deny)
+    rows = {r["row_id"]: r for r in collect_images(str(root)).to_pylist()}
+    assert sorted(rows) == ["cat/a.png", "dog/b.png", "dog/more/c.png"]
+    assert rows["dog/b.png"]["decode_error"] == "cannot read file: Permission denied"
+    assert rows["dog/b.png"]["image"] == b"" and rows["cat/a.png"]["decode_error"] is None
 
 
 @pytest.mark.parametrize("gz", [False, True])

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import json
+import os
 import threading
 import tracemalloc
 from pathlib import Path
@@ -178,6 +179,34 @@ def test_folder_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_bytes", deny)
     with pytest.raises(SourceError, match=r"cannot read .*secret\.txt: Permission denied"):
         collect_texts(str(tmp_path / "locked"))
+
+
+def test_a_sub_folder_that_cannot_be_listed_is_an_error_naming_it(tmp_path, monkeypatch):
+    root = tmp_path / "corpus"
+    for relative in ("poems/a.txt", "prose/b.txt", "prose/old/c.txt"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text("Some words.", encoding="utf-8")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # a folder without read permission (chmod 000 changes nothing for root)
+        if Path(path) == root / "prose" / "old":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(SourceError, match=r"corpus: cannot list folder prose/old: Permission denied"):
+        collect_texts(str(root))
+    monkeypatch.undo()
+    (root / "drama").symlink_to(tmp_path / "unmounted")
+    with pytest.raises(SourceError, match=r"corpus: drama is a broken symbolic link"):
+        collect_texts(str(root))
+    (root / "drama").unlink()
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "d.md").write_text("Linked words.", encoding="utf-8")
+    (root / "drama").symlink_to(tmp_path / "shared")
+    rows = rows_by_id(collect_texts(str(root)))
+    assert sorted(rows) == ["drama/d.md", "poems/a.txt", "prose/b.txt", "prose/old/c.txt"]
+    assert rows["drama/d.md"]["category"] == "drama"
 
 
 # ---- CSV / JSONL / Parquet ----------------------------------------------------------------------------
