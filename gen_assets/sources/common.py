@@ -1,4 +1,5 @@
-"""What every source reader shares: the error type and reading a local path or an http(s) URL."""
+"""What every source reader shares: the error type, downloading an http(s) URL within limits, and walking a
+folder without quietly losing any part of it."""
 
 from __future__ import annotations
 
@@ -48,12 +49,6 @@ class DownloadLimits:
 
 
 DEFAULT_DOWNLOAD_LIMITS = DownloadLimits()
-
-
-def fetch_url(url: str, limits: DownloadLimits = DEFAULT_DOWNLOAD_LIMITS) -> bytes:
-    """GET an http(s) URL into memory, within `limits`; any failure becomes a SourceError naming the URL."""
-    with download(url, limits) as f:
-        return f.read()
 
 
 def download(url: str, limits: DownloadLimits = DEFAULT_DOWNLOAD_LIMITS, chunk: int = 1 << 20) -> IO[bytes]:
@@ -138,21 +133,6 @@ def _set_read_timeout(resp, seconds: float) -> None:
     sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
     if sock is not None:
         sock.settimeout(seconds)
-
-
-def read_bytes(source: str) -> bytes:
-    """Bytes of a local file or an http(s) URL, with a clear error when it is missing or unreadable."""
-    if is_url(source):
-        return fetch_url(source)
-    path = Path(source.removeprefix("file://")).expanduser()
-    if not path.exists():
-        raise SourceError(source, "file does not exist")
-    if not path.is_file():
-        raise SourceError(source, "is not a file")
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise SourceError(source, f"cannot read: {e.strerror}") from None
 
 
 def list_folder(source: str, root: Path, folder: Path | None = None) -> list[os.DirEntry]:

@@ -9,6 +9,8 @@ import http.server
 import io
 import os
 import threading
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +261,47 @@ def test_idx_truncated_trailing_and_bad_gzip(tmp_path, idx_arrays):
         collect_images(str(path))
     path.write_bytes(gzip.compress(data)[:-12])
     with pytest.raises(SourceError, match="not a valid gzip file"):
+        collect_images(str(path))
+
+
+def _gzip_with_zeros(data: bytes, zeros_mib: int) -> bytes:
+    """gzip of `data` followed by `zeros_mib` MiB of zero bytes, compressed a MiB at a time (never held)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    parts = [compressor.compress(data)]
+    block = bytes(1 << 20)
+    parts += [compressor.compress(block) for _ in range(zeros_mib)]
+    return b"".join(parts) + compressor.flush()
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["valid-data-then-zeros", "zeros-only"])
+def test_idx_gzip_bomb_is_refused_after_decompressing_little(tmp_path, idx_arrays, header):
+    images, labels = idx_arrays
+    path = write_idx(tmp_path, images, labels, gz=True)
+    data = gzip.decompress(path.read_bytes()) if header else b""
+    path.write_bytes(_gzip_with_zeros(data, zeros_mib=64))
+    assert path.stat().st_size < 1 << 20  # 64 MiB of zeros inside well under a megabyte
+    expected = (r"more than 1048576 unexpected bytes after the \(5, 6, 4\) data" if header
+                else "not an IDX images file: magic number 0")
+    tracemalloc.start()
+    try:
+        with pytest.raises(SourceError, match=rf"train-images-idx3-ubyte\.gz: {expected}"):
+            collect_images(str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # not the 64 MiB it inflates to
+
+
+def test_idx_header_promising_more_than_the_limit_is_refused_before_reading_the_data(tmp_path, idx_arrays):
+    images, labels = idx_arrays
+    path = write_idx(tmp_path, images, labels, gz=True)
+    with pytest.raises(SourceError, match=r"header promises \(5, 6, 4\) = 120 data bytes, more than the limit of 100"):
+        collect_images(str(path), idx_max_bytes=100)
+    assert collect_images(str(path), idx_max_bytes=120).num_rows == 5  # exactly at the limit is fine
+    # 4,294,967,295 images of 28x28 promised by a 16-byte header: refused, nothing allocated for them
+    header = b"".join(x.to_bytes(4, "big") for x in (2051, 2**32 - 1, 28, 28))
+    path.write_bytes(gzip.compress(header))
+    with pytest.raises(SourceError, match=r"= 3367254359280 data bytes, more than the limit of 1073741824 bytes"):
         collect_images(str(path))
 
 
