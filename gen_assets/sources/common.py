@@ -1,10 +1,15 @@
-"""What every source reader shares: the error type and reading a local path or an http(s) URL."""
+"""What every source reader shares: the error type, downloading an http(s) URL within limits, and walking a
+folder without quietly losing any part of it."""
 
 from __future__ import annotations
 
+import http.client
+import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -22,50 +27,181 @@ def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
-def fetch_url(url: str, timeout: float = 60.0, max_bytes: int = 2 << 30) -> bytes:
-    """GET an http(s) URL into memory; any failure becomes a SourceError naming the URL."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (scheme checked by is_url)
-            data = resp.read(max_bytes + 1)
-    except urllib.error.HTTPError as e:
-        raise SourceError(url, f"HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        raise SourceError(url, f"download failed: {reason}") from None
-    if len(data) > max_bytes:
-        raise SourceError(url, f"larger than {max_bytes} bytes")
-    return data
+@dataclass(frozen=True)
+class DownloadLimits:
+    """Bounds on one http(s) download.
+
+    deadline_s: the whole download, connection to last byte; a server that drips a byte every few seconds
+        keeps every single read inside `read_timeout_s` and would otherwise hold the run for days.
+    max_bytes: the body, whether announced by Content-Length (refused before reading) or counted as it
+        arrives (a server that sends none, or more than it announced).
+    read_timeout_s: one wait for the connection or for the next bytes (never more than what is left of
+        the deadline).
+    """
+
+    deadline_s: float = 300.0
+    max_bytes: int = 2 << 30
+    read_timeout_s: float = 60.0
+
+    def __post_init__(self):
+        if not (self.deadline_s > 0 and self.max_bytes > 0 and self.read_timeout_s > 0):
+            raise ValueError(f"download limits must be positive: {self}")
 
 
-def download(url: str, timeout: float = 60.0, chunk: int = 1 << 20) -> IO[bytes]:
-    """GET an http(s) URL into an anonymous temporary file, 1 MiB at a time, and return it rewound: a
-    download of any size passes through disk, not memory. Any failure becomes a SourceError naming the URL."""
+DEFAULT_DOWNLOAD_LIMITS = DownloadLimits()
+
+
+def download(url: str, limits: DownloadLimits = DEFAULT_DOWNLOAD_LIMITS, chunk: int = 1 << 20) -> IO[bytes]:
+    """GET an http(s) URL into an anonymous temporary file, up to `chunk` bytes at a time, and return it
+    rewound: a download of any size passes through disk, not memory. Within `limits` (see DownloadLimits);
+    a body shorter than its Content-Length is an error, not a document. Any failure becomes a SourceError
+    naming the URL."""
     f = tempfile.TemporaryFile()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (scheme checked by is_url)
-            while block := resp.read(chunk):
-                f.write(block)
-    except urllib.error.HTTPError as e:
+        _download_into(url, f, limits, chunk)
+    except BaseException:
         f.close()
-        raise SourceError(url, f"HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        f.close()
-        reason = getattr(e, "reason", e)
-        raise SourceError(url, f"download failed: {reason}") from None
+        raise
     f.seek(0)
     return f
 
 
-def read_bytes(source: str) -> bytes:
-    """Bytes of a local file or an http(s) URL, with a clear error when it is missing or unreadable."""
-    if is_url(source):
-        return fetch_url(source)
-    path = Path(source.removeprefix("file://")).expanduser()
-    if not path.exists():
-        raise SourceError(source, "file does not exist")
-    if not path.is_file():
-        raise SourceError(source, "is not a file")
+def _download_into(url: str, f: IO[bytes], limits: DownloadLimits, chunk: int) -> None:
+    end = time.monotonic() + limits.deadline_s
+    received = 0
+
+    def past_deadline() -> SourceError:
+        return SourceError(url, f"download not finished within its deadline of {limits.deadline_s:g} s "
+                                f"({received} bytes received)")
+
     try:
-        return path.read_bytes()
+        # the scheme was checked by is_url
+        with urllib.request.urlopen(url, timeout=min(limits.read_timeout_s, limits.deadline_s)) as resp:  # noqa: S310
+            announced = _content_length(url, resp)
+            if announced is not None and announced > limits.max_bytes:
+                raise SourceError(url, f"announces {announced} bytes (Content-Length), more than the limit of "
+                                       f"{limits.max_bytes} bytes")
+            while True:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise past_deadline()
+                _set_read_timeout(resp, min(limits.read_timeout_s, left))
+                block = resp.read1(chunk)  # whatever has arrived: a dripping server cannot hold one read forever
+                if not block:
+                    break
+                received += len(block)
+                if received > limits.max_bytes:
+                    raise SourceError(url, f"larger than the limit of {limits.max_bytes} bytes")
+                f.write(block)
+    except SourceError:
+        raise
+    except urllib.error.HTTPError as e:
+        raise SourceError(url, f"HTTP {e.code} {e.reason}") from None
+    except http.client.IncompleteRead:  # a chunked body cut short
+        raise SourceError(url, f"truncated: the connection closed after {received} bytes, mid-body") from None
+    except TimeoutError:
+        if time.monotonic() >= end:
+            raise past_deadline() from None
+        raise SourceError(url, f"download failed: no data for {limits.read_timeout_s:g} s "
+                               f"({received} bytes received)") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise SourceError(url, f"download failed: {reason}") from None
+    if announced is not None and received < announced:
+        raise SourceError(url, f"truncated: {received} bytes received of the {announced} announced by "
+                               "Content-Length (the connection closed early)")
+
+
+def _content_length(url: str, resp) -> int | None:
+    """The body size the server announced, or None (no header, or a chunked body)."""
+    value = resp.headers.get("Content-Length")
+    if value is None or resp.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        raise SourceError(url, f"invalid Content-Length {value!r}") from None
+    if length < 0:
+        raise SourceError(url, f"invalid Content-Length {value!r}")
+    return length
+
+
+def _set_read_timeout(resp, seconds: float) -> None:
+    """Make the next wait on the response's socket end at the deadline at the latest. http.client keeps the
+    socket at resp.fp.raw._sock (a SocketIO's); where it is not there, each wait stays bounded by the
+    timeout given to urlopen and the deadline is checked after every read."""
+    sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
+
+
+def list_folder(source: str, root: Path, folder: Path | None = None) -> list[os.DirEntry]:
+    """The entries of `folder` (default `root`), hidden ones (a name starting with ".") left out, sorted by
+    name. A folder that cannot be listed is a SourceError naming it: never an empty listing."""
+    folder = root if folder is None else folder
+    try:
+        with os.scandir(folder) as entries:
+            return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
     except OSError as e:
-        raise SourceError(source, f"cannot read: {e.strerror}") from None
+        where = "the folder" if folder == root else f"folder {folder.relative_to(root).as_posix()}"
+        raise SourceError(source, f"cannot list {where}: {e.strerror or e}") from None
+
+
+def entry_kind(source: str, root: Path, entry: os.DirEntry) -> str:
+    """"dir" or "file" (symbolic links followed), or "other" (a device, a FIFO, a socket: never data).
+
+    A symbolic link whose target is missing (or that loops) is a SourceError naming it: whether it stood
+    for a file or a whole folder of data cannot be known, so skipping it could lose a category unseen."""
+    relative = Path(entry.path).relative_to(root).as_posix()
+    try:
+        if entry.is_dir():
+            return "dir"
+        if entry.is_file():
+            return "file"
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            raise SourceError(source, f"{relative} is a broken symbolic link (its target is missing or loops)")
+        return "other"
+    except OSError as e:
+        raise SourceError(source, f"cannot inspect {relative}: {e.strerror or e}") from None
+
+
+def list_files(source: str, root: Path, folder: Path | None = None) -> tuple[list[str], list[str]]:
+    """(files, others) below `folder` (default `root`), as posix paths relative to `root`, in path order.
+
+    `others` are entries that are neither files nor folders (devices, FIFOs, sockets). Hidden files and
+    folders are left out. Symbolic links to folders are followed; one that leads back to a folder that
+    contains it is an error. A folder that cannot be listed and a broken link raise SourceError naming them
+    (see `list_folder`, `entry_kind`): a walk never quietly returns less than the folder holds, which is
+    what pathlib's rglob does with a folder it may not read."""
+    start = root if folder is None else folder
+    files: list[str] = []
+    others: list[str] = []
+
+    def key(path: Path) -> tuple[int, int]:
+        try:
+            st = path.stat()
+        except OSError as e:
+            raise SourceError(source, f"cannot inspect {relative(path)}: {e.strerror or e}") from None
+        return st.st_dev, st.st_ino
+
+    def relative(path: Path) -> str:
+        return path.relative_to(root).as_posix()
+
+    # depth first over name-sorted entries: the order of sorting the paths by their parts
+    stack = [(iter(list_folder(source, root, start)), frozenset({key(start)}))]
+    while stack:
+        entries, ancestors = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        path = Path(entry.path)
+        kind = entry_kind(source, root, entry)
+        if kind == "dir":
+            folder_key = key(path)
+            if folder_key in ancestors:
+                raise SourceError(source, f"{relative(path)} links back to a folder that contains it")
+            stack.append((iter(list_folder(source, root, path)), ancestors | {folder_key}))
+        else:
+            (files if kind == "file" else others).append(relative(path))
+    return files, others

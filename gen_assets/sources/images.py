@@ -18,17 +18,29 @@ import gzip
 import hashlib
 import io
 import logging
+import math
 import urllib.parse
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
 from gen_assets.media.png import encode_png
-from gen_assets.sources.common import SourceError, is_url, read_bytes
+from gen_assets.sources.common import (
+    DEFAULT_DOWNLOAD_LIMITS,
+    DownloadLimits,
+    SourceError,
+    download,
+    entry_kind,
+    is_url,
+    list_files,
+    list_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +68,31 @@ IMAGE_SCHEMA = pa.schema(
 BATCH_ROWS = 1024  # images per record batch
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (count, rows, cols)
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (count)
+# The data of one IDX file, decompressed: it is held in memory whole (EMNIST's largest, 698k 28x28 images,
+# is 0.55 GB). A header promising more is refused before anything is allocated.
+IDX_MAX_BYTES = 1 << 30
+IDX_TRAILING_PROBE = 1 << 20  # bytes after the data read to report how many there are, at most
 
 
-def collect_images(source: str = DEFAULT_SOURCE, *, labels: str | None = None) -> pa.Table:
+def collect_images(
+    source: str = DEFAULT_SOURCE,
+    *,
+    labels: str | None = None,
+    idx_max_bytes: int = IDX_MAX_BYTES,
+    download_limits: DownloadLimits = DEFAULT_DOWNLOAD_LIMITS,
+) -> pa.Table:
     """Every image of `source` in one table with the columns of IMAGE_SCHEMA (see `iter_images`)."""
-    batches = list(iter_images(source, labels=labels))
+    batches = list(iter_images(source, labels=labels, idx_max_bytes=idx_max_bytes, download_limits=download_limits))
     return pa.Table.from_batches(batches, schema=batches[0].schema)
 
 
 def iter_images(
-    source: str = DEFAULT_SOURCE, *, labels: str | None = None, batch_rows: int = BATCH_ROWS
+    source: str = DEFAULT_SOURCE,
+    *,
+    labels: str | None = None,
+    batch_rows: int = BATCH_ROWS,
+    idx_max_bytes: int = IDX_MAX_BYTES,
+    download_limits: DownloadLimits = DEFAULT_DOWNLOAD_LIMITS,
 ) -> Iterator[pa.RecordBatch]:
     """Read the images of `source` as record batches of up to `batch_rows` rows (IMAGE_SCHEMA).
 
@@ -79,15 +106,21 @@ def iter_images(
       only bury the real problems. The skipped count is logged with a few example names and stored in the
       table's schema metadata (``skipped_files``). Hidden files and folders (.DS_Store,
       .ipynb_checkpoints) are ignored without counting. A file with an image extension that does not
-      decode is kept as a row with `decode_error` set.
+      decode (or cannot be read) is kept as a row with `decode_error` set. A sub-folder that cannot be
+      listed (permission denied) or a broken symbolic link is an error naming it: a label's images would
+      otherwise vanish without a trace. Symbolic links to folders are followed.
     - IDX files (the MNIST / Fashion-MNIST format), gzipped or plain: `source` is the images file,
       `labels` the labels file; when `labels` is omitted it is the images name with "images-idx3"
       replaced by "labels-idx1" (train-images-idx3-ubyte.gz -> train-labels-idx1-ubyte.gz).
-    - the same IDX files at an http(s) URL (the labels URL is inferred the same way).
+      An IDX file is read as a stream and, gzipped, decompressed as one: never past the data its header
+      promises, which may be at most `idx_max_bytes` (1 GiB), so a gzip bomb is refused early.
+    - the same IDX files at an http(s) URL (the labels URL is inferred the same way), downloaded to a
+      temporary file within `download_limits` (an overall deadline, a size cap, Content-Length checked).
     A ``file://`` prefix is accepted on local paths.
 
-    Raises SourceError for a missing or unreadable file or folder, an empty folder, a wrong IDX magic
-    number, mismatched counts, truncated data or a failed download.
+    Raises SourceError for a missing or unreadable file, a folder or sub-folder that cannot be listed, a
+    broken symbolic link, an empty folder, a wrong IDX magic number, mismatched counts, truncated data, more
+    data than the IDX header promises or than `idx_max_bytes`, or a failed download.
     """
     source = str(source).strip()
     if batch_rows < 1:
@@ -99,7 +132,8 @@ def iter_images(
             raise SourceError(source, f"unknown builtin source; available: {', '.join(BUILTINS)}")
         return _collect_digits(batch_rows)
     if is_url(source):
-        return _collect_idx(source, labels if labels is not None else _infer_labels(source), batch_rows)
+        idx = _IdxLimits(idx_max_bytes, download_limits)
+        return _collect_idx(source, labels if labels is not None else _infer_labels(source), batch_rows, idx)
 
     path = Path(_strip_file_scheme(source)).expanduser()
     if path.is_dir():
@@ -115,7 +149,7 @@ def iter_images(
                 source, f"labels file {labels} (inferred from the images name) does not exist; pass labels="
             )
     return _collect_idx(_strip_file_scheme(source), _strip_file_scheme(labels) if not is_url(labels) else labels,
-                        batch_rows)
+                        batch_rows, _IdxLimits(idx_max_bytes, download_limits))
 
 
 def image_table(rows: dict[str, list], metadata: dict[str, str] | None = None) -> pa.Table:
@@ -177,37 +211,23 @@ def _collect_digits(batch_rows: int) -> Iterator[pa.RecordBatch]:
     return _array_batches(images, [str(int(t)) for t in digits.target], "builtin:digits", batch_rows)
 
 
-def _is_hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
-
-
 def _collect_folder(root: Path, source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    try:
-        entries = sorted(root.iterdir())
-    except OSError as e:
-        raise SourceError(source, f"cannot read folder: {e.strerror or e}") from None
-
     # (label, path relative to root, posix): plain strings, so a million files cost ~0.1 KB each here
     files: list[tuple[str, str]] = []
     skipped: list[str] = []
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        if not entry.is_dir():
+    for entry in list_folder(source, root):
+        if entry_kind(source, root, entry) != "dir":
             skipped.append(entry.name)
             continue
-        try:
-            found = sorted(p for p in entry.rglob("*") if p.is_file())
-        except OSError as e:
-            raise SourceError(source, f"cannot read folder {entry.name}: {e.strerror or e}") from None
-        for p in found:
-            rel = p.relative_to(root)
-            if _is_hidden(rel):
-                continue
-            if p.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append((entry.name, rel.as_posix()))
+        # a category folder (or one below it) that cannot be listed raises, naming it: its images would be
+        # missing from the snapshot, and the label with them, with nothing in the data to say so
+        found, others = list_files(source, root, root / entry.name)
+        skipped.extend(others)
+        for relative in found:
+            if Path(relative).suffix.lower() in IMAGE_EXTENSIONS:
+                files.append((entry.name, relative))
             else:
-                skipped.append(rel.as_posix())
+                skipped.append(relative)
 
     if skipped:
         log.warning(
@@ -269,36 +289,89 @@ def _labels_name(source: str, name: str) -> str:
     raise SourceError(source, "cannot infer the labels file (name has no 'images-idx3'); pass labels=")
 
 
-def _read_idx(source: str, magic: int, ndim: int) -> tuple[tuple[int, ...], np.ndarray]:
-    """(dims, flat uint8 data) of one IDX file, validated: magic number, header and exact data length."""
-    data = read_bytes(source)
-    if data[:2] == b"\x1f\x8b":  # gzip magic: decide by content, not by the name
+@dataclass(frozen=True)
+class _IdxLimits:
+    max_bytes: int  # the decompressed data of one file
+    download: DownloadLimits
+
+
+def _open_idx(source: str, limits: _IdxLimits) -> IO[bytes]:
+    """A seekable binary stream of one IDX file: the local file, or the URL downloaded to a temporary file."""
+    if is_url(source):
+        return download(source, limits.download)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise SourceError(source, "file does not exist")
+    if not path.is_file():
+        raise SourceError(source, "is not a file")
+    try:
+        return path.open("rb")
+    except OSError as e:
+        raise SourceError(source, f"cannot read: {e.strerror or e}") from None
+
+
+def _read_up_to(stream: IO[bytes], into: memoryview, chunk: int = 1 << 20) -> int:
+    """Fill `into` from `stream` as far as it goes, `chunk` bytes at a time (GzipFile.readinto decompresses
+    into a temporary bytes object the size of the request); the number of bytes read."""
+    filled = 0
+    while filled < len(into) and (n := stream.readinto(into[filled : filled + chunk])):
+        filled += n
+    return filled
+
+
+def _read_idx(source: str, magic: int, ndim: int, limits: _IdxLimits) -> tuple[tuple[int, ...], np.ndarray]:
+    """(dims, flat uint8 data) of one IDX file, validated: magic number, header and exact data length.
+
+    Read as a stream and, when gzipped, decompressed as one: never more than the header's promise (itself
+    at most `limits.max_bytes`) plus a bounded look past it, so a small file that inflates to gigabytes (a
+    gzip bomb) is refused after reading a little, instead of exhausting memory first."""
+    with _open_idx(source, limits) as raw:
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
+            gzipped = raw.read(2) == b"\x1f\x8b"  # gzip magic: decide by content, not by the name
+            raw.seek(0)
+            stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
+            return _parse_idx(source, stream, magic, ndim, limits.max_bytes)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # only the gzip layer raises these
             raise SourceError(source, f"not a valid gzip file: {e}") from None
-    header = 4 + 4 * ndim
-    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+        except OSError as e:
+            raise SourceError(source, f"cannot read: {e.strerror or e}") from None
+
+
+def _parse_idx(
+    source: str, stream: IO[bytes], magic: int, ndim: int, max_bytes: int
+) -> tuple[tuple[int, ...], np.ndarray]:
+    header = bytearray(4 + 4 * ndim)
+    header_len = _read_up_to(stream, memoryview(header))
+    found = int.from_bytes(header[:4], "big") if header_len >= 4 else None
     if found is not None and found != magic:
         kind = "images" if magic == IDX_IMAGES_MAGIC else "labels"
         raise SourceError(source, f"not an IDX {kind} file: magic number {found}, expected {magic}")
-    if len(data) < header:
-        raise SourceError(source, f"truncated: {len(data)} bytes, shorter than the {header}-byte IDX header")
-    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if header_len < len(header):
+        raise SourceError(source, f"truncated: {header_len} bytes, shorter than the {len(header)}-byte IDX header")
+    dims = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if ndim == 3 and (dims[1] == 0 or dims[2] == 0):
         raise SourceError(source, f"images of size {dims[1]}x{dims[2]}")
-    expected = int(np.prod(dims))
-    body = len(data) - header
+    expected = math.prod(dims)
+    if expected > max_bytes:
+        raise SourceError(source, f"header promises {dims} = {expected} data bytes, more than the limit of "
+                                  f"{max_bytes} bytes")
+    data = np.empty(expected, dtype=np.uint8)
+    body = _read_up_to(stream, memoryview(data))
     if body < expected:
         raise SourceError(source, f"truncated: header promises {dims} = {expected} data bytes, found {body}")
-    if body > expected:
-        raise SourceError(source, f"{body - expected} unexpected bytes after the {dims} data")
-    return dims, np.frombuffer(data, dtype=np.uint8, offset=header)
+    trailing = _read_up_to(stream, memoryview(bytearray(IDX_TRAILING_PROBE + 1)))
+    if trailing > IDX_TRAILING_PROBE:
+        raise SourceError(source, f"more than {IDX_TRAILING_PROBE} unexpected bytes after the {dims} data "
+                                  "(the file holds more than its header says)")
+    if trailing:
+        raise SourceError(source, f"{trailing} unexpected bytes after the {dims} data")
+    return dims, data
 
 
-def _collect_idx(images_source: str, labels_source: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    (n, h, w), pixels = _read_idx(images_source, IDX_IMAGES_MAGIC, 3)
-    (n_labels,), label_values = _read_idx(labels_source, IDX_LABELS_MAGIC, 1)
+def _collect_idx(images_source: str, labels_source: str, batch_rows: int,
+                 limits: _IdxLimits) -> Iterator[pa.RecordBatch]:
+    (n, h, w), pixels = _read_idx(images_source, IDX_IMAGES_MAGIC, 3, limits)
+    (n_labels,), label_values = _read_idx(labels_source, IDX_LABELS_MAGIC, 1, limits)
     if n != n_labels:
         raise SourceError(images_source, f"{n} images but {n_labels} labels in {labels_source}")
     if n == 0:

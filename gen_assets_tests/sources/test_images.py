@@ -7,7 +7,10 @@ import gzip
 import hashlib
 import http.server
 import io
+import os
 import threading
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +116,90 @@ def test_folder_errors(tmp_path):
         collect_images(str(empty), labels="x")
 
 
+def _deny_listing(monkeypatch, *denied: Path) -> None:
+    """os.scandir raising PermissionError for `denied`, as for a folder without read permission (the tests
+    run as root, for which chmod 000 changes nothing)."""
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path) in denied:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def _labelled_folder(root: Path) -> Path:
+    for relative in ("cat/a.png", "dog/b.png", "dog/more/c.png"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(_png(10))
+    return root
+
+
+def test_a_category_folder_that_cannot_be_listed_is_an_error_naming_it(tmp_path, monkeypatch):
+    root = _labelled_folder(tmp_path / "pets")
+    _deny_listing(monkeypatch, root / "dog")
+    with pytest.raises(SourceError, match=r"pets: cannot list folder dog: Permission denied"):
+        collect_images(str(root))  # not a table with the cat alone
+
+
+def test_a_sub_folder_of_a_category_that_cannot_be_listed_is_an_error_naming_it(tmp_path, monkeypatch):
+    root = _labelled_folder(tmp_path / "pets")
+    _deny_listing(monkeypatch, root / "dog" / "more")
+    with pytest.raises(SourceError, match=r"pets: cannot list folder dog/more: Permission denied"):
+        collect_images(str(root))
+
+
+def test_the_folder_itself_that_cannot_be_listed_is_an_error(tmp_path, monkeypatch):
+    root = _labelled_folder(tmp_path / "pets")
+    _deny_listing(monkeypatch, root)
+    with pytest.raises(SourceError, match=r"pets: cannot list the folder: Permission denied"):
+        collect_images(str(root))
+
+
+def test_a_broken_symbolic_link_is_an_error_naming_it(tmp_path):
+    root = _labelled_folder(tmp_path / "pets")
+    (root / "bird").symlink_to(tmp_path / "unmounted" / "bird")  # a category whose target is gone
+    with pytest.raises(SourceError, match=r"pets: bird is a broken symbolic link"):
+        collect_images(str(root))
+    (root / "bird").unlink()
+    (root / "dog" / "more" / "gone").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(SourceError, match=r"pets: dog/more/gone is a broken symbolic link"):
+        collect_images(str(root))
+
+
+def test_linked_folders_are_followed_and_a_link_loop_is_an_error(tmp_path):
+    root = _labelled_folder(tmp_path / "pets")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "d.png").write_bytes(_png(40))
+    (root / "cat" / "linked").symlink_to(tmp_path / "elsewhere")
+    (root / "fish").symlink_to(tmp_path / "elsewhere")
+    os.mkfifo(root / "dog" / "pipe.png")  # neither a file nor a folder: skipped and counted, never opened
+    table = collect_images(str(root))
+    assert table.column("row_id").to_pylist() == [
+        "cat/a.png", "cat/linked/d.png", "dog/b.png", "dog/more/c.png", "fish/d.png"]
+    assert table.schema.metadata[b"skipped_files"] == b"1"
+    (root / "dog" / "more" / "loop").symlink_to(root / "dog")
+    with pytest.raises(SourceError, match=r"pets: dog/more/loop links back to a folder that contains it"):
+        collect_images(str(root))
+
+
+def test_an_image_file_that_cannot_be_read_is_a_row_with_the_reason(tmp_path, monkeypatch):
+    root = _labelled_folder(tmp_path / "pets")
+    real_read_bytes = Path.read_bytes
+
+    def deny(self):
+        if self.name == "b.png":
+            raise PermissionError(13, "Permission denied")
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", deny)
+    rows = {r["row_id"]: r for r in collect_images(str(root)).to_pylist()}
+    assert sorted(rows) == ["cat/a.png", "dog/b.png", "dog/more/c.png"]
+    assert rows["dog/b.png"]["decode_error"] == "cannot read file: Permission denied"
+    assert rows["dog/b.png"]["image"] == b"" and rows["cat/a.png"]["decode_error"] is None
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_files(tmp_path, idx_arrays, gz):
     images, labels = idx_arrays
@@ -174,6 +261,47 @@ def test_idx_truncated_trailing_and_bad_gzip(tmp_path, idx_arrays):
         collect_images(str(path))
     path.write_bytes(gzip.compress(data)[:-12])
     with pytest.raises(SourceError, match="not a valid gzip file"):
+        collect_images(str(path))
+
+
+def _gzip_with_zeros(data: bytes, zeros_mib: int) -> bytes:
+    """gzip of `data` followed by `zeros_mib` MiB of zero bytes, compressed a MiB at a time (never held)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    parts = [compressor.compress(data)]
+    block = bytes(1 << 20)
+    parts += [compressor.compress(block) for _ in range(zeros_mib)]
+    return b"".join(parts) + compressor.flush()
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["valid-data-then-zeros", "zeros-only"])
+def test_idx_gzip_bomb_is_refused_after_decompressing_little(tmp_path, idx_arrays, header):
+    images, labels = idx_arrays
+    path = write_idx(tmp_path, images, labels, gz=True)
+    data = gzip.decompress(path.read_bytes()) if header else b""
+    path.write_bytes(_gzip_with_zeros(data, zeros_mib=64))
+    assert path.stat().st_size < 1 << 20  # 64 MiB of zeros inside well under a megabyte
+    expected = (r"more than 1048576 unexpected bytes after the \(5, 6, 4\) data" if header
+                else "not an IDX images file: magic number 0")
+    tracemalloc.start()
+    try:
+        with pytest.raises(SourceError, match=rf"train-images-idx3-ubyte\.gz: {expected}"):
+            collect_images(str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # not the 64 MiB it inflates to
+
+
+def test_idx_header_promising_more_than_the_limit_is_refused_before_reading_the_data(tmp_path, idx_arrays):
+    images, labels = idx_arrays
+    path = write_idx(tmp_path, images, labels, gz=True)
+    with pytest.raises(SourceError, match=r"header promises \(5, 6, 4\) = 120 data bytes, more than the limit of 100"):
+        collect_images(str(path), idx_max_bytes=100)
+    assert collect_images(str(path), idx_max_bytes=120).num_rows == 5  # exactly at the limit is fine
+    # 4,294,967,295 images of 28x28 promised by a 16-byte header: refused, nothing allocated for them
+    header = b"".join(x.to_bytes(4, "big") for x in (2051, 2**32 - 1, 28, 28))
+    path.write_bytes(gzip.compress(header))
+    with pytest.raises(SourceError, match=r"= 3367254359280 data bytes, more than the limit of 1073741824 bytes"):
         collect_images(str(path))
 
 

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import json
+import os
 import threading
 import tracemalloc
 from pathlib import Path
@@ -180,6 +181,34 @@ def test_folder_errors(tmp_path, monkeypatch):
         collect_texts(str(tmp_path / "locked"))
 
 
+def test_a_sub_folder_that_cannot_be_listed_is_an_error_naming_it(tmp_path, monkeypatch):
+    root = tmp_path / "corpus"
+    for relative in ("poems/a.txt", "prose/b.txt", "prose/old/c.txt"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text("Some words.", encoding="utf-8")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # a folder without read permission (chmod 000 changes nothing for root)
+        if Path(path) == root / "prose" / "old":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(SourceError, match=r"corpus: cannot list folder prose/old: Permission denied"):
+        collect_texts(str(root))
+    monkeypatch.undo()
+    (root / "drama").symlink_to(tmp_path / "unmounted")
+    with pytest.raises(SourceError, match=r"corpus: drama is a broken symbolic link"):
+        collect_texts(str(root))
+    (root / "drama").unlink()
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "d.md").write_text("Linked words.", encoding="utf-8")
+    (root / "drama").symlink_to(tmp_path / "shared")
+    rows = rows_by_id(collect_texts(str(root)))
+    assert sorted(rows) == ["drama/d.md", "poems/a.txt", "prose/b.txt", "prose/old/c.txt"]
+    assert rows["drama/d.md"]["category"] == "drama"
+
+
 # ---- CSV / JSONL / Parquet ----------------------------------------------------------------------------
 
 
@@ -201,6 +230,36 @@ def test_csv_rows_bad_cells_and_short_rows(tmp_path):
     assert rows[1]["decode_error"] == "record 2: column 'text' not UTF-8: byte 0xe9 at offset 3"
     assert rows[2]["text"] is None and rows[2]["decode_error"] == "record 3: has 2 fields, the header has 3"
     assert rows[3]["category"] is None and rows[3]["text"] == "No category here"
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        # a stray quote opens a field that a later quote closes: the lenient reader glued lines 3-5 into one
+        # two-field document ('Oops,x\nthird,y\nfourth q"', 'z') without a word
+        (b'text,category\nfirst,a\n"Oops,x\nthird,y\nfourth "q",z\nfifth,w\n',
+         r"the record starting at line 3 \(read up to line 5\): ',' expected after '\"'"),
+        # a quote that is never closed swallows the rest of the file
+        (b'text,category\nfirst,a\n"never closed,x\nthird,y\n', r"the record starting at line 3 .*unexpected end"),
+        # text after a closing quote on one line
+        (b'text,category\nfirst,a\n"quoted" then more,x\nthird,y\n', r"line 3: ',' expected after '\"'"),
+    ],
+)
+def test_csv_with_a_stray_quote_is_an_error_naming_the_file_and_line_never_a_merged_record(tmp_path, body, where):
+    f = tmp_path / "stray.csv"
+    f.write_bytes(body)
+    with pytest.raises(SourceError, match=rf"stray\.csv: malformed CSV at {where}"):
+        collect_texts(str(f))
+    stream = iter_texts(str(f), batch_rows=1)
+    assert next(stream).column("text").to_pylist() == ["first"]  # the good record before it is read
+    with pytest.raises(SourceError, match="malformed CSV"):
+        next(stream)  # and the stream fails there, so write_snapshot lands nothing
+
+
+def test_csv_quote_inside_an_unquoted_field_is_text(tmp_path):
+    f = tmp_path / "quotes.csv"
+    f.write_bytes(b'text,category\nHe said "hi,a\n"a ""quoted"" word",b\n')
+    assert collect_texts(str(f)).column("text").to_pylist() == ['He said "hi', 'a "quoted" word']
 
 
 def test_csv_without_the_configured_column_is_a_clear_error(tmp_path):
