@@ -42,6 +42,9 @@ class WebConfig:
     # retrain that holds the file is not pestered by a read per request
     busy_backoff_seconds: float = 1.0
     allowed_hosts: tuple[str, ...] | None = None  # None: see trusted_hosts
+    # wrong write tokens per client address: this many at once, then one more per interval (429 meanwhile)
+    token_failures_burst: int = 10
+    token_failure_refill_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, host: str | None = None, port: int | None = None, **overrides) -> "WebConfig":
