@@ -108,6 +108,7 @@ class Review:
                                busy_retry_seconds=config.busy_retry_seconds,
                                busy_backoff_seconds=config.busy_backoff_seconds)
         self.desk = RatingDesk(paths.feedback)
+        self.desk.recover()  # ratings of requests a crash interrupted: landed once, or their keys freed
         self.waiting = WaitingRatings(self.desk.paths.incoming)
         self.runs = RecentRuns(paths.dagster_home)
         self.guard = Guard(config.secret, config.token,
