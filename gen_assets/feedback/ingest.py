@@ -15,8 +15,10 @@ commits. A crash before the commit leaves nothing behind and the file still wait
 the commit and the move leaves the file waiting but its sha recorded, so the next run inserts nothing
 and only moves it. The same content landed twice (under any name) is ingested once, for the same reason.
 
-A file with a structural problem (see landing.py) is moved to failed/ whole; one quarantine row
-(row_id NULL) records why, so it shows up next to every other refused row.
+A file with a structural problem (see landing.py), or whose content fails the insert itself, is moved
+to failed/ whole; one quarantine row (row_id NULL) records why, so it shows up next to every other
+refused row. A rating already ingested from another file (the same (sample_id, user_id, ts)) is
+quarantined as "duplicate of a rating in <file>", never counted twice.
 """
 
 from __future__ import annotations
@@ -39,11 +41,15 @@ from gen_assets.feedback.landing import (
     landing_files,
     mtime_utc,
     parse_records,
+    stable_text,
 )
 from gen_assets.store import registry
 from gen_assets.store import warehouse as wh
 
 ASSET = "feedback"  # the quarantine rows' asset name
+# errors that a file's content causes while it is ingested (a value no check caught): the file goes to
+# failed/ with the error as its reason, instead of failing every run while newer files wait behind it
+CONTENT_ERRORS = (ValueError, TypeError, pa.ArrowException, duckdb.DataError, duckdb.IntegrityError)
 
 FEEDBACK_COLUMNS = pa.schema(
     [
@@ -152,10 +158,13 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: str | Path, processed_dir:
             con.execute("ROLLBACK")
             return _already_ingested(path, processed_dir, sha, done)
         modality = sample_modalities(con, [c.rating.sample_id for c in checked if c.rating is not None])
+        earlier = _rated_before(con, [c.rating for c in checked if c.rating is not None])
         good, bad = [], []
         for c in checked:
             if c.rating is not None and c.rating.sample_id not in modality:
                 bad.append((c.record, f"unknown sample_id {c.rating.sample_id!r} (not in generated)"))
+            elif c.rating is not None and _rating_key(c.rating) in earlier:
+                bad.append((c.record, f"duplicate of a rating in {earlier[_rating_key(c.rating)]}"))
             elif c.rating is not None:
                 good.append((c.record.line, c.rating))
             else:
@@ -215,9 +224,41 @@ def ingest_file(con: duckdb.DuckDBPyConnection, path: str | Path, processed_dir:
     return IngestResult(name, sha, len(good), len(bad), already_ingested=False, path=str(moved), by_modality=dict(counts))
 
 
+def _rating_key(rating) -> tuple:
+    return (rating.sample_id, rating.user_id, rating.ts)
+
+
+def _rated_before(con: duckdb.DuckDBPyConnection, ratings: list) -> dict[tuple, str]:
+    """(sample_id, user_id, ts) -> the file it was ingested from, for those of `ratings` already in `feedback`.
+
+    A rating is one person's verdict on one sample at one time, whatever file carries it: the same export
+    saved again (CRLF line ends, another column order) has another sha, but its ratings are not new.
+    Anonymous ratings (user_id NULL) match each other, as within a file (landing.check_records)."""
+    if not ratings:
+        return {}
+    keys = pa.table(
+        {
+            "sample_id": pa.array([r.sample_id for r in ratings], pa.string()),
+            "user_id": pa.array([r.user_id for r in ratings], pa.string()),
+            "ts": pa.array([r.ts for r in ratings], pa.timestamp("us")),
+        }
+    )
+    view = f"_feedback_keys_{uuid.uuid4().hex}"
+    con.register(view, keys)
+    try:
+        rows = con.execute(
+            f"SELECT k.sample_id, k.user_id, k.ts, min(f.file_name) FROM {view} k JOIN feedback f "
+            "ON f.sample_id = k.sample_id AND f.ts = k.ts AND f.user_id IS NOT DISTINCT FROM k.user_id "
+            "GROUP BY ALL"
+        ).fetchall()
+    finally:
+        con.unregister(view)
+    return {(sample_id, user_id, ts): name for sample_id, user_id, ts, name in rows}
+
+
 def _fail_file(con: duckdb.DuckDBPyConnection, path: Path, failed_dir: Path, sha: str, error: FeedbackFileError) -> IngestResult:
-    """Record a structurally broken file in quarantine (once per content) and move it to failed/."""
-    reason = f"file refused: {error.problem}"
+    """Record a file that cannot be ingested in quarantine (once per content) and move it to failed/."""
+    reason = f"file refused: {stable_text(error.problem)}"
     con.execute("BEGIN TRANSACTION")
     try:
         recorded = con.execute(
@@ -239,11 +280,15 @@ def _fail_file(con: duckdb.DuckDBPyConnection, path: Path, failed_dir: Path, sha
 def ingest_pending(con: duckdb.DuckDBPyConnection, root: str | Path | FeedbackPaths) -> list[IngestResult]:
     """Ingest every file waiting in incoming/, in name order (import names start with the landing time).
 
-    Structurally broken files go to failed/ (their result has `error` set) and do not stop the others.
+    A file that cannot be ingested goes to failed/ (its result has `error` set): a structural problem, or
+    content that fails the insert itself (CONTENT_ERRORS: a value the checks let through by mistake).
+    Neither stops the others. Any other failure (the disk, the database) is not the file's fault: the file
+    stays for the next run, the files after it are still ingested, and the first such error is raised at
+    the end, so the run fails visibly without one file holding back every newer one.
     """
     ensure_feedback_schema(con)
     paths = (root if isinstance(root, FeedbackPaths) else FeedbackPaths(Path(root))).ensure()
-    results = []
+    results, first_error = [], None
     for path in landing_files(paths.incoming):
         try:
             results.append(ingest_file(con, path, paths.processed))
@@ -251,6 +296,13 @@ def ingest_pending(con: duckdb.DuckDBPyConnection, root: str | Path | FeedbackPa
             continue  # taken by a concurrent run
         except FeedbackFileError as e:
             results.append(_fail_file(con, path, paths.failed, file_sha(path.read_bytes()), e))
+        except CONTENT_ERRORS as e:
+            error = FeedbackFileError(path.name, f"cannot be ingested: {type(e).__name__}: {stable_text(e)}")
+            results.append(_fail_file(con, path, paths.failed, file_sha(path.read_bytes()), error))
+        except Exception as e:
+            first_error = first_error or e
+    if first_error is not None:
+        raise first_error
     return results
 
 

@@ -47,7 +47,9 @@ SUFFIXES = (".csv", ".jsonl", ".ndjson")
 REQUIRED = ("sample_id", "rating")
 FIELDS = ("sample_id", "rating", "user_id", "ts", "comment")
 MIN_RATING, MAX_RATING = 1, 5
-_INTEGER = re.compile(r"[+-]?\d+")
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: "٥" (Arabic-Indic five) is not a rating
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate (JSON "\\ud800"): not encodable, not text
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -192,7 +194,7 @@ def _csv(name: str | Path, data: bytes) -> list[Record]:
     try:
         header = [h.strip() for h in next(reader)]
     except csv.Error as e:
-        raise FeedbackFileError(name, f"malformed CSV header: {e}") from None
+        raise FeedbackFileError(name, f"malformed CSV header: {stable_text(e)}") from None
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise FeedbackFileError(
@@ -211,7 +213,7 @@ def _csv(name: str | Path, data: bytes) -> list[Record]:
         except csv.Error as e:
             if "end of data" in str(e):  # an unterminated quote swallowed the rest of the file
                 raise FeedbackFileError(name, f"unterminated quote in the record starting on line {start}") from None
-            records.append(Record(start, _lines(lines, start, reader.line_num), None, f"malformed CSV line: {e}"))
+            records.append(Record(start, _lines(lines, start, reader.line_num), None, f"malformed CSV line: {stable_text(e)}"))
             previous = reader.line_num
             continue
         raw = _lines(lines, start, reader.line_num)
@@ -264,10 +266,35 @@ def _jsonl(name: str | Path, data: bytes) -> list[Record]:
     return records
 
 
+def stable_text(error: BaseException | str) -> str:
+    """An exception's message for a quarantine reason: the same text on every run, so without the memory
+    addresses that the repr of an object carries ("<object object at 0x7f...>" becomes "<object object>")."""
+    return _ADDRESS.sub("", str(error))
+
+
+def _shown(value: object) -> str:
+    """A refused value as a reason shows it: JSON for what a file can hold, else only its type (the repr
+    of an arbitrary object carries its memory address, and a reason must be stable text)."""
+    if isinstance(value, str):
+        return repr(value)  # repr escapes a lone surrogate, so the reason itself is valid text
+    if value is None or isinstance(value, (bool, int, float, list, dict)):
+        try:
+            return json.dumps(value)
+        except (TypeError, ValueError):  # e.g. a list holding other objects
+            pass
+    return f"a value of type {type(value).__name__}"
+
+
+def _typed(value: object) -> str:
+    """A refused value with its JSON type ("a number 12"), as far as it has one."""
+    shown = _shown(value)
+    return shown if shown.startswith("a value of type") else f"{_json_type(value)} {shown}"
+
+
 def _json_type(value: object) -> str:
     if value is None:
         return "null"
-    return {bool: "a boolean", list: "an array", str: "a string", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+    return {bool: "a boolean", list: "an array", dict: "an object", str: "a string", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
 # -- checking fields -----------------------------------------------------------------------------------
@@ -292,7 +319,9 @@ def check_values(values: Mapping) -> tuple[Rating | None, str | None]:
     if sample_id is None or (isinstance(sample_id, str) and not sample_id.strip()):
         problems.append("missing sample_id")
     elif not isinstance(sample_id, str):
-        problems.append(f"sample_id must be a string, got {_json_type(sample_id)} {json.dumps(sample_id)}")
+        problems.append(f"sample_id must be a string, got {_typed(sample_id)}")
+    elif _SURROGATE.search(sample_id):
+        problems.append(_not_text("sample_id", sample_id))
     rating = _rating(values.get("rating"), problems)
     user_id = _optional_text("user_id", values.get("user_id"), problems)
     comment = _optional_text("comment", values.get("comment"), problems)
@@ -303,6 +332,8 @@ def check_values(values: Mapping) -> tuple[Rating | None, str | None]:
             ts = parse_ts(raw_ts)
         except ValueError:
             problems.append(f"ts {raw_ts!r} is not an ISO-8601 timestamp")
+        except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00, past the last representable UTC time
+            problems.append(f"ts {raw_ts!r} is out of range")
     elif raw_ts not in (None, ""):
         problems.append(f"ts must be an ISO-8601 string, got {_json_type(raw_ts)}")
     if problems:
@@ -319,8 +350,7 @@ def _rating(value: object, problems: list[str]) -> int | None:
     elif isinstance(value, int) and not isinstance(value, bool):
         number = value
     else:
-        shown = repr(value) if isinstance(value, str) else json.dumps(value)
-        problems.append(f"rating must be a whole number from {MIN_RATING} to {MAX_RATING}, got {shown}")
+        problems.append(f"rating must be a whole number from {MIN_RATING} to {MAX_RATING}, got {_shown(value)}")
         return None
     if not MIN_RATING <= number <= MAX_RATING:
         problems.append(f"rating {number} is outside {MIN_RATING}..{MAX_RATING}")
@@ -332,11 +362,21 @@ def _optional_text(name: str, value: object, problems: list[str]) -> str | None:
     if value is None or value == "":
         return None
     if isinstance(value, str):
+        if _SURROGATE.search(value):
+            problems.append(_not_text(name, value))
+            return None
         return value.strip() if name == "user_id" else value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # a numeric user id exported by a spreadsheet or a JSON writer
     problems.append(f"{name} must be a string, got {_json_type(value)}")
     return None
+
+
+def _not_text(name: str, value: str) -> str:
+    """A string holding a lone surrogate: JSON can spell one ("\\ud800"), but it is no character and cannot
+    be stored as UTF-8, so the row is refused here rather than failing its whole file at the insert."""
+    at = _SURROGATE.search(value).start()
+    return f"{name} is not valid text: a lone surrogate \\u{ord(value[at]):04x} at character {at + 1}"
 
 
 def check_records(records: Sequence[Record], default_ts: datetime) -> list[CheckedRecord]:
@@ -428,6 +468,19 @@ def append_ratings(root: str | Path | FeedbackPaths, rows: Sequence[Mapping]) ->
     pass (ValueError naming the row), since the caller can still tell the person. A row without ts gets
     the current time, which the caller knows better than ingestion does.
     """
+    name, data = ratings_file(rows)
+    paths = root if isinstance(root, FeedbackPaths) else FeedbackPaths(Path(root))
+    paths.incoming.mkdir(parents=True, exist_ok=True)
+    target = paths.incoming / name
+    atomic_write_bytes(target, data)
+    return target
+
+
+def ratings_file(rows: Sequence[Mapping]) -> tuple[str, bytes]:
+    """The file `append_ratings` lands for these rows: (its unique name in incoming/, its bytes).
+
+    Checks the rows (ValueError naming the first bad one) and fills a missing ts with the current time;
+    for a caller that writes the file itself (the web desk records its idempotency key in between)."""
     if not rows:
         raise ValueError("append_ratings: no rows given")
     now = datetime.now(timezone.utc)
@@ -448,8 +501,4 @@ def append_ratings(root: str | Path | FeedbackPaths, rows: Sequence[Mapping]) ->
             raise ValueError(f"append_ratings: row {i}: {reason}")
         lines.append(json.dumps({k: v for k, v in values.items() if v is not None}, ensure_ascii=False))
     data = ("\n".join(lines) + "\n").encode("utf-8")
-    paths = root if isinstance(root, FeedbackPaths) else FeedbackPaths(Path(root))
-    paths.incoming.mkdir(parents=True, exist_ok=True)
-    target = paths.incoming / f"{_stamp()}-{file_sha(data)[:8]}-web-{uuid.uuid4().hex[:12]}.jsonl"
-    atomic_write_bytes(target, data)
-    return target
+    return f"{_stamp()}-{file_sha(data)[:8]}-web-{uuid.uuid4().hex[:12]}.jsonl", data

@@ -54,7 +54,17 @@ from gen_assets.web.ratings import (
     check_rating,
 )
 from gen_assets.web.runs import RecentRuns
-from gen_assets.web.security import AUTH_COOKIE, SESSION_COOKIE, BodyTooLarge, Guard, SecurityHeaders, read_body
+from gen_assets.web.security import (
+    AUTH_COOKIE,
+    SESSION_COOKIE,
+    BodyTooLarge,
+    FailureThrottle,
+    Guard,
+    SecurityHeaders,
+    TokenThrottled,
+    client_address,
+    read_body,
+)
 
 HERE = Path(__file__).resolve().parent
 STATIC_TYPES = {"review.css": "text/css; charset=utf-8", "review.js": "text/javascript; charset=utf-8"}
@@ -82,6 +92,7 @@ def create_app(paths: Paths | None = None, config: WebConfig | None = None) -> S
         middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(review.config.trusted_hosts)),
                     Middleware(SecurityHeaders)],
         exception_handlers={HTTPException: review.http_error, ApiError: review.api_error,
+                            TokenThrottled: review.throttled_error,
                             WarehouseBusy: review.busy_error, Exception: review.server_error},
     )
     app.state.review = review
@@ -97,9 +108,11 @@ class Review:
                                busy_retry_seconds=config.busy_retry_seconds,
                                busy_backoff_seconds=config.busy_backoff_seconds)
         self.desk = RatingDesk(paths.feedback)
+        self.desk.recover()  # ratings of requests a crash interrupted: landed once, or their keys freed
         self.waiting = WaitingRatings(self.desk.paths.incoming)
         self.runs = RecentRuns(paths.dagster_home)
-        self.guard = Guard(config.secret, config.token)
+        self.guard = Guard(config.secret, config.token,
+                           FailureThrottle(config.token_failures_burst, config.token_failure_refill_seconds))
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
                                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.static = {name: (HERE / "static" / name).read_bytes() for name in STATIC_TYPES}
@@ -160,6 +173,9 @@ class Review:
 
     async def api_error(self, request: Request, exc: ApiError) -> Response:
         return self.error_response(request, exc.status, exc.message, exc.headers)
+
+    async def throttled_error(self, request: Request, exc: TokenThrottled) -> Response:
+        return self.error_response(request, 429, str(exc), {"Retry-After": str(exc.retry_after)})
 
     async def busy_error(self, request: Request, exc: WarehouseBusy) -> Response:
         return self.error_response(request, 503, str(exc), {"Retry-After": str(exc.retry_after)})
@@ -352,7 +368,7 @@ class Review:
         problem = self.guard.csrf_problem(request, form.get("csrf"))
         if problem:
             raise ApiError(403, problem)
-        if not self.guard.token_matches(form.get("token") or None):
+        if not self.guard.token_matches(form.get("token") or None, client_address(request)):
             await asyncio.sleep(0.2)  # a guess costs time
             raise ApiError(401, "wrong token")
         snap = await self.snapshot()

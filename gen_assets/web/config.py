@@ -42,6 +42,13 @@ class WebConfig:
     # retrain that holds the file is not pestered by a read per request
     busy_backoff_seconds: float = 1.0
     allowed_hosts: tuple[str, ...] | None = None  # None: see trusted_hosts
+    # wrong write tokens per client address: this many at once, then one more per interval (429 meanwhile)
+    token_failures_burst: int = 10
+    token_failure_refill_seconds: float = 1.0
+    # the server: a request must arrive whole (headers and body) within this time, or its client is
+    # dropped; beyond max_connections open connections new requests are answered 503
+    request_timeout_seconds: float = 10.0
+    max_connections: int = 512
 
     @classmethod
     def from_env(cls, host: str | None = None, port: int | None = None, **overrides) -> "WebConfig":

@@ -2,6 +2,8 @@
 
 - Writes need the token (GEN_ASSETS_WEB_TOKEN) when one is set: the API as `Authorization: Bearer
   <token>`; people sign in once with it on the page, which leaves a signed cookie for their session.
+  Wrong tokens are throttled per client address (`FailureThrottle`: a few at once, then one per
+  interval, 429 with Retry-After meanwhile), and compared in constant time.
 - The rating form carries a CSRF token: an HMAC of the session cookie (random, HttpOnly,
   SameSite=Lax) under the app's secret, so another site can neither read nor forge it. A form post
   whose Origin names another host is refused as well.
@@ -15,8 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -40,12 +46,57 @@ class BodyTooLarge(Exception):
     pass
 
 
+class TokenThrottled(Exception):
+    """Too many wrong tokens from one client address: no token is compared until `retry_after` seconds."""
+
+    def __init__(self, retry_after: int):
+        super().__init__(f"too many wrong tokens from this address; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class FailureThrottle:
+    """Failed attempts per client, as a token bucket: `burst` failures at once, then one more every
+    `refill_seconds`. A client with no attempt left is refused before its token is even compared, so a
+    guesser learns nothing while throttled: guessing runs at one try per `refill_seconds` per address.
+    Memory is bounded: past `max_clients`, clients whose bucket is full again are forgotten first."""
+
+    def __init__(self, burst: int = 10, refill_seconds: float = 1.0, *, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic):
+        self.burst, self.refill_seconds, self.max_clients, self.clock = burst, refill_seconds, max_clients, clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (attempts left, when counted)
+        self._lock = threading.Lock()
+
+    def _left(self, client: str, now: float) -> float:
+        left, at = self._buckets.get(client, (self.burst, now))
+        return min(self.burst, left + (now - at) / self.refill_seconds)
+
+    def wait_seconds(self, client: str) -> float:
+        """How long this client must wait before its next attempt (0: it may try now)."""
+        with self._lock:
+            left = self._left(client, self.clock())
+        return 0.0 if left >= 1 else (1 - left) * self.refill_seconds
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            now = self.clock()
+            self._buckets[client] = (self._left(client, now) - 1, now)
+            if len(self._buckets) > self.max_clients:
+                self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        for client in [c for c in self._buckets if self._left(c, now) >= self.burst]:
+            del self._buckets[client]
+        while len(self._buckets) > self.max_clients:  # many addresses failing at once: the oldest go
+            del self._buckets[min(self._buckets, key=lambda c: self._buckets[c][1])]
+
+
 class Guard:
     """Sessions, CSRF tokens and the write token, all under one secret."""
 
-    def __init__(self, secret: bytes, token: str | None):
+    def __init__(self, secret: bytes, token: str | None, throttle: FailureThrottle | None = None):
         self.secret = secret
         self.token = token
+        self.throttle = throttle or FailureThrottle()
 
     def _sign(self, purpose: str, value: str) -> str:
         return hmac.new(self.secret, f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
@@ -82,14 +133,26 @@ class Guard:
     def needs_token(self) -> bool:
         return self.token is not None
 
-    def token_matches(self, presented: str | None) -> bool:
+    def token_matches(self, presented: str | None, client: str) -> bool:
+        """Whether `presented` is the write token. Raises TokenThrottled while `client` (its address) has
+        failed too often; a wrong token counts against it (no token at all is no guess, and does not)."""
         if self.token is None:
             return True
-        return presented is not None and hmac.compare_digest(presented.encode(), self.token.encode())
+        if presented is None:
+            return False
+        wait = self.throttle.wait_seconds(client)
+        if wait > 0:
+            raise TokenThrottled(max(1, math.ceil(wait)))
+        # digests of equal length: the comparison's time tells nothing, not even the token's length
+        if hmac.compare_digest(hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest(),
+                               hashlib.sha256(self.token.encode()).digest()):
+            return True
+        self.throttle.failed(client)
+        return False
 
     def bearer_ok(self, request: Request) -> bool:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        return self.token_matches(value.strip() if scheme.lower() == "bearer" else None)
+        return self.token_matches(value.strip() if scheme.lower() == "bearer" else None, client_address(request))
 
     def auth_cookie(self, sid: str) -> str:
         # bound to the session and to the token: a new token signs everybody out
@@ -101,6 +164,12 @@ class Guard:
         sid = self.session_id(request)
         cookie = request.cookies.get(AUTH_COOKIE, "")
         return sid is not None and hmac.compare_digest(cookie, self.auth_cookie(sid))
+
+
+def client_address(request: Request) -> str:
+    """The peer's address, what throttling counts by (behind a proxy: the proxy's, unless uvicorn is told
+    to trust its X-Forwarded-For)."""
+    return request.client.host if request.client else "unknown"
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -26,7 +26,7 @@ from gen_assets.feedback.ingest import (
     record_feedback_version,
     unknown_sample_count,
 )
-from gen_assets.feedback.landing import FeedbackPaths
+from gen_assets.feedback.landing import FeedbackPaths, import_file, validate_file
 from gen_assets.store import registry
 from gen_assets.store import warehouse as wh
 from gen_assets.store.batches import batch_table, write_batch
@@ -334,3 +334,89 @@ def test_record_feedback_version_records_the_exact_set_of_files_once(warehouse, 
     assert version_ab != version_a
     assert rows(con, "SELECT feedback_version, file_shas FROM feedback_versions ORDER BY len(file_shas)") == [
         (version_a, [sha_a]), (version_ab, shas)]
+
+
+def test_a_lone_surrogate_is_quarantined_and_never_jams_the_landing_zone(warehouse, paths, tmp_path):
+    """A JSON "\\ud800" escape decodes to a string UTF-8 cannot hold: the import accepts the file, its row
+    is quarantined at ingestion (the rest of the file kept), and the newer file is ingested too."""
+    con, _ = warehouse
+    src = tmp_path / "export.jsonl"
+    src.write_text('{"sample_id": "img-00000", "rating": 4, "user_id": "ann", "comment": "bad \\ud800 text"}\n'
+                   '{"sample_id": "img-00001", "rating": 5, "user_id": "ann"}\n')
+    assert validate_file(src).errors == ["line 1: comment is not valid text: a lone surrogate \\ud800 at character 5"]
+    import_file(src, paths)
+    drop(paths, "zz-newer.csv", HEADER + "img-00002,3,bob,2024-05-01T12:00:00Z,\n")
+    first, newer = ingest_pending(con, paths.root)
+    assert (first.rows_ok, first.rows_quarantined, first.error) == (1, 1, None)
+    assert (newer.rows_ok, newer.error) == (1, None)
+    assert list(paths.incoming.iterdir()) == []
+    [(reason,)] = rows(con, "SELECT reason FROM quarantine WHERE asset = 'feedback'")
+    assert reason == "comment is not valid text: a lone surrogate \\ud800 at character 5"
+
+
+def test_a_file_whose_content_fails_the_insert_goes_to_failed_with_a_stable_reason(warehouse, paths, monkeypatch):
+    """A value no check caught (here: the Arrow conversion refuses it, naming an object with its address)
+    fails only its own file: to failed/, with a reason free of memory addresses; newer files go on."""
+    con, _ = warehouse
+    drop(paths, "a.csv", HEADER + "img-00000,4,ann,2024-05-01T12:00:00Z,\n")
+    drop(paths, "b.csv", HEADER + "img-00001,4,ann,2024-05-01T12:00:00Z,\n")
+    real_table = ingest.pa.table
+
+    def refuse_a(data, *args, **kwargs):
+        if data.get("file_name") == ["a.csv"]:
+            raise ingest.pa.ArrowTypeError(f"Could not convert {object()!r} with type object")
+        return real_table(data, *args, **kwargs)
+
+    monkeypatch.setattr(ingest.pa, "table", refuse_a)
+    failed, ok = ingest_pending(con, paths.root)
+    assert failed.error and (paths.failed / "a.csv").exists()
+    assert ok.rows_ok == 1 and (paths.processed / "b.csv").exists()
+    [(name, reason)] = failed_files(con)
+    assert name == "a.csv"
+    assert reason == "file refused: cannot be ingested: ArrowTypeError: Could not convert <object object> with type object"
+    assert "0x" not in failed.error
+
+
+def test_an_environment_failure_on_one_file_does_not_hold_back_the_newer_ones(warehouse, paths, monkeypatch):
+    con, _ = warehouse
+    a = drop(paths, "a.csv", HEADER + "img-00000,4,ann,2024-05-01T12:00:00Z,\n")
+    drop(paths, "b.csv", HEADER + "img-00001,4,ann,2024-05-01T12:00:00Z,\n")
+    real_ingest = ingest.ingest_file
+
+    def disk_error_on_a(con_, path, processed):
+        if path.name == "a.csv":
+            raise OSError("I/O error")
+        return real_ingest(con_, path, processed)
+
+    monkeypatch.setattr(ingest, "ingest_file", disk_error_on_a)
+    with pytest.raises(OSError, match="I/O error"):
+        ingest_pending(con, paths.root)
+    assert a.exists() and (paths.processed / "b.csv").exists()  # a waits for the next run; b did not wait
+    assert rows(con, "SELECT sample_id FROM feedback") == [("img-00001",)]
+
+
+def test_the_same_ratings_re_exported_with_crlf_are_not_counted_again(warehouse, paths):
+    con, _ = warehouse
+    lines = ["img-00000,4,ann,2024-05-01T12:00:00Z,nice", "img-00001,2,,2024-05-01T12:00:00Z,"]
+    drop(paths, "a.csv", HEADER + "\n".join(lines) + "\n")
+    drop(paths, "b.csv", (HEADER + "\n".join(lines + ["img-00002,5,ann,2024-05-01T12:00:00Z,"]) + "\n").replace("\n", "\r\n"))
+    drop(paths, "c.jsonl", '{"sample_id": "img-00001", "rating": 3, "ts": "2024-05-01T14:00:00+02:00"}\n')
+    first, second, third = ingest_pending(con, paths.root)
+    assert (first.rows_ok, first.rows_quarantined) == (2, 0)
+    assert (second.rows_ok, second.rows_quarantined, second.already_ingested) == (1, 2, False)
+    assert (third.rows_ok, third.rows_quarantined) == (0, 1)  # anonymous, same sample and time: the same rating
+    assert rows(con, "SELECT count(*) FROM feedback") == [(3,)]
+    assert rows(con, "SELECT source, row_id::INTEGER, reason FROM quarantine ORDER BY source, row_id::INTEGER") == [
+        ("b.csv", 2, "duplicate of a rating in a.csv"),
+        ("b.csv", 3, "duplicate of a rating in a.csv"),
+        ("c.jsonl", 1, "duplicate of a rating in a.csv"),
+    ]
+
+
+def test_a_timestamp_past_the_range_is_a_row_problem(warehouse, paths):
+    con, _ = warehouse
+    drop(paths, "a.jsonl", '{"sample_id": "img-00000", "rating": 4, "ts": "9999-12-31T23:59:59-01:00"}\n'
+                           '{"sample_id": "img-00001", "rating": 4, "ts": "2024-05-01T12:00:00Z"}\n')
+    [result] = ingest_pending(con, paths.root)
+    assert (result.rows_ok, result.rows_quarantined, result.error) == (1, 1, None)
+    assert rows(con, "SELECT reason FROM quarantine") == [("ts '9999-12-31T23:59:59-01:00' is out of range",)]

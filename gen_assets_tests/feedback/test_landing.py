@@ -10,6 +10,7 @@ from datetime import datetime
 import pytest
 
 from gen_assets.feedback.landing import (
+    stable_text,
     FeedbackFileError,
     FeedbackPaths,
     append_ratings,
@@ -80,7 +81,8 @@ def test_jsonl_malformed_lines_are_row_problems_not_fatal(tmp_path):
 @pytest.mark.parametrize(
     "rating, ok",
     [(1, True), (5, True), ("4", True), (" 3 ", True), (0, False), (6, False), (3.5, False), (5.0, False),
-     ("3.5", False), ("five", False), (True, False), (None, False), ("", False)],
+     ("3.5", False), ("five", False), (True, False), (None, False), ("", False),
+     ("\u0665", False), ("\uff15", False), ("1\u0660", False)],  # Arabic-Indic and fullwidth digits: ASCII only
 )
 def test_rating_is_a_whole_number_from_1_to_5(rating, ok):
     parsed, reason = check_values({"sample_id": "s", "rating": rating})
@@ -186,3 +188,11 @@ def test_concurrent_append_ratings_lose_and_duplicate_nothing(tmp_path):
     assert [p for p in paths.incoming.iterdir() if p.name.startswith(".")] == []
     ratings = [(r["user_id"], r["ts"]) for p in files for r in map(json.loads, p.read_text().splitlines())]
     assert len(ratings) == len(set(ratings)) == threads_n * calls
+
+
+def test_reasons_never_carry_memory_addresses():
+    """A reason is stable text: a value of no JSON type shows as its type, never as its repr."""
+    _, reason = check_values({"sample_id": object(), "rating": object(), "user_id": "ann"})
+    assert reason == ("sample_id must be a string, got a value of type object; "
+                      "rating must be a whole number from 1 to 5, got a value of type object")
+    assert stable_text(TypeError(f"cannot use {object()!r} here")) == "cannot use <object object> here"

@@ -2,6 +2,7 @@
 what is wrong; images by sample id."""
 
 import json
+import time
 
 import pytest
 
@@ -221,3 +222,39 @@ def test_a_foreign_host_header_is_refused(make_client):
     client = make_client(allowed_hosts=None)  # the default for a loopback bind: loopback names only
     assert client.get("/api/samples", headers={"host": "evil.example"}).status_code == 400
     assert client.get("/api/samples", headers={"host": "127.0.0.1:8000"}).status_code == 200
+
+
+def test_wrong_tokens_are_throttled_per_address_and_the_right_one_works_after_the_wait(make_client, home):
+    client = make_client(token="s3cret")
+    rating = {"sample_id": IMAGE, "rating": 5}
+    statuses = []
+    for i in range(20):  # well within a second
+        response = client.post("/api/ratings", json=rating, headers={"Authorization": f"Bearer guess-{i}"})
+        statuses.append(response.status_code)
+    assert statuses[:10] == [401] * 10  # the burst: wrong, and said so
+    assert statuses[-1] == 429
+    throttled = client.post("/api/ratings", json=rating, headers={"Authorization": "Bearer s3cret"})
+    assert throttled.status_code == 429  # not even the right token is compared while throttled
+    wait = int(throttled.headers["retry-after"])
+    assert 1 <= wait <= 2 and "too many wrong tokens" in throttled.json()["error"]
+    time.sleep(wait)
+    assert client.post("/api/ratings", json=rating, headers={"Authorization": "Bearer s3cret"}).status_code == 201
+    assert len(incoming_rows(home)) == 1
+
+
+def test_the_sign_in_form_is_throttled_too(make_client):
+    client = make_client(token="s3cret", token_failures_burst=2)
+    client.get("/gallery")  # the session cookie
+    csrf = client.app.state.review.guard.csrf_token(client.cookies["gen_assets_session"])
+    statuses = [client.post("/login", data={"csrf": csrf, "token": "nope"}).status_code for _ in range(3)]
+    assert statuses == [401, 401, 429]
+
+
+@pytest.mark.parametrize("field, value", [("comment", "bad \\ud800 text"), ("user_id", "\\udc00"),
+                                          ("sample_id", "\\ud800")])
+def test_a_lone_surrogate_is_a_422_not_a_server_error(client, home, field, value):
+    body = '{"sample_id": "%s", "rating": 4, "%s": "%s"}' % (IMAGE, field, value)
+    response = client.post("/api/ratings", content=body.encode(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert "lone surrogate" in response.json()["error"] or "not a sample id" in response.json()["error"]
+    assert incoming_rows(home) == []
