@@ -124,3 +124,25 @@ def test_a_body_over_the_size_cap_is_an_error_announced_or_not(base):
 def test_download_limits_must_be_positive():
     with pytest.raises(ValueError, match="must be positive"):
         DownloadLimits(deadline_s=0)
+
+
+def test_the_raw_texts_asset_passes_its_download_bounds_to_the_reader(base, tmp_path):
+    """The bounds are the asset's config, not only the reader's defaults."""
+    import dagster as dg
+
+    from gen_assets.defs.assets.raw import raw_texts
+    from gen_assets.defs.resources import ArtifactStore
+
+    def run(**config):
+        return dg.materialize([raw_texts], raise_on_error=False,
+                              resources={"artifacts": ArtifactStore(home=str(tmp_path))},
+                              run_config={"ops": {"raw_texts": {"config": {"source": f"{base}/announced-big.txt",
+                                                                           **config}}}})
+
+    assert run().success
+    refused = run(download_max_bytes=1000)
+    assert not refused.success
+    error = refused.get_step_failure_events()[0].step_failure_data.error
+    while error.cause is not None:
+        error = error.cause
+    assert "10000" in error.message or "1000" in error.message, error.message

@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from gen_assets.defs.resources import ArtifactStore
+from gen_assets.sources.common import DownloadLimits
 from gen_assets.sources.images import IMAGE_SNAPSHOT_HASH_COLUMNS, iter_images
 from gen_assets.sources.texts import TEXT_SCHEMA, TEXT_SNAPSHOT_HASH_COLUMNS, iter_texts
 from gen_assets.store.snapshots import Snapshot, write_snapshot
@@ -55,7 +56,17 @@ def land(context, batches, name: str, hash_columns: list[str], source: str, arti
     )
 
 
-class RawImagesConfig(dg.Config):
+class DownloadConfig(dg.Config):
+    """Bounds on a source at an http(s) URL (gen_assets.sources.common.DownloadLimits)."""
+
+    download_deadline_s: float = Field(default=300.0, description="the whole download, first to last byte")
+    download_max_bytes: int = Field(default=2 << 30, description="largest body accepted")
+
+    def download_limits(self) -> DownloadLimits:
+        return DownloadLimits(deadline_s=self.download_deadline_s, max_bytes=self.download_max_bytes)
+
+
+class RawImagesConfig(DownloadConfig):
     source: str = Field(
         default="builtin:digits",
         description="builtin:digits, a folder with one sub-folder per label, an IDX images file "
@@ -64,6 +75,7 @@ class RawImagesConfig(dg.Config):
     labels: str | None = Field(
         default=None, description="IDX labels file or URL; inferred from the images file name when omitted"
     )
+    idx_max_bytes: int = Field(default=1 << 30, description="largest pixel data an IDX header may declare")
 
 
 @dg.asset(
@@ -75,12 +87,13 @@ class RawImagesConfig(dg.Config):
 def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, artifacts: ArtifactStore) -> dg.Output[Snapshot]:
     """Images from the configured source, landed as an immutable snapshot named by its content hash."""
     t0 = time.perf_counter()
-    batches = iter_images(config.source, labels=config.labels)
+    batches = iter_images(config.source, labels=config.labels, idx_max_bytes=config.idx_max_bytes,
+                          download_limits=config.download_limits())
     return land(context, batches, "raw_images", IMAGE_SNAPSHOT_HASH_COLUMNS, config.source, artifacts, t0,
                 schema=None)
 
 
-class RawTextsConfig(dg.Config):
+class RawTextsConfig(DownloadConfig):
     source: str = Field(
         default="builtin:shakespeare",
         description="builtin:shakespeare, a folder of .txt/.md files (category = sub-folder), a CSV / JSONL / "
@@ -94,6 +107,7 @@ class RawTextsConfig(dg.Config):
 def raw_texts(context: dg.AssetExecutionContext, config: RawTextsConfig, artifacts: ArtifactStore) -> dg.Output[Snapshot]:
     """Text documents from the configured source, landed as an immutable snapshot named by its content hash."""
     t0 = time.perf_counter()
-    batches = iter_texts(config.source, text_column=config.text_column, category_column=config.category_column)
+    batches = iter_texts(config.source, text_column=config.text_column, category_column=config.category_column,
+                         download_limits=config.download_limits())
     return land(context, batches, "raw_texts", TEXT_SNAPSHOT_HASH_COLUMNS, config.source, artifacts, t0,
                 schema=TEXT_SCHEMA, sum_column="raw_bytes")
