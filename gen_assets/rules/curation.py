@@ -173,6 +173,14 @@ def _as_frame(candidates: pd.DataFrame | Sequence[dict[str, Any]]) -> pd.DataFra
     return frame
 
 
+def shown(value) -> str:
+    """A value as a quarantine reason may show it: plain values as they are, anything else by its type (an
+    object's repr carries its memory address, which differs on every run)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return repr(value)
+    return f"a value of type {type(value).__name__}"
+
+
 def curate(
     candidates: pd.DataFrame | Sequence[dict[str, Any]],
     *,
@@ -201,11 +209,11 @@ def curate(
             if isinstance(r, str) and r.strip():
                 reasons[i].append(r.strip())
             elif r is not None and not (isinstance(r, float) and math.isnan(r)) and not isinstance(r, str):
-                raise ValueError(f"candidate {frame['sample_id'][i]!r}: reason must be a string or empty, got {r!r}")
+                raise ValueError(f"candidate {frame['sample_id'][i]!r}: reason must be a string or empty, got {shown(r)}")
     reward = pd.to_numeric(frame["reward"], errors="coerce").astype(float)
     for i, (raw, value) in enumerate(zip(frame["reward"], reward)):
         if not math.isfinite(value):
-            reasons[i].append(f"no usable reward ({raw!r})")
+            reasons[i].append(f"no usable reward ({shown(raw)})")
     for i, c in enumerate(frame["category"]):
         if c is None or (isinstance(c, float) and math.isnan(c)) or (isinstance(c, str) and not c.strip()):
             reasons[i].append("no category")

@@ -131,3 +131,12 @@ def test_image_confidence_is_the_probability_of_the_conditioned_category():
     kept = frame[~frame["sample_id"].isin(low)]
     best = kept.sort_values("reward", ascending=False).groupby("category").head(1)
     assert set(curated["sample_id"]) == set(best["sample_id"])
+
+
+def test_quarantine_reasons_carry_no_memory_address():
+    import re
+
+    frame = pd.DataFrame({"sample_id": ["a", "b"], "category": ["x", "x"], "reward": [object(), 1.0]})
+    dropped = curate(frame, k_per_category=1).dropped
+    reason = dropped.set_index("sample_id").loc["a", "reason"]
+    assert "no usable reward" in reason and not re.search(r"0x[0-9a-f]+", reason), reason
