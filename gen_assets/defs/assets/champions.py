@@ -15,7 +15,7 @@ from pydantic import Field
 
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.defs.assets.trained import load_image_split
-from gen_assets.defs.handles import CleanTable, ModelRef, inference_device
+from gen_assets.defs.handles import CleanTable, ModelRef, inference_device, lane
 from gen_assets.models.checkpoint import load_model
 from gen_assets.rules import promotion
 from gen_assets.store import registry
@@ -123,7 +123,7 @@ def settle(context: dg.AssetExecutionContext, config: PersonDecision, warehouse:
     return dg.Output(ref, data_version=dg.DataVersion(champion["checkpoint_sha"][:16]), metadata=meta)
 
 
-@dg.asset(group_name="promotion", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1")
+@dg.asset(**lane("image", "promotion"), kinds={"pytorch"}, code_version="1")
 def image_champion(
     context: dg.AssetExecutionContext,
     config: ImageChampionConfig,
@@ -154,7 +154,7 @@ def image_champion(
     return settle(context, config, warehouse, "image", tuned_image_generator, measure, comparable, ceiling)
 
 
-@dg.asset(group_name="promotion", tags={"modality": "text"}, kinds={"pytorch"}, code_version="1")
+@dg.asset(**lane("text", "promotion"), kinds={"pytorch"}, code_version="1")
 def text_champion(
     context: dg.AssetExecutionContext,
     config: TextChampionConfig,

@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.defs.handles import CleanTable
+from gen_assets.defs.handles import CleanTable, lane
 from gen_assets.cleaning import images as image_cleaning
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.store.snapshots import Snapshot
@@ -45,8 +45,7 @@ class CleanImagesConfig(dg.Config):
 
 
 @dg.asset(
-    group_name="cleaning",
-    tags={"modality": "image"},
+    **lane("image", "cleaning"),
     kinds={"duckdb"},
     code_version="1",
 )
@@ -90,7 +89,7 @@ class CleanTextsConfig(dg.Config):
     test_fraction: float = 0.1
 
 
-@dg.asset(group_name="cleaning", tags={"modality": "text"}, kinds={"duckdb"}, code_version="1")
+@dg.asset(**lane("text", "cleaning"), kinds={"duckdb"}, code_version="1")
 def clean_texts(
     context: dg.AssetExecutionContext, config: CleanTextsConfig, raw_texts: Snapshot, warehouse: DuckDBResource
 ) -> dg.Output[CleanTable]:

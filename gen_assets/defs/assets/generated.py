@@ -7,7 +7,7 @@ from pydantic import Field
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.defs.handles import Batch, ModelRef, inference_device, md_png, stable_key
+from gen_assets.defs.handles import Batch, ModelRef, inference_device, lane, md_png, stable_key
 from gen_assets.training.sampling import generate_per_class
 from gen_assets.media.png import encode_png, make_grid, to_uint8
 from gen_assets.models.checkpoint import load_model
@@ -25,7 +25,7 @@ class GeneratedImagesConfig(dg.Config):
     grid_per_class: int = Field(default=10, description="samples per category shown in the grid")
 
 
-@dg.asset(group_name="generation", tags={"modality": "image"}, kinds={"parquet"}, code_version="1")
+@dg.asset(**lane("image", "generation"), kinds={"parquet"}, code_version="1")
 def generated_images(
     context: dg.AssetExecutionContext,
     config: GeneratedImagesConfig,
@@ -105,7 +105,7 @@ class GeneratedTextsConfig(dg.Config):
     seed: int = 0
 
 
-@dg.asset(group_name="generation", tags={"modality": "text"}, kinds={"parquet"}, code_version="1")
+@dg.asset(**lane("text", "generation"), kinds={"parquet"}, code_version="1")
 def generated_texts(
     context: dg.AssetExecutionContext,
     config: GeneratedTextsConfig,

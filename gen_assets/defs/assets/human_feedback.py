@@ -7,6 +7,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from gen_assets.feedback.ingest import failed_files, feedback_version, ingest_pending, ratings_summary
+from gen_assets.defs.handles import lane
 from gen_assets.defs.resources import ArtifactStore
 
 
@@ -18,7 +19,7 @@ class FeedbackRef:
     ratings: dict = field(default_factory=dict)  # modality -> {"ratings", "samples", "mean_rating"}
 
 
-@dg.asset(group_name="feedback", tags={"modality": "shared"}, kinds={"duckdb"}, code_version="1")
+@dg.asset(**lane("shared", "feedback"), kinds={"duckdb"}, code_version="1")
 def feedback(context: dg.AssetExecutionContext, warehouse: DuckDBResource, artifacts: ArtifactStore) -> dg.Output[FeedbackRef]:
     """Every rating file waiting in GEN_ASSETS_HOME/feedback/incoming, validated into the `feedback` table.
 

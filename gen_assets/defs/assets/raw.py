@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from gen_assets.defs.handles import lane
 from gen_assets.defs.resources import ArtifactStore
 from gen_assets.sources.images import IMAGE_SNAPSHOT_HASH_COLUMNS, iter_images
 from gen_assets.sources.texts import TEXT_SCHEMA, TEXT_SNAPSHOT_HASH_COLUMNS, iter_texts
@@ -67,8 +68,7 @@ class RawImagesConfig(dg.Config):
 
 
 @dg.asset(
-    group_name="collection",
-    tags={"modality": "image"},
+    **lane("image", "collection"),
     kinds={"parquet"},
     code_version="1",
 )
@@ -90,7 +90,7 @@ class RawTextsConfig(dg.Config):
     category_column: str = "category"
 
 
-@dg.asset(group_name="collection", tags={"modality": "text"}, kinds={"parquet"}, code_version="1")
+@dg.asset(**lane("text", "collection"), kinds={"parquet"}, code_version="1")
 def raw_texts(context: dg.AssetExecutionContext, config: RawTextsConfig, artifacts: ArtifactStore) -> dg.Output[Snapshot]:
     """Text documents from the configured source, landed as an immutable snapshot named by its content hash."""
     t0 = time.perf_counter()

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.defs.handles import TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, md_png, stable_key
+from gen_assets.defs.handles import TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, lane, md_png, stable_key
 from gen_assets.cleaning import images as image_cleaning
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.models.checkpoint import file_sha256, load_model, model_class, save_versioned_model
@@ -138,7 +138,7 @@ class ImageEvaluatorConfig(dg.Config):
     retrain: bool = False
 
 
-@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
+@dg.asset(**lane("image", "training"), kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
           op_tags=TRAINING_OP_TAGS)
 def image_evaluator(
     context: dg.AssetExecutionContext,
@@ -194,7 +194,7 @@ class ImageGeneratorConfig(dg.Config):
     retrain: bool = False
 
 
-@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
+@dg.asset(**lane("image", "training"), kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
           op_tags=TRAINING_OP_TAGS)
 def image_generator(
     context: dg.AssetExecutionContext,
@@ -263,7 +263,7 @@ class TextTokenizerConfig(dg.Config):
     vocab_size: int | None = Field(default=None, description="BPE vocabulary size (ignored for char)")
 
 
-@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"json"}, code_version="1")
+@dg.asset(**lane("text", "training"), kinds={"json"}, code_version="1")
 def text_tokenizer(
     context: dg.AssetExecutionContext, config: TextTokenizerConfig, clean_texts: CleanTable, warehouse: DuckDBResource,
     artifacts: ArtifactStore,
@@ -305,7 +305,7 @@ class TextGeneratorConfig(dg.Config):
     retrain: bool = False
 
 
-@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
+@dg.asset(**lane("text", "training"), kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
           op_tags=TRAINING_OP_TAGS)
 def text_generator(
     context: dg.AssetExecutionContext,

@@ -9,7 +9,7 @@ import torch
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from gen_assets.defs.handles import TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, inference_device, stable_key
+from gen_assets.defs.handles import TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, inference_device, lane, stable_key
 from gen_assets.defs.assets.human_feedback import FeedbackRef
 from gen_assets.defs.assets.trained import load_image_split
 from gen_assets.cleaning import texts as text_cleaning
@@ -51,7 +51,7 @@ def save_reward(artifacts: ArtifactStore, modality: str, model, report, feature_
     )
 
 
-@dg.asset(group_name="feedback", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1")
+@dg.asset(**lane("image", "feedback"), kinds={"pytorch"}, code_version="1")
 def image_reward_model(
     context: dg.AssetExecutionContext, config: RewardModelConfig, feedback: FeedbackRef, image_evaluator: ModelRef,
     warehouse: DuckDBResource, artifacts: ArtifactStore,
@@ -68,7 +68,7 @@ def image_reward_model(
     return save_reward(artifacts, "image", model, report, image_evaluator.version)
 
 
-@dg.asset(group_name="feedback", tags={"modality": "text"}, kinds={"pytorch"}, code_version="1")
+@dg.asset(**lane("text", "feedback"), kinds={"pytorch"}, code_version="1")
 def text_reward_model(
     context: dg.AssetExecutionContext, config: RewardModelConfig, feedback: FeedbackRef, text_generator: ModelRef,
     warehouse: DuckDBResource, artifacts: ArtifactStore,
@@ -119,7 +119,7 @@ def untuned(base: ModelRef, reward: ModelRef) -> dg.Output[ModelRef]:
                      metadata={"model_version": base.version, "tuned": False, "reason": f"the base model is used: {reason}"})
 
 
-@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
+@dg.asset(**lane("image", "training"), kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
           op_tags=TRAINING_OP_TAGS)
 def tuned_image_generator(
     context: dg.AssetExecutionContext, config: TunedGeneratorConfig, image_generator: ModelRef,
@@ -158,7 +158,7 @@ def tuned_image_generator(
                           reward=image_reward_model, feedback=feedback, model=tuned, key=key)
 
 
-@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
+@dg.asset(**lane("text", "training"), kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
           op_tags=TRAINING_OP_TAGS)
 def tuned_text_generator(
     context: dg.AssetExecutionContext, config: TunedGeneratorConfig, text_generator: ModelRef,
