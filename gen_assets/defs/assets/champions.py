@@ -15,7 +15,7 @@ from pydantic import Field
 
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.defs.assets.trained import load_image_split
-from gen_assets.defs.handles import CleanTable, ModelRef, inference_device, lane
+from gen_assets.defs.handles import CleanTable, ModelRef, inference_device, lane, uri_metadata
 from gen_assets.models.checkpoint import load_model
 from gen_assets.rules import promotion
 from gen_assets.store import registry
@@ -114,7 +114,7 @@ def settle(context: dg.AssetExecutionContext, config: PersonDecision, warehouse:
                    champion["checkpoint_sha"], details)
     meta = {"champion": champion["model_version"], "candidate": candidate.version, "decision": decision,
             "promoted": outcome.promoted, "reason": outcome.reason, "key_metric": key,
-            "path": dg.MetadataValue.path(champion["checkpoint_path"])}
+            "path": dg.MetadataValue.path(champion["checkpoint_path"]), **uri_metadata(champion["checkpoint_path"])}
     for who, value in (("candidate", outcome.candidate_value), ("champion", outcome.champion_value)):
         if value is not None:
             meta[f"{who}_{key}"] = dg.MetadataValue.float(round(float(value), 4))

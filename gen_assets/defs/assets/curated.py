@@ -13,7 +13,7 @@ import torch
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from gen_assets.defs.handles import Batch, CleanTable, ModelRef, inference_device, lane
+from gen_assets.defs.handles import Batch, CleanTable, ModelRef, frame_metadata, inference_device, lane
 from gen_assets.defs.assets.trained import label_indices
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.rules.curation import NgramIndex, curate, image_confidence, text_flags
@@ -55,7 +55,8 @@ def record(context, warehouse: DuckDBResource, *, asset: str, modality: str, bat
         metadata={"curated": len(curated), "candidates": batch.n_samples, "dropped": len(dropped),
                   "dropped_by_reason": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()}),
                   "scored_by": scored_by, "batch_id": batch.batch_id,
-                  "mean_reward": float(curated["reward"].mean()) if len(curated) else float("nan")},
+                  "mean_reward": float(curated["reward"].mean()) if len(curated) else float("nan"),
+                  **frame_metadata(curated)},
     )
 
 

@@ -7,7 +7,8 @@ from pydantic import Field
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.defs.handles import Batch, ModelRef, inference_device, lane, md_png, stable_key
+from gen_assets.defs.handles import (Batch, ModelRef, arrow_columns, inference_device, lane, md_png, stable_key,
+                                     table_metadata, uri_metadata)
 from gen_assets.training.sampling import generate_per_class
 from gen_assets.media.png import encode_png, make_grid, to_uint8
 from gen_assets.models.checkpoint import load_model
@@ -82,6 +83,8 @@ def generated_images(
             "model_version": champion.version,
             "samples": len(contents),
             "path": dg.MetadataValue.path(str(path)),
+            **uri_metadata(path),
+            **table_metadata(table.num_rows, arrow_columns(table.schema)),
             "grid_path": dg.MetadataValue.path(str(grid_path)),
             "grid": md_png(grid_png, "samples, one row per category"),
             "seconds": round(seconds, 3),
@@ -161,6 +164,8 @@ def generated_texts(
             "model_version": champion.version,
             "samples": len(rows),
             "path": dg.MetadataValue.path(str(path)),
+            **uri_metadata(path),
+            **table_metadata(table.num_rows, arrow_columns(table.schema)),
             "preview": dg.MetadataValue.md(preview),
             "seconds": round(seconds, 3),
             "tokens_per_second": round(sum(len(tokenizer.encode(t)) for _, t in rows) / max(seconds, 1e-9), 1),

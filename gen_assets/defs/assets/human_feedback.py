@@ -7,7 +7,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from gen_assets.feedback.ingest import failed_files, feedback_version, ingest_pending, ratings_summary
-from gen_assets.defs.handles import lane
+from gen_assets.defs.handles import lane, warehouse_table_metadata
 from gen_assets.defs.resources import ArtifactStore
 
 
@@ -32,6 +32,7 @@ def feedback(context: dg.AssetExecutionContext, warehouse: DuckDBResource, artif
         version = feedback_version(con)
         summary = ratings_summary(con)
         refused = failed_files(con)
+        table = warehouse_table_metadata(con, "feedback")
     for r in results:
         if r.error:
             context.log.warning(f"{r.file_name}: refused whole ({r.error}); moved to failed/")
@@ -50,6 +51,7 @@ def feedback(context: dg.AssetExecutionContext, warehouse: DuckDBResource, artif
             "files_refused_ever": len(refused),
             "ratings_by_modality": dg.MetadataValue.json(summary),
             "feedback_version": version,
+            **table,
             "seconds": round(time.perf_counter() - t0, 3),
         },
     )

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from gen_assets.defs.handles import lane
+from gen_assets.defs.handles import arrow_columns, lane, table_metadata, uri_metadata
 from gen_assets.defs.resources import ArtifactStore
 from gen_assets.sources.images import IMAGE_SNAPSHOT_HASH_COLUMNS, iter_images
 from gen_assets.sources.texts import TEXT_SCHEMA, TEXT_SNAPSHOT_HASH_COLUMNS, iter_texts
@@ -23,9 +23,12 @@ class Tally:
         self.total = 0
         self.batches = 0
         self.sum_column = sum_column
+        self.schema = pa.schema([])  # the first batch's, for the metadata's column schema
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
+            if not self.batches:
+                self.schema = batch.schema
             self.unreadable += batch.num_rows - batch.column("decode_error").null_count
             if self.sum_column:
                 self.total += pc.sum(batch.column(self.sum_column)).as_py() or 0
@@ -50,6 +53,8 @@ def land(context, batches, name: str, hash_columns: list[str], source: str, arti
             "unreadable": tally.unreadable,
             **extra,
             "path": dg.MetadataValue.path(snapshot.path),
+            **uri_metadata(snapshot.path),
+            **table_metadata(snapshot.rows, arrow_columns(schema or tally.schema)),
             "snapshot_version": snapshot.version,
             "seconds": round(time.perf_counter() - t0, 3),
         },

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.defs.handles import TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, lane, md_png, stable_key
+from gen_assets.defs.handles import (TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, lane, md_png, numeric_metadata,
+                                     stable_key, uri_metadata)
 from gen_assets.cleaning import images as image_cleaning
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.models.checkpoint import file_sha256, load_model, model_class, save_versioned_model
@@ -116,6 +117,7 @@ def training_metadata(history: list[dict[str, float]], fit_info: dict[str, Any],
         "model_version": ref.version,
         "arch": ref.arch,
         "path": dg.MetadataValue.path(ref.path),
+        **uri_metadata(ref.path),
         "sha256": ref.sha256,
         "reused": fit_info["reused"],
         "epochs": fit_info.get("epochs", 0),
@@ -123,7 +125,7 @@ def training_metadata(history: list[dict[str, float]], fit_info: dict[str, Any],
     }
     if history:
         last = history[-1]
-        meta.update({k: dg.MetadataValue.float(float(v)) for k, v in last.items() if k != "epoch"})
+        meta.update(numeric_metadata({k: v for k, v in last.items() if k != "epoch"}))
         meta["loss_curve"] = md_png(curves_png(history, keys, f"{ref.arch} training"), "loss curve")
     return meta
 
@@ -282,7 +284,7 @@ def text_tokenizer(
         ModelRef("text", config.kind, version, str(path), sha),
         data_version=dg.DataVersion(sha[:16]),
         metadata={"version": version, "vocab_size": tokenizer.vocab_size, "categories": len(clean_texts.categories),
-                  "path": dg.MetadataValue.path(str(path))},
+                  "path": dg.MetadataValue.path(str(path)), **uri_metadata(path)},
     )
 
 

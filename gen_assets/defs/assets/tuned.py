@@ -9,7 +9,8 @@ import torch
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from gen_assets.defs.handles import TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, inference_device, lane, stable_key
+from gen_assets.defs.handles import (TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, inference_device, lane,
+                                     numeric_metadata, stable_key, uri_metadata)
 from gen_assets.defs.assets.human_feedback import FeedbackRef
 from gen_assets.defs.assets.trained import load_image_split
 from gen_assets.cleaning import texts as text_cleaning
@@ -46,8 +47,8 @@ def save_reward(artifacts: ArtifactStore, modality: str, model, report, feature_
         ref,
         data_version=dg.DataVersion(sha[:16]),
         metadata={"fitted": True, "model_version": version, "feature_model": feature_model,
-                  "path": dg.MetadataValue.path(str(final)),
-                  **{k: dg.MetadataValue.float(float(v)) for k, v in report.to_dict().items()}},
+                  "path": dg.MetadataValue.path(str(final)), **uri_metadata(final),
+                  **numeric_metadata(report.to_dict())},
     )
 
 
@@ -110,13 +111,15 @@ def register_tuned(context, warehouse, artifacts, *, modality, base: ModelRef, r
     context.log.info(f"tuned {base.version} on feedback {feedback.version}: {version} (a candidate until promoted)")
     ref = ModelRef(modality, base.arch, version, str(final), sha, details)
     return dg.Output(ref, data_version=dg.DataVersion(sha[:16]),
-                     metadata={"model_version": version, "tuned": True, **inputs, "path": dg.MetadataValue.path(str(final))})
+                     metadata={"model_version": version, "tuned": True, **inputs, "path": dg.MetadataValue.path(str(final)),
+                               **uri_metadata(final)})
 
 
 def untuned(base: ModelRef, reward: ModelRef) -> dg.Output[ModelRef]:
     reason = reward.details.get("reason", "no reward model")
     return dg.Output(base, data_version=dg.DataVersion(base.sha256[:16]),
-                     metadata={"model_version": base.version, "tuned": False, "reason": f"the base model is used: {reason}"})
+                     metadata={"model_version": base.version, "tuned": False, "reason": f"the base model is used: {reason}",
+                               **uri_metadata(base.path)})
 
 
 @dg.asset(**lane("image", "training"), kinds={"pytorch"}, code_version="1", pool=TRAINING_POOL,
