@@ -85,9 +85,9 @@ FILES = ["raw_images", "raw_texts", "image_evaluator", "image_generator", "text_
          "generated_texts"]
 
 
-def test_dagster_standard_metadata(smoke_home):
+def test_dagster_standard_metadata_and_run_tags(smoke_home):
     """Row count and column schema on the table-like assets, a URI on the file outputs, metrics rounded to 4
-    significant digits."""
+    significant digits, and the CLI's run tagged with its profile and modality."""
     with dg.DagsterInstance.from_config(str(smoke_home / "dagster_home")) as instance:
         latest = {name: instance.get_latest_materialization_event(dg.AssetKey(name)) for name in {*TABLES, *FILES,
                                                                                                   "image_metrics"}}
@@ -110,6 +110,9 @@ def test_dagster_standard_metadata(smoke_home):
         for key, value in meta["image_metrics"].items():
             if isinstance(value, dg.FloatMetadataValue) and value.value == value.value:  # not NaN
                 assert value.value == float(f"{value.value:.4g}"), key
+        run = instance.get_run_by_id(latest["raw_images"].run_id)
+        assert {k: run.tags[k] for k in ("gen_assets/profile", "gen_assets/modality")} == {
+            "gen_assets/profile": "smoke", "gen_assets/modality": "all"}
 
 
 def test_second_run_with_unchanged_inputs_reuses_the_models(smoke_home, capsys, monkeypatch):

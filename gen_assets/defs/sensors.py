@@ -5,7 +5,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from gen_assets.feedback.pending import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MIN_NEW_RATINGS, decide, files_by_modality, run_key_for, scan
-from gen_assets.defs.jobs import RETRAIN_ASSETS, retrain_job
+from gen_assets.defs.jobs import DEFAULT_PROFILE, RETRAIN_ASSETS, retrain_job, run_tags
 from gen_assets.defs.resources import ArtifactStore
 
 
@@ -49,7 +49,7 @@ def feedback_sensor(
             dg.RunRequest(
                 run_key=run_key_for(files, modality),
                 asset_selection=[dg.AssetKey(key) for key in selection],
-                tags={"gen_assets/modality": modality or "none", "gen_assets/trigger": "feedback"},
+                tags={**run_tags(DEFAULT_PROFILE, modality or "none"), "gen_assets/trigger": "feedback"},
             )
         )
     context.update_cursor(decision.new_cursor)

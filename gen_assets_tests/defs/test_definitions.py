@@ -102,6 +102,7 @@ def test_jobs_schedule_and_timezone(tmp_path):
     assert schedule.cron_schedule == "0 2 * * *"
     assert schedule.execution_timezone == "Europe/Berlin"
     assert schedule.job_name == "nightly_job"
+    assert schedule.tags == {"gen_assets/profile": "demo", "gen_assets/modality": "all"}  # no run config: demo
     prune = defs.resolve_schedule_def("prune_schedule")
     assert (prune.cron_schedule, prune.execution_timezone, prune.job_name) == ("0 4 * * *", "Europe/Berlin", "prune_job")
     nightly = defs.resolve_job_def("nightly_job")
