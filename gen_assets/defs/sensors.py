@@ -1,4 +1,4 @@
-"""Sensors: retrain when new human feedback lands."""
+"""Sensors: retrain when new human feedback lands; regenerate when an automation condition asks for it."""
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
@@ -57,4 +57,17 @@ def feedback_sensor(
     return requests
 
 
-sensors = [feedback_sensor]
+# Generation, curation and the metrics follow the champion (AutomationCondition.eager() on those assets):
+# after a person's `gen-assets promote`, which materializes only <modality>_champion, this sensor requests
+# them. Dagster's own default_automation_condition_sensor would start stopped on a fresh instance; this one is
+# on from the start, like feedback_sensor. It runs where the daemon runs (`dagster dev`, `make ui`).
+regeneration_sensor = dg.AutomationConditionSensorDefinition(
+    "regeneration_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    run_tags={"gen_assets/profile": DEFAULT_PROFILE, "gen_assets/trigger": "automation"},
+    description="Requests the assets whose automation condition is true: generation, curation and the metrics "
+    "of a lane whose champion changed.",
+)
+
+sensors = [feedback_sensor, regeneration_sensor]

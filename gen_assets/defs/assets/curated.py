@@ -60,7 +60,8 @@ def record(context, warehouse: DuckDBResource, *, asset: str, modality: str, bat
     )
 
 
-@dg.asset(**lane("image", "curation"), kinds={"duckdb"}, code_version="1")
+@dg.asset(**lane("image", "curation"), kinds={"duckdb"}, code_version="1",
+          automation_condition=dg.AutomationCondition.eager())
 def curated_images(
     context: dg.AssetExecutionContext, config: CuratedImagesConfig, generated_images: Batch,
     image_reward_model: ModelRef, image_evaluator: ModelRef, clean_images: CleanTable, warehouse: DuckDBResource,
@@ -88,7 +89,8 @@ def curated_images(
     return out
 
 
-@dg.asset(**lane("text", "curation"), kinds={"duckdb"}, code_version="1")
+@dg.asset(**lane("text", "curation"), kinds={"duckdb"}, code_version="1",
+          automation_condition=dg.AutomationCondition.eager())
 def curated_texts(
     context: dg.AssetExecutionContext, config: CuratedTextsConfig, generated_texts: Batch,
     text_reward_model: ModelRef, text_generator: ModelRef, clean_texts: CleanTable, warehouse: DuckDBResource,

@@ -43,7 +43,8 @@ class ImageMetricsConfig(dg.Config):
     seed: int = 0
 
 
-@dg.asset(**lane("image", "evaluation"), kinds={"duckdb"}, code_version="1")
+@dg.asset(**lane("image", "evaluation"), kinds={"duckdb"}, code_version="1",
+          automation_condition=dg.AutomationCondition.eager())
 def image_metrics(
     context: dg.AssetExecutionContext,
     config: ImageMetricsConfig,
@@ -109,7 +110,8 @@ class TextMetricsConfig(dg.Config):
     seed: int = 0
 
 
-@dg.asset(**lane("text", "evaluation"), kinds={"duckdb"}, code_version="1")
+@dg.asset(**lane("text", "evaluation"), kinds={"duckdb"}, code_version="1",
+          automation_condition=dg.AutomationCondition.eager())
 def text_metrics(
     context: dg.AssetExecutionContext,
     config: TextMetricsConfig,

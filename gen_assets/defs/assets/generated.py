@@ -26,7 +26,8 @@ class GeneratedImagesConfig(dg.Config):
     grid_per_class: int = Field(default=10, description="samples per category shown in the grid")
 
 
-@dg.asset(**lane("image", "generation"), kinds={"parquet"}, code_version="1")
+@dg.asset(**lane("image", "generation"), kinds={"parquet"}, code_version="1",
+          automation_condition=dg.AutomationCondition.eager())
 def generated_images(
     context: dg.AssetExecutionContext,
     config: GeneratedImagesConfig,
@@ -108,7 +109,8 @@ class GeneratedTextsConfig(dg.Config):
     seed: int = 0
 
 
-@dg.asset(**lane("text", "generation"), kinds={"parquet"}, code_version="1")
+@dg.asset(**lane("text", "generation"), kinds={"parquet"}, code_version="1",
+          automation_condition=dg.AutomationCondition.eager())
 def generated_texts(
     context: dg.AssetExecutionContext,
     config: GeneratedTextsConfig,
