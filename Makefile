@@ -37,9 +37,9 @@ browser:
 		(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
 		|| echo "no Chromium at /usr/bin/chromium (apt-get needs root and a mirror): the browser test will be skipped"; }
 
-# the README's screenshots of the review page, taken by the browser test
+# the README's screenshots of the review page and of the Dagster UI's asset graph, taken by the browser tests
 screenshots: install browser
-	GEN_ASSETS_SCREENSHOTS=1 $(BIN)/python -m pytest -q gen_assets_tests/web/test_browser.py
+	GEN_ASSETS_SCREENSHOTS=1 $(BIN)/python -m pytest -q gen_assets_tests/web/test_browser.py gen_assets_tests/web/test_asset_graph.py
 
 ui: install
 	$(BIN)/gen-assets ui

@@ -27,9 +27,10 @@ def prepare_dagster_home(paths: Paths) -> Path:
     return home
 
 
-def execute(job_name: str, profile: str, verbose: bool, asset_selection: list[str] | None = None,
+def execute(job_name: str, profile: str, modality: str, verbose: bool, asset_selection: list[str] | None = None,
             config: dict[str, dict] | None = None, report: bool = True) -> int:
-    """Run a job of the definitions through Dagster (recorded in the instance), then print the report.
+    """Run a job of the definitions through Dagster (recorded in the instance, tagged with the profile and
+    the modality: image, text or all), then print the report.
 
     config: asset name -> config fields laid over the profile's (e.g. a person's decision for a champion)."""
     import warnings
@@ -37,6 +38,7 @@ def execute(job_name: str, profile: str, verbose: bool, asset_selection: list[st
     import dagster as dg
 
     from gen_assets.definitions import build_definitions
+    from gen_assets.defs.jobs import run_tags
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)  # DataVersion on outputs: used on purpose
     paths = Paths.from_env()
@@ -52,7 +54,8 @@ def execute(job_name: str, profile: str, verbose: bool, asset_selection: list[st
     print(f"gen-assets: running {job.name} with the {profile} profile; home {paths.home}", flush=True)
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
-            run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection
+            run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection,
+            tags=run_tags(profile, modality),
         )
     refused = [ev for ev in result.get_asset_check_evaluations() if not ev.passed]
     for ev in refused:
@@ -75,7 +78,7 @@ def execute(job_name: str, profile: str, verbose: bool, asset_selection: list[st
 def cmd_run(args: argparse.Namespace) -> int:
     from gen_assets.defs.jobs import JOBS_BY_MODALITY
 
-    return execute(JOBS_BY_MODALITY[args.modality], args.profile, args.verbose)
+    return execute(JOBS_BY_MODALITY[args.modality], args.profile, args.modality, args.verbose)
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
@@ -84,7 +87,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     modalities = ["image", "text"] if args.modality == "all" else [args.modality]
     keys = sorted({key for m in modalities for key in RETRAIN_ASSETS[m]})
-    return execute("retrain_job", args.profile, args.verbose, keys)
+    return execute("retrain_job", args.profile, args.modality, args.verbose, keys)
 
 
 def report(paths: Paths) -> dict:
@@ -162,8 +165,8 @@ def decide_champion(modality: str, decision: dict, profile: str) -> int:
     from gen_assets.store import registry
     from gen_assets.store import warehouse as wh
 
-    status = execute("nightly_job", profile, False, [f"{modality}_champion"], {f"{modality}_champion": decision},
-                     report=False)
+    status = execute("nightly_job", profile, modality, False, [f"{modality}_champion"],
+                     {f"{modality}_champion": decision}, report=False)
     if status == 0:
         paths = Paths.from_env()
         with wh.connect(paths.warehouse, read_only=True, artifacts=paths.artifacts_location) as con:

@@ -77,6 +77,44 @@ def test_warehouse_tables_and_generated_view(smoke_home):
         assert con.execute("SELECT count(*) FROM models WHERE status = 'champion'").fetchone()[0] == 2
 
 
+TABLES = {"raw_images": "snapshot", "raw_texts": "snapshot", "clean_images": "clean_images", "clean_texts": "clean_texts",
+          "feedback": "feedback", "generated_images": "batch", "generated_texts": "batch", "curated_images": "curated",
+          "curated_texts": "curated"}
+FILES = ["raw_images", "raw_texts", "image_evaluator", "image_generator", "text_tokenizer", "text_generator",
+         "tuned_image_generator", "tuned_text_generator", "image_champion", "text_champion", "generated_images",
+         "generated_texts"]
+
+
+def test_dagster_standard_metadata_and_run_tags(smoke_home):
+    """Row count and column schema on the table-like assets, a URI on the file outputs, metrics rounded to 4
+    significant digits, and the CLI's run tagged with its profile and modality."""
+    with dg.DagsterInstance.from_config(str(smoke_home / "dagster_home")) as instance:
+        latest = {name: instance.get_latest_materialization_event(dg.AssetKey(name)) for name in {*TABLES, *FILES,
+                                                                                                  "image_metrics"}}
+        meta = {name: event.asset_materialization.metadata for name, event in latest.items()}
+        for name, kind in TABLES.items():
+            columns = [c.name for c in meta[name]["dagster/column_schema"].value.columns]
+            rows = meta[name]["dagster/row_count"].value
+            assert rows >= 0 and columns, name
+            if kind in ("clean_images", "clean_texts", "feedback"):  # a warehouse table, as it is
+                assert meta[name]["dagster/table_name"].value == kind
+                with duckdb.connect(str(smoke_home / "warehouse.duckdb"), read_only=True) as con:
+                    assert rows == con.execute(f"SELECT count(*) FROM {kind}").fetchone()[0], name
+                    assert columns == [r[0] for r in con.execute(f"DESCRIBE {kind}").fetchall()], name
+        assert meta["generated_images"]["dagster/row_count"].value == 200  # smoke: 20 per digit
+        assert {"sample_id", "category", "content"} <= {c.name for c in meta["generated_texts"]["dagster/column_schema"].value.columns}
+        assert {"sample_id", "category", "reward", "rank"} <= {c.name for c in meta["curated_images"]["dagster/column_schema"].value.columns}
+        for name in FILES:
+            uri = meta[name]["dagster/uri"].value
+            assert uri.startswith("file:///") and Path(uri.removeprefix("file://")).is_file(), (name, uri)
+        for key, value in meta["image_metrics"].items():
+            if isinstance(value, dg.FloatMetadataValue) and value.value == value.value:  # not NaN
+                assert value.value == float(f"{value.value:.4g}"), key
+        run = instance.get_run_by_id(latest["raw_images"].run_id)
+        assert {k: run.tags[k] for k in ("gen_assets/profile", "gen_assets/modality")} == {
+            "gen_assets/profile": "smoke", "gen_assets/modality": "all"}
+
+
 def test_second_run_with_unchanged_inputs_reuses_the_models(smoke_home, capsys, monkeypatch):
     before = {m["version"] for m in report(smoke_home, capsys, monkeypatch)["models"]}
     monkeypatch.setenv("GEN_ASSETS_HOME", str(smoke_home))

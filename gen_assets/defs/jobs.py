@@ -2,6 +2,17 @@
 
 import dagster as dg
 
+# A run started without run config (by a schedule, a sensor, the UI's launchpad) gets the Config classes'
+# defaults: the demo profile.
+DEFAULT_PROFILE = "demo"
+
+
+def run_tags(profile: str, modality: str) -> dict[str, str]:
+    """The tags of every run the project starts: the profile its config comes from and the modality it is
+    for ("all": both), so the UI's run list can be filtered by either."""
+    return {"gen_assets/profile": profile, "gen_assets/modality": modality}
+
+
 image_job = dg.define_asset_job(
     "image_job",
     selection=dg.AssetSelection.tag("modality", "image") | dg.AssetSelection.assets("feedback"),

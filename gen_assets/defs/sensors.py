@@ -1,11 +1,11 @@
-"""Sensors: retrain when new human feedback lands."""
+"""Sensors: retrain when new human feedback lands; regenerate when an automation condition asks for it."""
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from gen_assets.feedback.pending import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MIN_NEW_RATINGS, decide, files_by_modality, run_key_for, scan
-from gen_assets.defs.jobs import RETRAIN_ASSETS, retrain_job
+from gen_assets.defs.jobs import DEFAULT_PROFILE, RETRAIN_ASSETS, retrain_job, run_tags
 from gen_assets.defs.resources import ArtifactStore
 
 
@@ -49,7 +49,7 @@ def feedback_sensor(
             dg.RunRequest(
                 run_key=run_key_for(files, modality),
                 asset_selection=[dg.AssetKey(key) for key in selection],
-                tags={"gen_assets/modality": modality or "none", "gen_assets/trigger": "feedback"},
+                tags={**run_tags(DEFAULT_PROFILE, modality or "none"), "gen_assets/trigger": "feedback"},
             )
         )
     context.update_cursor(decision.new_cursor)
@@ -57,4 +57,17 @@ def feedback_sensor(
     return requests
 
 
-sensors = [feedback_sensor]
+# Generation, curation and the metrics follow the champion (AutomationCondition.eager() on those assets):
+# after a person's `gen-assets promote`, which materializes only <modality>_champion, this sensor requests
+# them. Dagster's own default_automation_condition_sensor would start stopped on a fresh instance; this one is
+# on from the start, like feedback_sensor. It runs where the daemon runs (`dagster dev`, `make ui`).
+regeneration_sensor = dg.AutomationConditionSensorDefinition(
+    "regeneration_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    run_tags={"gen_assets/profile": DEFAULT_PROFILE, "gen_assets/trigger": "automation"},
+    description="Requests the assets whose automation condition is true: generation, curation and the metrics "
+    "of a lane whose champion changed.",
+)
+
+sensors = [feedback_sensor, regeneration_sensor]

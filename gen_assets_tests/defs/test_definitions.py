@@ -6,29 +6,31 @@ import pytest
 from gen_assets.definitions import build_definitions
 from gen_assets.settings import PROFILES, Paths, profile_run_config
 
+# asset -> (group: its lane, stage tag, parents)
 EXPECTED_ASSETS = {
-    "raw_images": ("collection", set()),
-    "clean_images": ("cleaning", {"raw_images"}),
-    "image_evaluator": ("training", {"clean_images"}),
-    "image_generator": ("training", {"clean_images", "image_evaluator"}),
-    "image_champion": ("promotion", {"tuned_image_generator", "image_evaluator", "clean_images"}),
-    "generated_images": ("generation", {"image_champion"}),
-    "image_metrics": ("evaluation", {"generated_images", "image_champion", "image_evaluator", "clean_images"}),
-    "raw_texts": ("collection", set()),
-    "clean_texts": ("cleaning", {"raw_texts"}),
-    "text_tokenizer": ("training", {"clean_texts"}),
-    "text_generator": ("training", {"clean_texts", "text_tokenizer"}),
-    "text_champion": ("promotion", {"tuned_text_generator", "clean_texts"}),
-    "generated_texts": ("generation", {"text_champion"}),
-    "text_metrics": ("evaluation", {"generated_texts", "text_champion", "clean_texts"}),
-    "feedback": ("feedback", set()),
-    "image_reward_model": ("feedback", {"feedback", "image_evaluator"}),
-    "text_reward_model": ("feedback", {"feedback", "text_generator"}),
-    "tuned_image_generator": ("training", {"image_generator", "image_reward_model", "image_evaluator", "feedback",
-                                           "clean_images"}),
-    "tuned_text_generator": ("training", {"text_generator", "text_reward_model", "feedback", "clean_texts"}),
-    "curated_images": ("curation", {"generated_images", "image_reward_model", "image_evaluator", "clean_images"}),
-    "curated_texts": ("curation", {"generated_texts", "text_reward_model", "text_generator", "clean_texts"}),
+    "raw_images": ("image", "collection", set()),
+    "clean_images": ("image", "cleaning", {"raw_images"}),
+    "image_evaluator": ("image", "training", {"clean_images"}),
+    "image_generator": ("image", "training", {"clean_images", "image_evaluator"}),
+    "image_reward_model": ("image", "feedback", {"feedback", "image_evaluator"}),
+    "tuned_image_generator": ("image", "training", {"image_generator", "image_reward_model", "image_evaluator",
+                                                    "feedback", "clean_images"}),
+    "image_champion": ("image", "promotion", {"tuned_image_generator", "image_evaluator", "clean_images"}),
+    "generated_images": ("image", "generation", {"image_champion"}),
+    "curated_images": ("image", "curation", {"generated_images", "image_reward_model", "image_evaluator",
+                                             "clean_images"}),
+    "image_metrics": ("image", "evaluation", {"generated_images", "image_champion", "image_evaluator", "clean_images"}),
+    "raw_texts": ("text", "collection", set()),
+    "clean_texts": ("text", "cleaning", {"raw_texts"}),
+    "text_tokenizer": ("text", "training", {"clean_texts"}),
+    "text_generator": ("text", "training", {"clean_texts", "text_tokenizer"}),
+    "text_reward_model": ("text", "feedback", {"feedback", "text_generator"}),
+    "tuned_text_generator": ("text", "training", {"text_generator", "text_reward_model", "feedback", "clean_texts"}),
+    "text_champion": ("text", "promotion", {"tuned_text_generator", "clean_texts"}),
+    "generated_texts": ("text", "generation", {"text_champion"}),
+    "curated_texts": ("text", "curation", {"generated_texts", "text_reward_model", "text_generator", "clean_texts"}),
+    "text_metrics": ("text", "evaluation", {"generated_texts", "text_champion", "clean_texts"}),
+    "feedback": ("feedback", "feedback", set()),
 }
 EXPECTED_CHECKS = {
     *{(t, f"{t}_{c}") for t in ("clean_images", "clean_texts")
@@ -56,7 +58,8 @@ def test_asset_graph_snapshot(tmp_path):
     got = {}
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        got[key.to_user_string()] = (node.group_name, {p.to_user_string() for p in node.parent_keys})
+        got[key.to_user_string()] = (node.group_name, node.tags.get("stage"),
+                                     {p.to_user_string() for p in node.parent_keys})
     assert got == EXPECTED_ASSETS
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == EXPECTED_CHECKS
@@ -64,12 +67,32 @@ def test_asset_graph_snapshot(tmp_path):
     assert not [k for k in graph.asset_check_keys if graph.get_check_spec(k).blocking]
 
 
-def test_every_asset_has_code_version_and_modality_tag(tmp_path):
+def test_every_asset_has_code_version_modality_tag_and_owners(tmp_path):
     graph = build(tmp_path).resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert node.code_version, key
         assert node.tags.get("modality") in {"image", "text", "shared"}, key
+        assert node.owners == ["team:gen-assets"], key
+
+
+def test_owners_come_from_the_environment(monkeypatch):
+    from gen_assets.defs.handles import lane
+
+    monkeypatch.setenv("GEN_ASSETS_OWNERS", "ana@example.com, team:ml-platform")
+    spec = dg.AssetSpec("x", **lane("image", "training"))
+    assert spec.owners == ["ana@example.com", "team:ml-platform"]
+    monkeypatch.setenv("GEN_ASSETS_OWNERS", "ana")
+    with pytest.raises(dg.DagsterInvalidDefinitionError, match="email address or a team"):
+        dg.AssetSpec("x", **lane("image", "training"))
+
+
+def test_jobs_select_a_lane_and_the_shared_feedback(tmp_path):
+    defs = build(tmp_path)
+    for modality in ("image", "text"):
+        job = defs.resolve_job_def(f"{modality}_job")
+        lane = {name for name, (group, _, _) in EXPECTED_ASSETS.items() if group == modality}
+        assert set(job.graph.node_dict) & set(EXPECTED_ASSETS) == lane | {"feedback"}, modality
 
 
 def test_jobs_schedule_and_timezone(tmp_path):
@@ -79,6 +102,7 @@ def test_jobs_schedule_and_timezone(tmp_path):
     assert schedule.cron_schedule == "0 2 * * *"
     assert schedule.execution_timezone == "Europe/Berlin"
     assert schedule.job_name == "nightly_job"
+    assert schedule.tags == {"gen_assets/profile": "demo", "gen_assets/modality": "all"}  # no run config: demo
     prune = defs.resolve_schedule_def("prune_schedule")
     assert (prune.cron_schedule, prune.execution_timezone, prune.job_name) == ("0 4 * * *", "Europe/Berlin", "prune_job")
     nightly = defs.resolve_job_def("nightly_job")

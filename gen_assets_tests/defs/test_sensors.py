@@ -63,6 +63,7 @@ def test_new_files_request_one_run_per_modality_and_never_twice(home):
     [request] = requests
     assert {k.to_user_string() for k in request.asset_selection} == set(RETRAIN_ASSETS["image"])
     assert request.tags["gen_assets/modality"] == "image"
+    assert request.tags["gen_assets/profile"] == "demo"  # retrain_job runs without run config: the defaults
     again, _ = tick(home, cursor=cursor)
     assert isinstance(again, dg.SkipReason)
 

@@ -8,7 +8,9 @@ Each test that writes gets its own copy of it (`home`), so tests never see each 
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -46,6 +48,36 @@ TEXTS = {
                 "O Romeo, Romeo! wherefore art thou Romeo?"],
 }
 INSTANCE_YAML = "telemetry:\n  enabled: false\n"
+
+# The browser tests use Debian's Chromium through the playwright package, never a browser playwright downloads.
+CHROMIUM = "/usr/bin/chromium"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+NEEDS_CHROMIUM = [
+    pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
+                       reason="the playwright package is not installed (pip install playwright; no browser download needed)"),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason=f"no Chromium at {CHROMIUM} (install it with: apt-get install chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless"], headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def screenshot(page, name: str, full_page: bool = False) -> None:
+    """The README's pictures, only when asked for (GEN_ASSETS_SCREENSHOTS=1): a normal test run leaves the
+    repository alone."""
+    if os.environ.get("GEN_ASSETS_SCREENSHOTS") == "1":
+        DOCS.mkdir(exist_ok=True)
+        page.screenshot(path=str(DOCS / name), full_page=full_page)
 
 
 # 5x7 glyphs of the digits: generated-looking 8x8 samples without loading a data set

@@ -6,37 +6,13 @@ never a browser that playwright downloads. With GEN_ASSETS_SCREENSHOTS=1 it also
 screenshots, docs/review_gallery.png and docs/review_dashboard.png.
 """
 
-import importlib.util
-import os
-from pathlib import Path
-
 import pytest
 
 from gen_assets.settings import Paths
 from gen_assets.web.app import create_app
-from gen_assets_tests.web.conftest import incoming_rows, live_server, test_config
+from gen_assets_tests.web.conftest import NEEDS_CHROMIUM, incoming_rows, live_server, screenshot, test_config
 
-CHROMIUM = "/usr/bin/chromium"
-DOCS = Path(__file__).resolve().parents[2] / "docs"
-
-pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
-                       reason="the playwright package is not installed (pip install playwright; no browser download needed)"),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason=f"no Chromium at {CHROMIUM} (install it with: apt-get install chromium)"),
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless"], headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+pytestmark = NEEDS_CHROMIUM
 
 
 @pytest.fixture
@@ -123,9 +99,3 @@ def test_the_comment_box_sends_with_enter(home, browser_page):
         expect(page.locator(f"#card-{sample} .result")).to_have_text("Rated 3. Thank you.")
     assert [(r["sample_id"], r["rating"], r["comment"]) for r in incoming_rows(home)] == [(sample, 3, "needs a rhyme")]
 
-
-def screenshot(page, name: str, full_page: bool = False) -> None:
-    """The README's pictures, only when asked for: a normal test run leaves the repository alone."""
-    if os.environ.get("GEN_ASSETS_SCREENSHOTS") == "1":
-        DOCS.mkdir(exist_ok=True)
-        page.screenshot(path=str(DOCS / name), full_page=full_page)

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.defs.assets.trained import load_image_split
-from gen_assets.defs.handles import CleanTable, ModelRef, inference_device
+from gen_assets.defs.handles import CleanTable, ModelRef, inference_device, lane, uri_metadata
 from gen_assets.models.checkpoint import load_model
 from gen_assets.rules import promotion
 from gen_assets.store import registry
@@ -121,7 +121,7 @@ def settle(context: dg.AssetExecutionContext, config: PersonDecision, warehouse:
                    champion["checkpoint_sha"], details)
     meta = {"champion": champion["model_version"], "candidate": candidate.version, "decision": decision,
             "promoted": outcome.promoted, "reason": outcome.reason, "key_metric": key,
-            "path": dg.MetadataValue.path(champion["checkpoint_path"])}
+            "path": dg.MetadataValue.path(champion["checkpoint_path"]), **uri_metadata(champion["checkpoint_path"])}
     for who, value in (("candidate", outcome.candidate_value), ("champion", outcome.champion_value)):
         if value is not None:
             meta[f"{who}_{key}"] = dg.MetadataValue.float(round(float(value), 4))
@@ -130,7 +130,7 @@ def settle(context: dg.AssetExecutionContext, config: PersonDecision, warehouse:
     return dg.Output(ref, data_version=dg.DataVersion(champion["checkpoint_sha"][:16]), metadata=meta)
 
 
-@dg.asset(group_name="promotion", tags={"modality": "image"}, kinds={"pytorch"},
+@dg.asset(**lane("image", "promotion"), kinds={"pytorch"},
           code_version=code_fingerprint(*IMAGE_CHAMPION_CODE))
 def image_champion(
     context: dg.AssetExecutionContext,
@@ -162,8 +162,7 @@ def image_champion(
     return settle(context, config, warehouse, "image", tuned_image_generator, measure, comparable, ceiling)
 
 
-@dg.asset(group_name="promotion", tags={"modality": "text"}, kinds={"pytorch"},
-          code_version=code_fingerprint(*TEXT_CHAMPION_CODE))
+@dg.asset(**lane("text", "promotion"), kinds={"pytorch"}, code_version=code_fingerprint(*TEXT_CHAMPION_CODE))
 def text_champion(
     context: dg.AssetExecutionContext,
     config: TextChampionConfig,

@@ -6,15 +6,18 @@ import dagster as dg
 from pydantic import Field
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.defs.handles import CleanTable
+from gen_assets.defs.handles import CleanTable, lane, warehouse_table_metadata
 from gen_assets.cleaning import images as image_cleaning
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.store.snapshots import Snapshot
 
 
 def clean_output(name: str, stats, categories: list[str], raw: Snapshot, t0: float, *, details: dict,
-                 metadata: dict) -> dg.Output[CleanTable]:
-    """The clean table handed downstream, versioned by its content hash, with the cleaning's counts."""
+                 metadata: dict, warehouse: DuckDBResource) -> dg.Output[CleanTable]:
+    """The clean table handed downstream, versioned by its content hash, with the cleaning's counts and
+    the table's columns."""
+    with warehouse.get_connection() as con:
+        table = warehouse_table_metadata(con, name)
     return dg.Output(
         CleanTable(table=name, version=stats.version, rows=stats.rows_clean, categories=tuple(categories),
                    details={"snapshot_version": raw.version, "source": raw.source, **details}),
@@ -28,6 +31,7 @@ def clean_output(name: str, stats, categories: list[str], raw: Snapshot, t0: flo
             **metadata,
             "categories": ", ".join(categories),
             "table_version": stats.version,
+            **table,
             "seconds": round(time.perf_counter() - t0, 3),
         },
     )
@@ -45,8 +49,7 @@ class CleanImagesConfig(dg.Config):
 
 
 @dg.asset(
-    group_name="cleaning",
-    tags={"modality": "image"},
+    **lane("image", "cleaning"),
     kinds={"duckdb"},
     code_version="1",
 )
@@ -80,7 +83,7 @@ def clean_images(
     width, height = stats.image_size
     return clean_output("clean_images", stats, categories, raw_images, t0,
                         details={"image_size": [width, height], "channels": config.channels},
-                        metadata={"image_size": f"{width}x{height}"})
+                        metadata={"image_size": f"{width}x{height}"}, warehouse=warehouse)
 
 
 class CleanTextsConfig(dg.Config):
@@ -90,7 +93,7 @@ class CleanTextsConfig(dg.Config):
     test_fraction: float = 0.1
 
 
-@dg.asset(group_name="cleaning", tags={"modality": "text"}, kinds={"duckdb"}, code_version="1")
+@dg.asset(**lane("text", "cleaning"), kinds={"duckdb"}, code_version="1")
 def clean_texts(
     context: dg.AssetExecutionContext, config: CleanTextsConfig, raw_texts: Snapshot, warehouse: DuckDBResource
 ) -> dg.Output[CleanTable]:
@@ -113,4 +116,4 @@ def clean_texts(
         chars = con.execute("SELECT coalesce(sum(n_chars), 0) FROM clean_texts").fetchone()[0]
     context.log.info(f"clean_texts: {stats.rows_clean} clean, {stats.rows_quarantined} quarantined of {stats.rows_in}")
     return clean_output("clean_texts", stats, categories, raw_texts, t0, details={"chars": int(chars)},
-                        metadata={"chars": int(chars)})
+                        metadata={"chars": int(chars)}, warehouse=warehouse)

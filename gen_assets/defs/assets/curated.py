@@ -13,7 +13,7 @@ import torch
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from gen_assets.defs.handles import Batch, CleanTable, ModelRef, inference_device
+from gen_assets.defs.handles import Batch, CleanTable, ModelRef, frame_metadata, inference_device, lane
 from gen_assets.defs.assets.trained import label_indices
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.rules.curation import NgramIndex, curate, image_confidence, text_flags
@@ -55,11 +55,13 @@ def record(context, warehouse: DuckDBResource, *, asset: str, modality: str, bat
         metadata={"curated": len(curated), "candidates": batch.n_samples, "dropped": len(dropped),
                   "dropped_by_reason": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()}),
                   "scored_by": scored_by, "batch_id": batch.batch_id,
-                  "mean_reward": float(curated["reward"].mean()) if len(curated) else float("nan")},
+                  "mean_reward": float(curated["reward"].mean()) if len(curated) else float("nan"),
+                  **frame_metadata(curated)},
     )
 
 
-@dg.asset(group_name="curation", tags={"modality": "image"}, kinds={"duckdb"}, code_version="1")
+@dg.asset(**lane("image", "curation"), kinds={"duckdb"}, code_version="1",
+          automation_condition=dg.AutomationCondition.eager())
 def curated_images(
     context: dg.AssetExecutionContext, config: CuratedImagesConfig, generated_images: Batch,
     image_reward_model: ModelRef, image_evaluator: ModelRef, clean_images: CleanTable, warehouse: DuckDBResource,
@@ -87,7 +89,8 @@ def curated_images(
     return out
 
 
-@dg.asset(group_name="curation", tags={"modality": "text"}, kinds={"duckdb"}, code_version="1")
+@dg.asset(**lane("text", "curation"), kinds={"duckdb"}, code_version="1",
+          automation_condition=dg.AutomationCondition.eager())
 def curated_texts(
     context: dg.AssetExecutionContext, config: CuratedTextsConfig, generated_texts: Batch,
     text_reward_model: ModelRef, text_generator: ModelRef, clean_texts: CleanTable, warehouse: DuckDBResource,

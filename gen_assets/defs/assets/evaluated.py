@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.defs.handles import Batch, CleanTable, ModelRef, inference_device, numeric_metadata
+from gen_assets.defs.handles import Batch, CleanTable, ModelRef, inference_device, lane, numeric_metadata
 from gen_assets.defs.assets.trained import label_indices, load_image_split
 from gen_assets.media.png import decode_image
 from gen_assets.cleaning import texts as text_cleaning
@@ -43,7 +43,8 @@ class ImageMetricsConfig(dg.Config):
     seed: int = 0
 
 
-@dg.asset(group_name="evaluation", tags={"modality": "image"}, kinds={"duckdb"}, code_version="1")
+@dg.asset(**lane("image", "evaluation"), kinds={"duckdb"}, code_version="1",
+          automation_condition=dg.AutomationCondition.eager())
 def image_metrics(
     context: dg.AssetExecutionContext,
     config: ImageMetricsConfig,
@@ -109,7 +110,8 @@ class TextMetricsConfig(dg.Config):
     seed: int = 0
 
 
-@dg.asset(group_name="evaluation", tags={"modality": "text"}, kinds={"duckdb"}, code_version="1")
+@dg.asset(**lane("text", "evaluation"), kinds={"duckdb"}, code_version="1",
+          automation_condition=dg.AutomationCondition.eager())
 def text_metrics(
     context: dg.AssetExecutionContext,
     config: TextMetricsConfig,

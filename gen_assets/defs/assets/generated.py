@@ -7,7 +7,8 @@ from pydantic import Field
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.defs.handles import Batch, ModelRef, inference_device, md_png, stable_key
+from gen_assets.defs.handles import (Batch, ModelRef, arrow_columns, inference_device, lane, md_png, stable_key,
+                                     table_metadata, uri_metadata)
 from gen_assets.training.sampling import generate_per_class
 from gen_assets.media.png import encode_png, make_grid, to_uint8
 from gen_assets.models.checkpoint import load_model
@@ -25,7 +26,8 @@ class GeneratedImagesConfig(dg.Config):
     grid_per_class: int = Field(default=10, description="samples per category shown in the grid")
 
 
-@dg.asset(group_name="generation", tags={"modality": "image"}, kinds={"parquet"}, code_version="1")
+@dg.asset(**lane("image", "generation"), kinds={"parquet"}, code_version="1",
+          automation_condition=dg.AutomationCondition.eager())
 def generated_images(
     context: dg.AssetExecutionContext,
     config: GeneratedImagesConfig,
@@ -82,6 +84,8 @@ def generated_images(
             "model_version": champion.version,
             "samples": len(contents),
             "path": dg.MetadataValue.path(str(path)),
+            **uri_metadata(path),
+            **table_metadata(table.num_rows, arrow_columns(table.schema)),
             "grid_path": dg.MetadataValue.path(str(grid_path)),
             "grid": md_png(grid_png, "samples, one row per category"),
             "seconds": round(seconds, 3),
@@ -105,7 +109,8 @@ class GeneratedTextsConfig(dg.Config):
     seed: int = 0
 
 
-@dg.asset(group_name="generation", tags={"modality": "text"}, kinds={"parquet"}, code_version="1")
+@dg.asset(**lane("text", "generation"), kinds={"parquet"}, code_version="1",
+          automation_condition=dg.AutomationCondition.eager())
 def generated_texts(
     context: dg.AssetExecutionContext,
     config: GeneratedTextsConfig,
@@ -161,6 +166,8 @@ def generated_texts(
             "model_version": champion.version,
             "samples": len(rows),
             "path": dg.MetadataValue.path(str(path)),
+            **uri_metadata(path),
+            **table_metadata(table.num_rows, arrow_columns(table.schema)),
             "preview": dg.MetadataValue.md(preview),
             "seconds": round(seconds, 3),
             "tokens_per_second": round(sum(len(tokenizer.encode(t)) for _, t in rows) / max(seconds, 1e-9), 1),

@@ -7,6 +7,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from gen_assets.feedback.ingest import failed_files, ingest_pending, ratings_summary, record_feedback_version
+from gen_assets.defs.handles import lane, warehouse_table_metadata
 from gen_assets.defs.resources import ArtifactStore
 
 
@@ -18,7 +19,7 @@ class FeedbackRef:
     ratings: dict = field(default_factory=dict)  # modality -> {"ratings", "samples", "mean_rating"}
 
 
-@dg.asset(group_name="feedback", tags={"modality": "shared"}, kinds={"duckdb"}, code_version="1")
+@dg.asset(**lane("shared", "feedback"), kinds={"duckdb"}, code_version="1")
 def feedback(context: dg.AssetExecutionContext, warehouse: DuckDBResource, artifacts: ArtifactStore) -> dg.Output[FeedbackRef]:
     """Every rating file waiting in GEN_ASSETS_HOME/feedback/incoming, validated into the `feedback` table.
 
@@ -31,6 +32,7 @@ def feedback(context: dg.AssetExecutionContext, warehouse: DuckDBResource, artif
         version = record_feedback_version(con)  # with the exact set of files it stands for
         summary = ratings_summary(con)
         refused = failed_files(con)
+        table = warehouse_table_metadata(con, "feedback")
     for r in results:
         if r.error:
             context.log.warning(f"{r.file_name}: refused whole ({r.error}); moved to failed/")
@@ -49,6 +51,7 @@ def feedback(context: dg.AssetExecutionContext, warehouse: DuckDBResource, artif
             "files_refused_ever": len(refused),
             "ratings_by_modality": dg.MetadataValue.json(summary),
             "feedback_version": version,
+            **table,
             "seconds": round(time.perf_counter() - t0, 3),
         },
     )

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from gen_assets.defs.handles import arrow_columns, lane, table_metadata, uri_metadata
 from gen_assets.defs.resources import ArtifactStore
 from gen_assets.sources.common import DownloadLimits
 from gen_assets.sources.images import IMAGE_SNAPSHOT_HASH_COLUMNS, iter_images
@@ -23,9 +24,12 @@ class Tally:
         self.total = 0
         self.batches = 0
         self.sum_column = sum_column
+        self.schema = pa.schema([])  # the first batch's, for the metadata's column schema
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
+            if not self.batches:
+                self.schema = batch.schema
             self.unreadable += batch.num_rows - batch.column("decode_error").null_count
             if self.sum_column:
                 self.total += pc.sum(batch.column(self.sum_column)).as_py() or 0
@@ -50,6 +54,8 @@ def land(context, batches, name: str, hash_columns: list[str], source: str, arti
             "unreadable": tally.unreadable,
             **extra,
             "path": dg.MetadataValue.path(snapshot.path),
+            **uri_metadata(snapshot.path),
+            **table_metadata(snapshot.rows, arrow_columns(schema or tally.schema)),
             "snapshot_version": snapshot.version,
             "seconds": round(time.perf_counter() - t0, 3),
         },
@@ -79,8 +85,7 @@ class RawImagesConfig(DownloadConfig):
 
 
 @dg.asset(
-    group_name="collection",
-    tags={"modality": "image"},
+    **lane("image", "collection"),
     kinds={"parquet"},
     code_version="1",
 )
@@ -103,7 +108,7 @@ class RawTextsConfig(DownloadConfig):
     category_column: str = "category"
 
 
-@dg.asset(group_name="collection", tags={"modality": "text"}, kinds={"parquet"}, code_version="1")
+@dg.asset(**lane("text", "collection"), kinds={"parquet"}, code_version="1")
 def raw_texts(context: dg.AssetExecutionContext, config: RawTextsConfig, artifacts: ArtifactStore) -> dg.Output[Snapshot]:
     """Text documents from the configured source, landed as an immutable snapshot named by its content hash."""
     t0 = time.perf_counter()

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.defs.handles import TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, md_png, stable_key
+from gen_assets.defs.handles import (TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, lane, md_png, numeric_metadata,
+                                     stable_key, uri_metadata)
 from gen_assets.cleaning import images as image_cleaning
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.models.checkpoint import file_sha256, load_model, model_class, save_versioned_model
@@ -134,6 +135,7 @@ def training_metadata(history: list[dict[str, float]], fit_info: dict[str, Any],
         "model_version": ref.version,
         "arch": ref.arch,
         "path": dg.MetadataValue.path(ref.path),
+        **uri_metadata(ref.path),
         "sha256": ref.sha256,
         "reused": fit_info["reused"],
         "epochs": fit_info.get("epochs", 0),
@@ -141,7 +143,7 @@ def training_metadata(history: list[dict[str, float]], fit_info: dict[str, Any],
     }
     if history:
         last = history[-1]
-        meta.update({k: dg.MetadataValue.float(float(v)) for k, v in last.items() if k != "epoch"})
+        meta.update(numeric_metadata({k: v for k, v in last.items() if k != "epoch"}))
         meta["loss_curve"] = md_png(curves_png(history, keys, f"{ref.arch} training"), "loss curve")
     return meta
 
@@ -156,8 +158,9 @@ class ImageEvaluatorConfig(dg.Config):
     retrain: bool = False
 
 
-@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"},
-          code_version=code_fingerprint(*IMAGE_EVALUATOR_CODE), pool=TRAINING_POOL, op_tags=TRAINING_OP_TAGS)
+@dg.asset(**lane("image", "training"), kinds={"pytorch"},
+          code_version=code_fingerprint(*IMAGE_EVALUATOR_CODE), pool=TRAINING_POOL,
+          op_tags=TRAINING_OP_TAGS)
 def image_evaluator(
     context: dg.AssetExecutionContext,
     config: ImageEvaluatorConfig,
@@ -213,8 +216,9 @@ class ImageGeneratorConfig(dg.Config):
     retrain: bool = False
 
 
-@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"},
-          code_version=code_fingerprint(*IMAGE_GENERATOR_CODE), pool=TRAINING_POOL, op_tags=TRAINING_OP_TAGS)
+@dg.asset(**lane("image", "training"), kinds={"pytorch"},
+          code_version=code_fingerprint(*IMAGE_GENERATOR_CODE), pool=TRAINING_POOL,
+          op_tags=TRAINING_OP_TAGS)
 def image_generator(
     context: dg.AssetExecutionContext,
     config: ImageGeneratorConfig,
@@ -284,8 +288,7 @@ class TextTokenizerConfig(dg.Config):
     vocab_size: int | None = Field(default=None, description="BPE vocabulary size (ignored for char)")
 
 
-@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"json"},
-          code_version=code_fingerprint(*TEXT_TOKENIZER_CODE))
+@dg.asset(**lane("text", "training"), kinds={"json"}, code_version=code_fingerprint(*TEXT_TOKENIZER_CODE))
 def text_tokenizer(
     context: dg.AssetExecutionContext, config: TextTokenizerConfig, clean_texts: CleanTable, warehouse: DuckDBResource,
     artifacts: ArtifactStore,
@@ -304,7 +307,7 @@ def text_tokenizer(
         ModelRef("text", config.kind, version, str(path), sha),
         data_version=dg.DataVersion(sha[:16]),
         metadata={"version": version, "vocab_size": tokenizer.vocab_size, "categories": len(clean_texts.categories),
-                  "path": dg.MetadataValue.path(str(path))},
+                  "path": dg.MetadataValue.path(str(path)), **uri_metadata(path)},
     )
 
 
@@ -327,8 +330,9 @@ class TextGeneratorConfig(dg.Config):
     retrain: bool = False
 
 
-@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"pytorch"},
-          code_version=code_fingerprint(*TEXT_GENERATOR_CODE), pool=TRAINING_POOL, op_tags=TRAINING_OP_TAGS)
+@dg.asset(**lane("text", "training"), kinds={"pytorch"},
+          code_version=code_fingerprint(*TEXT_GENERATOR_CODE), pool=TRAINING_POOL,
+          op_tags=TRAINING_OP_TAGS)
 def text_generator(
     context: dg.AssetExecutionContext,
     config: TextGeneratorConfig,

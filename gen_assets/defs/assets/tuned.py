@@ -13,7 +13,8 @@ import torch
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from gen_assets.defs.handles import TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, inference_device, stable_key
+from gen_assets.defs.handles import (TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, inference_device, lane,
+                                     numeric_metadata, stable_key, uri_metadata)
 from gen_assets.defs.assets.human_feedback import FeedbackRef
 from gen_assets.defs.assets.trained import IMAGE_GENERATOR_CODE, TEXT_GENERATOR_CODE, load_image_split
 from gen_assets.cleaning import texts as text_cleaning
@@ -65,13 +66,12 @@ def save_reward(artifacts: ArtifactStore, modality: str, model, report, feature_
         ref,
         data_version=dg.DataVersion(sha[:16]),
         metadata={"fitted": True, "model_version": version, "feature_model": feature_model,
-                  "path": dg.MetadataValue.path(str(final)),
-                  **{k: dg.MetadataValue.float(float(v)) for k, v in report.to_dict().items()}},
+                  "path": dg.MetadataValue.path(str(final)), **uri_metadata(final),
+                  **numeric_metadata(report.to_dict())},
     )
 
 
-@dg.asset(group_name="feedback", tags={"modality": "image"}, kinds={"pytorch"},
-          code_version=code_fingerprint(*IMAGE_REWARD_CODE))
+@dg.asset(**lane("image", "feedback"), kinds={"pytorch"}, code_version=code_fingerprint(*IMAGE_REWARD_CODE))
 def image_reward_model(
     context: dg.AssetExecutionContext, config: RewardModelConfig, feedback: FeedbackRef, image_evaluator: ModelRef,
     warehouse: DuckDBResource, artifacts: ArtifactStore,
@@ -88,8 +88,7 @@ def image_reward_model(
     return save_reward(artifacts, "image", model, report, image_evaluator.version)
 
 
-@dg.asset(group_name="feedback", tags={"modality": "text"}, kinds={"pytorch"},
-          code_version=code_fingerprint(*TEXT_REWARD_CODE))
+@dg.asset(**lane("text", "feedback"), kinds={"pytorch"}, code_version=code_fingerprint(*TEXT_REWARD_CODE))
 def text_reward_model(
     context: dg.AssetExecutionContext, config: RewardModelConfig, feedback: FeedbackRef, text_generator: ModelRef,
     warehouse: DuckDBResource, artifacts: ArtifactStore,
@@ -132,17 +131,20 @@ def register_tuned(context, warehouse, artifacts, *, modality, base: ModelRef, r
     context.log.info(f"tuned {base.version} on feedback {feedback.version}: {version} (a candidate until promoted)")
     ref = ModelRef(modality, base.arch, version, str(final), sha, details)
     return dg.Output(ref, data_version=dg.DataVersion(sha[:16]),
-                     metadata={"model_version": version, "tuned": True, **inputs, "path": dg.MetadataValue.path(str(final))})
+                     metadata={"model_version": version, "tuned": True, **inputs, "path": dg.MetadataValue.path(str(final)),
+                               **uri_metadata(final)})
 
 
 def untuned(base: ModelRef, reward: ModelRef) -> dg.Output[ModelRef]:
     reason = reward.details.get("reason", "no reward model")
     return dg.Output(base, data_version=dg.DataVersion(base.sha256[:16]),
-                     metadata={"model_version": base.version, "tuned": False, "reason": f"the base model is used: {reason}"})
+                     metadata={"model_version": base.version, "tuned": False, "reason": f"the base model is used: {reason}",
+                               **uri_metadata(base.path)})
 
 
-@dg.asset(group_name="training", tags={"modality": "image"}, kinds={"pytorch"},
-          code_version=code_fingerprint(*TUNED_IMAGE_GENERATOR_CODE), pool=TRAINING_POOL, op_tags=TRAINING_OP_TAGS)
+@dg.asset(**lane("image", "training"), kinds={"pytorch"},
+          code_version=code_fingerprint(*TUNED_IMAGE_GENERATOR_CODE), pool=TRAINING_POOL,
+          op_tags=TRAINING_OP_TAGS)
 def tuned_image_generator(
     context: dg.AssetExecutionContext, config: TunedGeneratorConfig, image_generator: ModelRef,
     image_reward_model: ModelRef, image_evaluator: ModelRef, feedback: FeedbackRef, clean_images: CleanTable,
@@ -182,8 +184,9 @@ def tuned_image_generator(
                           code=code_fingerprint(*TUNED_IMAGE_GENERATOR_CODE))
 
 
-@dg.asset(group_name="training", tags={"modality": "text"}, kinds={"pytorch"},
-          code_version=code_fingerprint(*TUNED_TEXT_GENERATOR_CODE), pool=TRAINING_POOL, op_tags=TRAINING_OP_TAGS)
+@dg.asset(**lane("text", "training"), kinds={"pytorch"},
+          code_version=code_fingerprint(*TUNED_TEXT_GENERATOR_CODE), pool=TRAINING_POOL,
+          op_tags=TRAINING_OP_TAGS)
 def tuned_text_generator(
     context: dg.AssetExecutionContext, config: TunedGeneratorConfig, text_generator: ModelRef,
     text_reward_model: ModelRef, feedback: FeedbackRef, clean_texts: CleanTable,
