@@ -69,7 +69,10 @@ def execute(job_name: str, profile: str, modality: str, verbose: bool, asset_sel
             err = event.step_failure_data.error
             while err is not None and err.cause is not None:  # the user code's own error, not Dagster's wrapper
                 err = err.cause
-            print(f"step {event.step_key} failed: {err.message.strip() if err else 'unknown error'}", file=sys.stderr)
+            failure = event.step_failure_data.user_failure_data  # a dg.Failure: its description says it all
+            message = failure.description if failure and failure.description else (
+                err.message.strip() if err else "unknown error")
+            print(f"step {event.step_key} failed: {message}", file=sys.stderr)
         return 1
     print(f"run {result.run_id} succeeded\n")
     return cmd_report(argparse.Namespace(json=False)) if report else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -33,6 +34,44 @@ def split_buckets(val_fraction: float, test_fraction: float) -> tuple[int, int]:
     if val_fraction + test_fraction >= 1.0:
         raise ValueError(f"val_fraction + test_fraction must leave rows for train, got {val_fraction + test_fraction}")
     return round(test_fraction * BUCKETS), round(val_fraction * BUCKETS)
+
+
+class SplitTooSmall(ValueError):
+    """A split the pipeline needs is empty (or nearly) for a category or for the whole table; the cleaning
+    that finds it rolls back, so the previous clean table stays."""
+
+
+def require_split_rows(con: duckdb.DuckDBPyConnection, ident: str, *, by: str | None, min_rows: int,
+                       fractions: Mapping[str, float], kind: str) -> None:
+    """Raise SplitTooSmall unless each group (each value of column `by`; the whole table when None) has at
+    least `min_rows` rows in every split whose fraction is above 0 ("train" always). min_rows 0: no check.
+    An empty table passes: having no rows at all is reported on its own."""
+    if min_rows <= 0:
+        return
+    needed = [s for s in SPLITS if s == "train" or fractions.get(s, 0.0) > 0]
+    group = by if by is not None else "NULL"
+    rows = con.execute(
+        f"SELECT {group} AS g, " + ", ".join(f"count(*) FILTER (split = '{s}')" for s in SPLITS)
+        + f" FROM {ident} GROUP BY g ORDER BY g"
+    ).fetchall()
+    short = []
+    for g, *counts in rows:
+        per_split = dict(zip(SPLITS, counts, strict=True))
+        if any(per_split[s] < min_rows for s in needed):
+            counts_text = ", ".join(f"{per_split[s]} {s}" for s in SPLITS)
+            short.append(f"category {g!r}: {counts_text}" if by is not None else counts_text)
+    if not short:
+        return
+    smallest = min(fractions.get(s, 1.0) for s in needed if s != "train") if len(needed) > 1 else 1.0
+    enough = math.ceil(5 * min_rows / smallest)
+    who, per = ("Each category", " per category") if by is not None else ("The data", "")
+    raise SplitTooSmall(
+        f"too few {kind}s to split: {'; '.join(short)}. {who} needs at least {min_rows} row(s) in "
+        f"{', '.join(needed)}; each row's split follows its content hash (val_fraction "
+        f"{fractions.get('val', 0.0):g}, test_fraction {fractions.get('test', 0.0):g}). Add {kind}s (with about "
+        f"{enough} or more{per} a short split is unlikely), or raise val_fraction / test_fraction"
+        + (", or merge small categories" if by is not None else "")
+    )
 
 
 def check_snapshot_columns(con: duckdb.DuckDBPyConnection, path: str, columns: tuple[str, ...], kind: str) -> None:

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import duckdb
 import numpy as np
 
-from gen_assets.media.png import decode_image
-from gen_assets.cleaning.common import (  # noqa: F401 (split_fractions, quarantine_rate: re-exported for the checks)
+from gen_assets.media.png import RESIZE_POLICIES, decode_image, has_colour, resize_image
+from gen_assets.cleaning.common import (  # noqa: F401 (split_fractions, quarantine_rate: re-exported for the checks; SplitTooSmall for callers)
     BUCKETS,
     SPLITS,
+    SplitTooSmall,
     check_snapshot_columns,
+    require_split_rows,
     run_cleaning,
     quarantine_rate,
     split_buckets,
@@ -48,6 +51,8 @@ SELECT sha256(coalesce(string_agg(line, chr(10) ORDER BY line), '')) FROM (
 )
 """
 _TEMP_TABLES = ("_clean_images_expected", "_clean_images_checked", "_clean_images_duplicates")
+RESIZE_UDF = "gen_assets_resize_image"  # the name clean_images.sql calls resize_image by
+_RESIZED = duckdb.struct_type({"image": "BLOB", "channels": "INTEGER"})
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class CleanStats:
     by_reason: dict[str, int] = field(default_factory=dict)  # every reason kind (REASON_KINDS) -> rows
     split_counts: dict[str, int] = field(default_factory=dict)  # train / val / test -> rows
     image_size: tuple[int, int] | None = None  # (width, height) every clean image has
+    channels: int = 1  # 1 grey, 3 colour: the configured value, else inferred (see infer_channels)
+    resized: int = 0  # clean rows whose image was resized to image_size
     version: str = ""
 
     def to_dict(self) -> dict:
@@ -84,17 +91,27 @@ def clean_images(
     *,
     snapshot_version: str,
     image_size: int | None = None,
+    channels: int | None = None,
+    resize: str = "crop",
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    min_split_rows: int = 0,
     table: str = "clean_images",
 ) -> CleanStats:
     """Replace `table` with the clean rows of the snapshot and its quarantine rows, in one transaction.
 
     A row is quarantined when it does not decode, its content_hash is not the sha256 of its bytes, its
-    label is missing or blank, its size is not `image_size` x `image_size` (default: the most common
-    size), or it repeats an earlier row's image (first by row_id stays). Labels are trimmed and
-    lower-cased. Clean rows get a split from the first 8 hex digits of their content_hash:
-    bucket = value % 10,000; bucket < test -> "test", then "val", then "train".
+    label is missing or blank, or it repeats an earlier row's image (first by row_id stays). Labels are
+    trimmed and lower-cased. Every clean image is `image_size` x `image_size`; image_size None infers
+    it from the most common size: its shorter side, or with resize "none" that size itself. An image of
+    another size is brought to it by `resize` (gen_assets.media.png.resize_image: "crop", the default,
+    scales the shorter side and cuts the middle; "fit" stretches; "pad" adds black borders) or, with
+    "none", quarantined as wrong_size. Images of the right size keep their bytes.
+    `channels` None infers them: 3 when any clean image shows colour, else 1 (see infer_channels).
+    Clean rows get a split from the first 8 hex digits of their raw content_hash:
+    bucket = value % 10,000; bucket < test -> "test", then "val", then "train". With `min_split_rows` > 0,
+    a category with fewer rows than that in train, val or test (a split whose fraction is 0 aside) raises
+    SplitTooSmall, naming the categories and their counts.
     If anything fails, the previous clean table and quarantine rows are left exactly as they were.
     """
     ident = table_identifier(table)
@@ -103,6 +120,10 @@ def clean_images(
     test_buckets, val_buckets = split_buckets(val_fraction, test_fraction)
     if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
         raise ValueError(f"image_size must be a positive int (pixels per side) or None, got {image_size!r}")
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1 (grey), 3 (colour) or None (inferred), got {channels!r}")
+    if resize not in RESIZE_POLICIES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {resize!r}")
     if not location(snapshot_path).is_file():
         raise FileNotFoundError(f"image snapshot {snapshot_path} does not exist")
     readable = duckdb_source(con, snapshot_path)  # a path, or a URL DuckDB reads (httpfs / fsspec)
@@ -115,13 +136,36 @@ def clean_images(
         "asset": table,
         "expected_width": image_size,
         "expected_height": image_size,
+        "resize": resize,
         "test_buckets": test_buckets,
         "val_buckets": val_buckets,
         "quarantined_at": now(),
     }
     sql = load_sql("clean_images").replace("{table}", ident)
-    return run_cleaning(con, sql, variables=variables, ident=ident, temp_tables=_TEMP_TABLES,
-                        snapshot_version=snapshot_version, read_stats=_read_stats)
+    con.create_function(RESIZE_UDF, _resize_udf, ["BLOB", "INTEGER", "VARCHAR"], _RESIZED)
+    try:
+        return run_cleaning(con, sql, variables=variables, ident=ident, temp_tables=_TEMP_TABLES,
+                            snapshot_version=snapshot_version, read_stats=partial(_read_stats, channels=channels, min_split_rows=min_split_rows,
+                                                      fractions={"val": val_fraction, "test": test_fraction}))
+    finally:
+        con.remove_function(RESIZE_UDF)
+
+
+def infer_channels(con: duckdb.DuckDBPyConnection, table: str = "clean_images") -> int:
+    """3 when any image of the clean table shows colour (gen_assets.media.png.has_colour), else 1.
+
+    Rows with three or more bands are looked at first, and the search stops at the first colour image:
+    colour data costs one decode; grey data one header read per row (palette images are decoded).
+    """
+    return _infer_channels(con, table_identifier(table))
+
+
+def _infer_channels(con: duckdb.DuckDBPyConnection, ident: str) -> int:
+    cursor = con.execute(f"SELECT image FROM {ident} ORDER BY channels DESC")
+    while batch := cursor.fetchmany(1024):
+        if any(has_colour(image) for (image,) in batch):
+            return 3
+    return 1
 
 
 def load_images(
@@ -178,7 +222,14 @@ def null_count(con: duckdb.DuckDBPyConnection, table: str = "clean_images") -> i
 # ---- helpers ---------------------------------------------------------------------------------------------
 
 
-def _read_stats(con: duckdb.DuckDBPyConnection, ident: str) -> CleanStats:
+def _resize_udf(image: bytes, size: int, policy: str) -> dict:
+    data, channels = resize_image(image, size, policy)
+    return {"image": data, "channels": channels}
+
+
+def _read_stats(con: duckdb.DuckDBPyConnection, ident: str, *, channels: int | None, min_split_rows: int,
+                fractions: dict[str, float]) -> CleanStats:
+    require_split_rows(con, ident, by="label", min_rows=min_split_rows, fractions=fractions, kind="image")
     # _clean_images_checked holds every input row with its own verdict; the duplicates are the rows of
     # _clean_images_duplicates (clean on their own, so not counted twice); the clean table is the rest.
     by_reason = dict(
@@ -192,6 +243,10 @@ def _read_stats(con: duckdb.DuckDBPyConnection, ident: str) -> CleanStats:
     splits = dict(con.execute(f"SELECT split, count(*) FROM {ident} GROUP BY split").fetchall())
     rows_clean = sum(splits.values())
     width, height = con.execute("SELECT width, height FROM _clean_images_expected").fetchone()
+    (resized,) = con.execute(
+        "SELECT count(*) FROM _clean_images_checked WHERE resized AND reason_kind IS NULL "
+        "AND file_row_number NOT IN (SELECT file_row_number FROM _clean_images_duplicates)"
+    ).fetchone()
     (version,) = con.execute(TABLE_VERSION_SQL.format(table=ident)).fetchone()
     return CleanStats(
         rows_in=int(rows_in),
@@ -200,5 +255,7 @@ def _read_stats(con: duckdb.DuckDBPyConnection, ident: str) -> CleanStats:
         by_reason={k: int(by_reason.get(k, 0)) for k in REASON_KINDS},
         split_counts={s: int(splits.get(s, 0)) for s in SPLITS},
         image_size=None if width is None else (int(width), int(height)),
+        channels=channels if channels is not None else _infer_channels(con, ident),
+        resized=int(resized),
         version=version,
     )

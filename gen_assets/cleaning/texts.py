@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import duckdb
 
 # One implementation of the table-name guard, the split arithmetic and the generic checks for both
 # modalities: the rule "bucket = first 8 hex digits % 10,000, test first, then val" must not drift.
-from gen_assets.cleaning.common import (  # noqa: F401 (split_fractions, quarantine_rate: re-exported for the checks)
+from gen_assets.cleaning.common import (  # noqa: F401 (split_fractions, quarantine_rate: re-exported for the checks; SplitTooSmall for callers)
     SPLITS,
+    SplitTooSmall,
     check_snapshot_columns,
+    require_split_rows,
     run_cleaning,
     quarantine_rate,
     split_buckets,
@@ -80,6 +83,7 @@ def clean_texts(
     max_chars: int = 20000,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    min_split_rows: int = 0,
     table: str = "clean_texts",
 ) -> CleanStats:
     """Replace `table` with the clean rows of the snapshot and its quarantine rows, in one transaction.
@@ -92,6 +96,8 @@ def clean_texts(
     row's cleaned text exactly or up to case, punctuation and spacing (first by row_id stays; the reason
     names it). Categories are trimmed and lower-cased. Clean rows get a split from their cleaned text:
     bucket = first 8 hex digits of sha256(text) % 10,000; bucket < test -> "test", then "val", then "train".
+    With `min_split_rows` > 0, fewer clean rows than that in train, val or test (over all categories: the
+    text models train and validate across them; a split whose fraction is 0 aside) raises SplitTooSmall.
     If anything fails, the previous clean table and quarantine rows are left exactly as they were.
     """
     ident = table_identifier(table)
@@ -121,7 +127,9 @@ def clean_texts(
     }
     sql = load_sql("clean_texts").replace("{table}", ident)
     return run_cleaning(con, sql, variables=variables, ident=ident, temp_tables=_TEMP_TABLES,
-                        snapshot_version=snapshot_version, read_stats=_read_stats)
+                        snapshot_version=snapshot_version,
+                        read_stats=partial(_read_stats, min_split_rows=min_split_rows,
+                                           fractions={"val": val_fraction, "test": test_fraction}))
 
 
 def load_texts(
@@ -165,7 +173,9 @@ def null_count(con: duckdb.DuckDBPyConnection, table: str = "clean_texts") -> in
 # ---- helpers ---------------------------------------------------------------------------------------------
 
 
-def _read_stats(con: duckdb.DuckDBPyConnection, ident: str) -> CleanStats:
+def _read_stats(con: duckdb.DuckDBPyConnection, ident: str, *, min_split_rows: int,
+                fractions: dict[str, float]) -> CleanStats:
+    require_split_rows(con, ident, by=None, min_rows=min_split_rows, fractions=fractions, kind="text")
     rows_in, rows_clean = con.execute(
         "SELECT count(*), count(*) FILTER (WHERE reason_kind IS NULL) FROM _clean_texts_checked"
     ).fetchone()

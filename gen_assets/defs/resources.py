@@ -104,8 +104,11 @@ class Warehouse(DuckDBResource):
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with super().get_connection() as con:
-            prepare_connection(con, self.artifacts_url)
-            yield con
+            try:
+                prepare_connection(con, self.artifacts_url)
+                yield con
+            finally:  # DuckDBResource closes it only when the block succeeds: a failed step must not keep the file
+                con.close()
 
 
 def warehouse_from_env(paths: Paths) -> Warehouse:

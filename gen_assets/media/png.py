@@ -5,7 +5,12 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+# How an image of another size is brought to size x size (see resize_image).
+RESIZE_POLICIES = ("crop", "fit", "pad", "none")
+# Pillow modes without colour: they decode to one channel (LA's alpha is dropped, as decode_image does).
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -23,6 +28,43 @@ def decode_image(data: bytes, channels: int = 1) -> np.ndarray:
         img = img.convert("L" if channels == 1 else "RGB")
         arr = np.asarray(img, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def has_colour(data: bytes) -> bool:
+    """Whether an image shows colour: a pixel whose red, green and blue differ. Grey modes (L, LA, 1, I, F)
+    answer from the header alone; RGB, RGBA, palette and other modes are decoded and looked at, so an RGB
+    file of grey pixels is grey."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.mode in GREY_MODES:
+            return False
+        rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
+
+
+def resize_image(data: bytes, size: int, policy: str) -> tuple[bytes, int]:
+    """Image bytes of any size -> (PNG bytes of size x size, its channels: 1 grey, 3 colour).
+
+    policy "crop": scale the shorter side to `size`, cut the middle square out of the longer one;
+    "fit": scale each side to `size` (the aspect ratio is not kept); "pad": scale the longer side to
+    `size` and fill the rest with black, the image centred. Grey modes stay grey (L), every other mode
+    becomes RGB (alpha dropped), as decode_image would convert them. Resampling: Lanczos.
+    """
+    if policy not in RESIZE_POLICIES or policy == "none":
+        raise ValueError(f"resize policy must be one of {RESIZE_POLICIES[:-1]}, got {policy!r}")
+    if not isinstance(size, int) or size <= 0:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("L" if img.mode in GREY_MODES else "RGB")
+    lanczos = Image.Resampling.LANCZOS
+    if policy == "crop":
+        out = ImageOps.fit(img, (size, size), method=lanczos, centering=(0.5, 0.5))
+    elif policy == "pad":
+        out = ImageOps.pad(img, (size, size), method=lanczos, color=0, centering=(0.5, 0.5))
+    else:
+        out = img.resize((size, size), lanczos)
+    buf = io.BytesIO()
+    out.save(buf, format="PNG", optimize=False)
+    return buf.getvalue(), len(out.getbands())
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -6,13 +6,17 @@
 -- are complete. {table} is the clean table's (quoted) name; the values arrive as DuckDB variables:
 --   snapshot_path, snapshot_version   the Parquet file and its data version
 --   asset                             quarantine.asset for these rows (the clean table's name)
---   expected_width, expected_height   the required image size; NULL = the most common decodable size
+--   expected_width, expected_height   the image size; NULL = inferred from the most common decodable size
+--   resize                            'none': a row of another size is quarantined; 'crop' | 'fit' | 'pad':
+--                                     it is resized by gen_assets_resize_image (a Python UDF the runner
+--                                     registers: gen_assets.media.png.resize_image)
 --   test_buckets, val_buckets         split sizes out of 10,000 hash buckets
 --   quarantined_at                    one timestamp for the whole run (UTC)
 
 
--- 1. The size every image must have: the configured one, else the most common size among the rows that
---    decode. Ties are broken by the size itself so the choice never depends on row order.
+-- 1. The size every clean image has: the configured one, else inferred from the most common size among the
+--    rows that decode: that size itself with resize 'none', else the square of its shorter side (the
+--    models are square). Ties are broken by the size itself so the choice never depends on row order.
 CREATE OR REPLACE TEMP TABLE _clean_images_expected AS
 WITH most_common AS (
     SELECT width, height
@@ -23,15 +27,21 @@ WITH most_common AS (
     LIMIT 1
 )
 SELECT
-    coalesce(getvariable('expected_width'),  (SELECT width  FROM most_common))::INTEGER AS width,
-    coalesce(getvariable('expected_height'), (SELECT height FROM most_common))::INTEGER AS height;
+    coalesce(getvariable('expected_width'), (
+        SELECT CASE WHEN getvariable('resize') = 'none' THEN width ELSE least(width, height) END FROM most_common
+    ))::INTEGER AS width,
+    coalesce(getvariable('expected_height'), (
+        SELECT CASE WHEN getvariable('resize') = 'none' THEN height ELSE least(width, height) END FROM most_common
+    ))::INTEGER AS height;
 
 
 -- 2. One verdict per row from the row alone: reason_kind and reason are NULL for a row that passes every
 --    check, else the FIRST problem found (duplicates are step 3).
---    Clean rows get their split here. The split is a function of the image content alone: the same
---    image lands in the same split in every snapshot, so re-collected data never moves a test image
---    into train.
+--    A clean row of another size is resized here (resize policy other than 'none'); its image, content_hash,
+--    size and channels are then those of the resized PNG. Rows of the expected size keep their bytes.
+--    Clean rows get their split here. The split is a function of the raw image content alone: the same
+--    image lands in the same split in every snapshot (whatever the resize policy), so re-collected data
+--    never moves a test image into train.
 CREATE OR REPLACE TEMP TABLE _clean_images_checked AS
 WITH raw AS (
     SELECT
@@ -58,20 +68,30 @@ verdicts AS (
             -- dedup and the split both trust content_hash, so it must really be the hash of the bytes
             WHEN raw.content_hash IS DISTINCT FROM sha256(raw.image)             THEN 'hash_mismatch'
             WHEN raw.label IS NULL OR raw.label = ''                             THEN 'missing_label'
-            WHEN raw.width <> expected.width OR raw.height <> expected.height    THEN 'wrong_size'
+            WHEN getvariable('resize') = 'none'
+                 AND (raw.width <> expected.width OR raw.height <> expected.height) THEN 'wrong_size'
         END AS reason_kind
     FROM raw, _clean_images_expected AS expected
+),
+resized AS (
+    SELECT
+        verdicts.*,
+        CASE WHEN reason_kind IS NULL AND (width <> expected_width OR height <> expected_height)
+             THEN gen_assets_resize_image(image, expected_width, getvariable('resize'))
+        END AS fitted   -- {image, channels}; NULL when the row keeps its bytes
+    FROM verdicts
 )
 SELECT
     file_row_number,
     row_id,
     source,
     label,
-    image,
-    content_hash,
-    width,
-    height,
-    channels,
+    coalesce(fitted.image, image) AS image,
+    CASE WHEN fitted IS NULL THEN content_hash ELSE sha256(fitted.image) END AS content_hash,
+    CASE WHEN fitted IS NULL THEN width ELSE expected_width END AS width,
+    CASE WHEN fitted IS NULL THEN height ELSE expected_height END AS height,
+    coalesce(fitted.channels, channels) AS channels,
+    fitted IS NOT NULL AS resized,
     reason_kind,
     CASE reason_kind
         WHEN 'undecodable' THEN 'undecodable: ' || coalesce(
@@ -83,12 +103,12 @@ SELECT
     END AS reason,
     CASE
         WHEN reason_kind IS NOT NULL THEN NULL
-        WHEN TRY_CAST('0x' || left(content_hash, 8) AS UBIGINT) % 10000 < getvariable('test_buckets') THEN 'test'
-        WHEN TRY_CAST('0x' || left(content_hash, 8) AS UBIGINT) % 10000
+        WHEN TRY_CAST('0x' || left(resized.content_hash, 8) AS UBIGINT) % 10000 < getvariable('test_buckets') THEN 'test'
+        WHEN TRY_CAST('0x' || left(resized.content_hash, 8) AS UBIGINT) % 10000
              < getvariable('test_buckets') + getvariable('val_buckets') THEN 'val'
         ELSE 'train'
     END AS split
-FROM verdicts;
+FROM resized;
 
 
 -- 3. Exact duplicates among the rows still clean: each image's first row by row_id stays, its other

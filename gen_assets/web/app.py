@@ -41,7 +41,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from gen_assets.settings import Paths
-from gen_assets.web.catalog import Catalog, CuratedSample, Snapshot, WarehouseBusy
+from gen_assets.web.catalog import MODALITIES, Catalog, CuratedSample, Snapshot, WarehouseBusy
 from gen_assets.web.config import WebConfig
 from gen_assets.web.ratings import (
     IDEMPOTENCY_KEY,
@@ -215,11 +215,12 @@ class Review:
         return self.render(request, "gallery.html", context)
 
     def choose(self, snap: Snapshot, modality: str | None, category: str | None) -> tuple[str | None, str | None]:
-        """The modality and category a request asks for, checked against what is curated."""
+        """The modality and category a request asks for, checked against what is curated (a modality of the
+        pipeline with nothing curated yet is chosen, and shows empty)."""
         modalities = snap.modalities
         if not modality:
             modality = modalities[0] if modalities else None
-        elif modality not in modalities:
+        elif modality not in modalities and modality not in MODALITIES:
             raise ApiError(400, f"unknown modality {modality!r}; " + choices("curated modalities", modalities))
         if not category:
             return modality, None
@@ -395,11 +396,14 @@ class Review:
         samples = snap.curated(modality, category)
         page, pages = page_of(int_param(query.get("page"), "page", 1), len(samples), per_page, clamp=False)
         shown = samples[(page - 1) * per_page: page * per_page]
-        return JSONResponse({
+        body = {
             "modality": modality, "category": category, "page": page, "pages": pages, "per_page": per_page,
             "total": len(samples), "stale": snap.stale, "read_at": snap.read_at.isoformat() if snap.read_at else None,
             "samples": [self.sample_json(request, s) for s in shown],
-        })
+        }
+        if modality and modality not in snap.modalities:
+            body["note"] = f"nothing curated yet for {modality}"
+        return JSONResponse(body)
 
     @staticmethod
     def sample_json(request: Request, s: CuratedSample) -> dict:

@@ -33,6 +33,7 @@ import duckdb
 from gen_assets.store import registry
 from gen_assets.store.warehouse import connect
 
+MODALITIES = ("image", "text")  # what the pipeline makes: one with nothing curated is empty, not unknown
 MAX_AGE_SECONDS = 60.0  # read again after this long even if the file looks unchanged
 IMAGE_CACHE_ENTRIES = 2048  # images of samples outside the curated set, read on demand
 

@@ -4,12 +4,14 @@ deterministic, and a failure half-way leaves the previous clean table and quaran
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 
 import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 import gen_assets.cleaning.images as cleaning
 from gen_assets.cleaning.images import (
@@ -105,7 +107,7 @@ def quarantine_rows(con, asset="clean_images"):
 
 
 def test_bad_rows_are_quarantined_with_their_reason(con, crafted):
-    stats = clean_images(con, crafted.path, snapshot_version=crafted.version)
+    stats = clean_images(con, crafted.path, snapshot_version=crafted.version, resize="none")
 
     clean = dict(con.execute("SELECT row_id, label FROM clean_images ORDER BY row_id").fetchall())
     assert clean == {"r01": "cat", "r02": "dog", "r03": "dog", "r09": "bird"}
@@ -138,17 +140,17 @@ def test_bad_rows_are_quarantined_with_their_reason(con, crafted):
 
 def test_configured_image_size(con, tmp_path):
     snap = snapshot(tmp_path, make_rows([("a", "x", png(1)), ("b", "x", png(2)), ("c", "x", png(3, (9, 9)))]))
-    stats = clean_images(con, snap.path, snapshot_version=snap.version, image_size=9)
+    stats = clean_images(con, snap.path, snapshot_version=snap.version, image_size=9, resize="none")
     assert stats.image_size == (9, 9) and stats.rows_clean == 1
     assert quarantine_rows(con) == {"a": "wrong size: 8x8, expected 9x9", "b": "wrong size: 8x8, expected 9x9"}
     # Without it, the most common size wins.
-    stats = clean_images(con, snap.path, snapshot_version=snap.version)
+    stats = clean_images(con, snap.path, snapshot_version=snap.version, resize="none")
     assert stats.image_size == (8, 8) and quarantine_rows(con) == {"c": "wrong size: 9x9, expected 8x8"}
 
 
 def test_rerun_replaces_this_snapshots_quarantine_and_keeps_other_snapshots(con, tmp_path, crafted):
-    clean_images(con, crafted.path, snapshot_version=crafted.version)
-    clean_images(con, crafted.path, snapshot_version=crafted.version)
+    clean_images(con, crafted.path, snapshot_version=crafted.version, resize="none")
+    clean_images(con, crafted.path, snapshot_version=crafted.version, resize="none")
     assert con.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 6  # not 12
     other = snapshot(tmp_path, make_rows([("z1", "", png(50)), ("z2", "a", png(51))]))
     clean_images(con, other.path, snapshot_version=other.version)
@@ -183,6 +185,7 @@ def test_digits_split_is_deterministic_and_within_tolerance(con, tmp_path):
     other = clean_images(duckdb.connect(), snap.path, snapshot_version=snap.version, val_fraction=0.1)
     assert other.version != first.version  # moving rows between splits changes the version
     assert first.image_size == (8, 8)
+    assert (first.channels, first.resized) == (1, 0), "grey 8x8 digits: nothing converted, nothing resized"
 
     val = load_images(con, split="val")
     assert val.images.shape == (first.split_counts["val"], 8, 8, 1) and val.images.dtype == np.uint8
@@ -220,8 +223,8 @@ def test_failure_midway_leaves_previous_state_intact(con, tmp_path, crafted, mon
 
 
 def test_other_table_name_keeps_its_own_quarantine(con, crafted):
-    clean_images(con, crafted.path, snapshot_version=crafted.version)
-    clean_images(con, crafted.path, snapshot_version=crafted.version, table="clean_images_b")
+    clean_images(con, crafted.path, snapshot_version=crafted.version, resize="none")
+    clean_images(con, crafted.path, snapshot_version=crafted.version, table="clean_images_b", resize="none")
     assert con.execute("SELECT asset, count(*) FROM quarantine GROUP BY ALL ORDER BY 1").fetchall() == [
         ("clean_images", 6),
         ("clean_images_b", 6),
@@ -279,3 +282,118 @@ def test_check_helpers_see_bad_tables(con):
     assert categories(con, "t") == ["2", "10", " ", "a2", "a10"]  # numbers first, then text
     with pytest.raises(ValueError, match="no table"):
         quarantine_rate(con, "missing_table", "v")
+
+
+# ---- users' own images: size and channels inferred, other sizes resized by the policy -----------------------
+
+
+def pil_png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def colour_folder(root, sizes_by_category: dict[str, list[tuple[int, int]]]):
+    """<root>/<category>/<i>.png: RGB images of random colour noise, of the given (width, height)."""
+    rng = np.random.default_rng(0)
+    for category, sizes in sizes_by_category.items():
+        (root / category).mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes):
+            pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            (root / category / f"{i}.png").write_bytes(pil_png(Image.fromarray(pixels, "RGB")))
+    return root
+
+
+def folder_snapshot(tmp_path, root):
+    table = collect_images(str(root))
+    return write_snapshot(table, tmp_path / "snapshots", hash_columns=IMAGE_SNAPSHOT_HASH_COLUMNS, source=str(root))
+
+
+def test_a_folder_of_colour_images_stays_colour(con, tmp_path):
+    root = colour_folder(tmp_path / "imgs", {c: [(16, 16)] * 6 for c in ("cat", "dog", "bird")})
+    snap = folder_snapshot(tmp_path, root)
+    stats = clean_images(con, snap.path, snapshot_version=snap.version)
+    assert (stats.channels, stats.image_size, stats.rows_clean, stats.resized) == (3, (16, 16), 18, 0)
+    assert categories(con) == ["bird", "cat", "dog"]
+    images = load_images(con, channels=stats.channels).images
+    assert images.shape == (18, 16, 16, 3)
+    assert (images[..., 0] != images[..., 1]).any(), "the colour survives loading"
+
+
+def test_grey_images_stay_one_channel_whatever_their_file_mode(con, tmp_path):
+    grey = np.random.default_rng(1).integers(0, 256, size=(6, 8, 8), dtype=np.uint8)
+    specs = [("l", "a", pil_png(Image.fromarray(grey[0], "L"))),
+             ("rgb_of_grey", "a", pil_png(Image.fromarray(np.repeat(grey[1][..., None], 3, axis=2), "RGB"))),
+             ("la", "b", pil_png(Image.fromarray(grey[2], "L").convert("LA")))]
+    snap = snapshot(tmp_path, make_rows(specs))
+    assert clean_images(con, snap.path, snapshot_version=snap.version).channels == 1
+
+    # one palette image with a colour in its palette makes the data colour
+    palette = Image.fromarray(grey[3], "L").convert("P")
+    palette.putpalette([255, 0, 0] + [v for i in range(1, 256) for v in (i, i, i)])
+    snap = snapshot(tmp_path, make_rows([*specs, ("p", "b", pil_png(palette))]))
+    assert clean_images(con, snap.path, snapshot_version=snap.version).channels == 3
+    # a configured value wins over the inference
+    assert clean_images(con, snap.path, snapshot_version=snap.version, channels=1).channels == 1
+
+
+def stripes(width: int, height: int) -> Image.Image:
+    """Red left quarter, green middle half, blue right quarter."""
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:, : width // 4, 0] = 255
+    pixels[:, width // 4 : 3 * width // 4, 1] = 255
+    pixels[:, 3 * width // 4 :, 2] = 255
+    return Image.fromarray(pixels, "RGB")
+
+
+@pytest.mark.parametrize("policy", ["crop", "fit", "pad", "none"])
+def test_images_of_another_size_follow_the_resize_policy(con, tmp_path, policy):
+    rng = np.random.default_rng(2)
+    usual = [(f"u{i}", "x", pil_png(Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), "RGB")))
+             for i in range(3)]
+    wide = pil_png(stripes(32, 16))
+    snap = snapshot(tmp_path, make_rows([*usual, ("wide", "x", wide)]))
+    stats = clean_images(con, snap.path, snapshot_version=snap.version, resize=policy)
+    assert stats.image_size == (16, 16)
+    if policy == "none":
+        assert stats.rows_clean == 3 and quarantine_rows(con) == {"wide": "wrong size: 32x16, expected 16x16"}
+        return
+    assert stats.rows_clean == 4 and stats.resized == 1 and quarantine_rows(con) == {}
+    row = con.execute("SELECT image, content_hash, width, height, channels FROM clean_images WHERE row_id = 'wide'"
+                      ).fetchone()
+    data, content_hash, width, height, channels = row
+    assert (width, height, channels) == (16, 16, 3) and content_hash == hashlib.sha256(data).hexdigest()
+    pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+    middle, left = pixels[8, 8], pixels[8, 0]
+    if policy == "crop":  # the middle square of 32x16: all green
+        assert (pixels[..., 1] > 200).all() and (pixels[..., [0, 2]] < 50).all()
+    elif policy == "fit":  # squeezed: red at the left edge, green in the middle
+        assert left[0] > 200 and middle[1] > 200
+    else:  # "pad": scaled to 16x8, black bands above and below
+        assert (pixels[:3] == 0).all() and (pixels[-3:] == 0).all() and left[0] > 200 and middle[1] > 200
+    # the split follows the raw image, whatever the policy
+    raw_bucket = int(hashlib.sha256(wide).hexdigest()[:8], 16) % 10000
+    split = con.execute("SELECT split FROM clean_images WHERE row_id = 'wide'").fetchone()[0]
+    assert split == ("test" if raw_bucket < 1000 else "val" if raw_bucket < 2000 else "train")
+
+
+def test_inferred_size_is_square_and_a_configured_size_resizes_everything(con, tmp_path):
+    wide = [(f"w{i}", "x", png(i, (16, 32, 3))) for i in range(2)]  # 32 wide, 16 high
+    snap = snapshot(tmp_path, make_rows([*wide, ("s", "x", png(3, (8, 8)))]))
+    stats = clean_images(con, snap.path, snapshot_version=snap.version)
+    assert stats.image_size == (16, 16) and stats.resized == 3  # the most common size's shorter side
+    # two raw images that crop to the same pixels are duplicates once cropped: the first by row_id stays
+    mirrored = [(f"m{i}", "x", pil_png(stripes(32, 16).rotate(180 * i))) for i in range(2)]
+    snap = snapshot(tmp_path, make_rows(mirrored))
+    stats = clean_images(con, snap.path, snapshot_version=snap.version)
+    assert (stats.rows_clean, stats.by_reason["duplicate"]) == (1, 1)
+    assert quarantine_rows(con) == {"m1": "duplicate of row m0"} and duplicate_count(con) == 0
+
+    snap = snapshot(tmp_path, make_rows([*wide, ("s", "x", png(3, (8, 8)))]))
+    stats = clean_images(con, snap.path, snapshot_version=snap.version, image_size=12, resize="fit")
+    assert stats.image_size == (12, 12) and stats.resized == 3
+    assert load_images(con, channels=3).images.shape == (3, 12, 12, 3)
+    with pytest.raises(ValueError, match="resize must be one of"):
+        clean_images(con, snap.path, snapshot_version=snap.version, resize="stretch")
+    with pytest.raises(ValueError, match="channels must be"):
+        clean_images(con, snap.path, snapshot_version=snap.version, channels=2)

@@ -162,3 +162,25 @@ def test_a_home_without_a_warehouse_shows_empty_pages(make_client, tmp_path):
     response = client.post("/api/ratings", json={"sample_id": IMAGE, "rating": 3})
     assert response.status_code == 422 and "unknown sample_id" in response.json()["error"]
     assert client.get("/").headers["location"] == "/gallery"
+
+
+def test_a_modality_with_nothing_curated_is_empty_not_unknown(make_client, home):
+    import duckdb
+    import pandas as pd
+
+    from gen_assets.store import samples
+
+    with duckdb.connect(str(home / "warehouse.duckdb")) as con:  # curation kept nothing of the image batch
+        samples.replace_curated(con, "image", IMAGE_BATCH, pd.DataFrame(columns=["sample_id", "category", "reward", "rank"]))
+    client = make_client(home)
+    page = client.get("/gallery", params={"modality": "image"})
+    assert page.status_code == 200
+    assert "Nothing is curated yet for image" in page.text and 'href="/gallery?modality=text"' in page.text
+    api = client.get("/api/samples", params={"modality": "image"})
+    assert api.status_code == 200
+    body = api.json()
+    assert (body["samples"], body["total"], body["note"]) == ([], 0, "nothing curated yet for image")
+    assert "note" not in client.get("/api/samples", params={"modality": "text"}).json()
+    assert client.get("/gallery").status_code == 200 and "Curated text samples" in client.get("/gallery").text
+    video = client.get("/api/samples", params={"modality": "video"})  # not a modality of the pipeline at all
+    assert video.status_code == 400 and "unknown modality 'video'; curated modalities: text" in video.json()["error"]

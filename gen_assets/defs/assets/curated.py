@@ -38,8 +38,15 @@ class CuratedTextsConfig(dg.Config):
     max_copy_share: float = Field(default=0.5, description="largest share of a text's 8-grams found in the training split")
 
 
+IMAGE_ADVICE = ("the evaluator does not recognise the generated images as their categories: train the generator "
+                "longer (gen-assets run --profile demo, or full) or add data; curated_images' min_confidence is the bound")
+TEXT_ADVICE = ("train the generator longer (gen-assets run --profile demo, or full) or add data; curated_texts' "
+               "blocklist and max_copy_share are the bounds")
+
+
 def record(context, warehouse: DuckDBResource, *, asset: str, modality: str, batch: Batch, curated: pd.DataFrame,
-           dropped: pd.DataFrame, scored_by: str) -> dg.Output[pd.DataFrame]:
+           dropped: pd.DataFrame, scored_by: str, advice: str) -> dg.Output[pd.DataFrame]:
+    """Replace the batch's curated rows and quarantine rows; fail (after recording why) when none was kept."""
     with warehouse.get_connection() as con:
         replace_curated(con, modality, batch.batch_id, curated)
         con.execute("DELETE FROM quarantine WHERE asset = ? AND snapshot_version = ?", [asset, batch.batch_id])
@@ -49,6 +56,15 @@ def record(context, warehouse: DuckDBResource, *, asset: str, modality: str, bat
         ])
     context.log.info(f"{asset}: kept {len(curated)} of {batch.n_samples}, dropped {len(dropped)} (scored by {scored_by})")
     reasons = dropped["reason"].str.split(":").str[0].value_counts().to_dict() if len(dropped) else {}
+    if curated.empty:
+        counts = ", ".join(f"{int(v)} {k}" for k, v in reasons.items()) or "none dropped"
+        raise dg.Failure(
+            f"{asset}: nothing curated: kept 0 of {batch.n_samples} samples of batch {batch.batch_id} "
+            f"(dropped: {counts}; each sample's reason is in the quarantine table). The review page has "
+            f"nothing to show for {modality}: {advice}",
+            metadata={"candidates": batch.n_samples, "dropped": len(dropped),
+                      "dropped_by_reason": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()})},
+        )
     return dg.Output(
         curated,
         data_version=dg.DataVersion(f"{batch.batch_id}-{len(curated)}"),
@@ -84,7 +100,7 @@ def curated_images(
                           "reward": reward, "confidence": confidence})
     result = curate(frame, k_per_category=config.k_per_category, min_confidence=config.min_confidence)
     out = record(context, warehouse, asset="curated_images", modality="image", batch=generated_images,
-                 curated=result.curated, dropped=result.dropped, scored_by=scored_by)
+                 curated=result.curated, dropped=result.dropped, scored_by=scored_by, advice=IMAGE_ADVICE)
     out.metadata["seconds"] = dg.MetadataValue.float(round(time.perf_counter() - t0, 3))
     return out
 
@@ -113,6 +129,6 @@ def curated_texts(
                           "reward": reward, "reason": flags})
     result = curate(frame, k_per_category=config.k_per_category)
     out = record(context, warehouse, asset="curated_texts", modality="text", batch=generated_texts,
-                 curated=result.curated, dropped=result.dropped, scored_by=scored_by)
+                 curated=result.curated, dropped=result.dropped, scored_by=scored_by, advice=TEXT_ADVICE)
     out.metadata["seconds"] = dg.MetadataValue.float(round(time.perf_counter() - t0, 3))
     return out

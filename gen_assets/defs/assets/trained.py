@@ -20,7 +20,7 @@ from gen_assets.defs.handles import (TRAINING_OP_TAGS, TRAINING_POOL, CleanTable
 from gen_assets.cleaning import images as image_cleaning
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.models.checkpoint import file_sha256, load_model, model_class, save_versioned_model
-from gen_assets.training.image_data import image_loaders
+from gen_assets.training.image_data import image_loaders, images_to_tensor
 from gen_assets.training.text_data import encode_documents, text_loaders
 from gen_assets.models.tokenizers import load_tokenizer, train_tokenizer
 from gen_assets.training.fit import FitResult, fit
@@ -156,6 +156,31 @@ class ImageEvaluatorConfig(dg.Config):
     num_features: int | None = None
     seed: int = 0
     retrain: bool = False
+    min_accuracy_vs_chance: float = Field(
+        default=1.5, description="the quality bar: the evaluator fails (and nothing after it runs) unless its "
+        "accuracy on the val split reaches this multiple of chance (1 / categories), the bar capped at 90%; "
+        "0: no bar. Its features define FID and it ranks curation: near chance, neither means anything",
+    )
+
+
+def evaluator_bar(config: ImageEvaluatorConfig, num_classes: int) -> float:
+    """The val accuracy the evaluator must reach: a multiple of chance, at most 0.9."""
+    return min(config.min_accuracy_vs_chance / max(num_classes, 1), 0.9)
+
+
+def check_evaluator_accuracy(accuracy: float, bar: float, clean: CleanTable, val_rows: int) -> None:
+    """dg.Failure, saying what to do, when the evaluator's val accuracy is below the bar."""
+    if accuracy >= bar:
+        return
+    k = len(clean.categories)
+    raise dg.Failure(
+        f"image_evaluator: accuracy {accuracy:.0%} on the val split ({val_rows} images) of {k} categories is "
+        f"near chance ({1 / k:.0%}; the bar is {bar:.0%}): its features define FID and rank curation, so nothing "
+        f"downstream would mean anything and no model is promoted. Add data (about {clean.rows // max(k, 1)} "
+        "images per category now) or use a longer profile (gen-assets run --profile demo, or full); "
+        "image_evaluator's min_accuracy_vs_chance sets the bar",
+        metadata={"val_accuracy": round(accuracy, 4), "bar": round(bar, 4), "categories": k, "val_rows": val_rows},
+    )
 
 
 @dg.asset(**lane("image", "training"), kinds={"pytorch"},
@@ -194,11 +219,17 @@ def image_evaluator(
         artifacts=artifacts,
         retrain=config.retrain,
     )
-    return dg.Output(
-        ref,
-        data_version=dg.DataVersion(ref.sha256[:16]),
-        metadata=training_metadata(history, fit_info, ref, ["train_loss", "val_loss", "val_acc"]),
-    )
+    with warehouse.get_connection() as con:
+        val_x, val_y = load_image_split(con, clean_images, "val")
+    predicted = load_model(ref.path).predict(images_to_tensor(val_x)).numpy()
+    accuracy = float((predicted == val_y).mean()) if len(val_y) else 0.0
+    bar = evaluator_bar(config, len(clean_images.categories))
+    context.log.info(f"image_evaluator: accuracy {accuracy:.1%} on the val split ({len(val_y)} images), bar {bar:.1%}")
+    check_evaluator_accuracy(accuracy, bar, clean_images, len(val_y))
+    meta = training_metadata(history, fit_info, ref, ["train_loss", "val_loss", "val_acc"])
+    meta.update({"val_accuracy": dg.MetadataValue.float(round(accuracy, 4)),
+                 "accuracy_bar": dg.MetadataValue.float(round(bar, 4))})
+    return dg.Output(ref, data_version=dg.DataVersion(ref.sha256[:16]), metadata=meta)
 
 
 class ImageGeneratorConfig(dg.Config):
