@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from gen_assets.settings import PROFILES, Paths, profile_run_config
+from gen_assets.project.file import ENV_VAR as PROJECT_ENV_VAR, ProjectError
+from gen_assets.settings import PROFILES, Paths
 
 INSTANCE_YAML = """\
 # Dagster instance of gen_assets: SQLite storage in this folder (the default), no telemetry.
@@ -27,31 +28,46 @@ def prepare_dagster_home(paths: Paths) -> Path:
     return home
 
 
+def champions_in(paths: Paths, modalities: set[str]) -> set[str]:
+    """The modalities of these that have a champion (their gate a profile may not loosen)."""
+    from gen_assets.store import registry
+    from gen_assets.store import warehouse as wh
+
+    if not modalities or not paths.warehouse.exists():
+        return set()
+    with wh.connect(paths.warehouse, read_only=True, artifacts=paths.artifacts_location) as con:
+        return {m for m in modalities if registry.champion(con, m) is not None}
+
+
 def execute(job_name: str, profile: str, modality: str, verbose: bool, asset_selection: list[str] | None = None,
             config: dict[str, dict] | None = None, report: bool = True) -> int:
     """Run a job of the definitions through Dagster (recorded in the instance, tagged with the profile and
     the modality: image, text or all), then print the report.
 
-    config: asset name -> config fields laid over the profile's (e.g. a person's decision for a champion)."""
+    The run config is the project file's settings with the profile's laid over them
+    (gen_assets.project.effective); config: asset name -> fields laid over both (a person's decision)."""
     import warnings
 
     import dagster as dg
 
-    from gen_assets.definitions import build_definitions
+    from gen_assets.definitions import build_definitions, project_for
     from gen_assets.defs.jobs import run_tags
+    from gen_assets.project.effective import GATE_FIELDS
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)  # DataVersion on outputs: used on purpose
     paths = Paths.from_env()
     prepare_dagster_home(paths)
     defs = build_definitions(paths)
+    project = project_for(paths)
     job = defs.resolve_job_def(job_name)
     selection = [dg.AssetKey(key) for key in asset_selection] if asset_selection else None
-    run_config = profile_run_config(profile, set(asset_selection) if asset_selection else set(job.graph.node_dict))
-    for name, fields in (config or {}).items():
-        run_config["ops"].setdefault(name, {"config": {}})["config"].update(fields)
+    ops = set(asset_selection) if asset_selection else set(job.graph.node_dict)
+    champions = champions_in(paths, {modality for asset, (modality, _) in GATE_FIELDS.items() if asset in ops})
+    run_config = project.run_config(ops, profile, champions, config)
     # the terminal shows progress and results; every event, debug ones too, is in the instance for the UI
     run_config["loggers"] = {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}
-    print(f"gen-assets: running {job.name} with the {profile} profile; home {paths.home}", flush=True)
+    source = f"the project file {project.file.path}" if project.file.path else "no project file"
+    print(f"gen-assets: running {job.name} with the {profile} profile and {source}; home {paths.home}", flush=True)
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
             run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection,
@@ -282,6 +298,72 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def project_location(args: argparse.Namespace) -> tuple[Path, str]:
+    from gen_assets.project.file import locate
+
+    location, origin = locate(Paths.from_env().home)
+    return location, ("command line (--project)" if getattr(args, "project", None) else origin)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a commented gen_assets.yaml (never over an existing one without --force)."""
+    from gen_assets.project.template import render
+
+    path, _ = project_location(args)
+    if path.exists() and not args.force:
+        print(f"{path} exists already; edit it, or pass --force to replace it", file=sys.stderr)
+        return 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(args.images, args.texts))
+    print(f"wrote {path}; `gen-assets config` shows the effective settings, `gen-assets run` uses them")
+    return 0
+
+
+def effective_settings(args: argparse.Namespace) -> dict:
+    """Every effective setting with where it came from: default, project file, profile, environment."""
+    from gen_assets.definitions import project_for
+    from gen_assets.project.effective import DEFAULT, GATE_FIELDS, PROJECT
+    from gen_assets.settings import DEFAULT_HOME, timezone_from_env
+
+    paths = Paths.from_env()
+    project = project_for(paths)
+    location, origin = project_location(args)
+    env = lambda name: f"environment ({name})" if os.environ.get(name, "").strip() else DEFAULT  # noqa: E731
+    general = {
+        "home": (str(paths.home), env("GEN_ASSETS_HOME").replace(DEFAULT, f"{DEFAULT} ({DEFAULT_HOME})")),
+        "project_file": (str(location) if project.file.path else f"{location} (absent: defaults apply)", origin),
+        "artifacts": (str(paths.artifacts), env("GEN_ASSETS_ARTIFACTS")),
+        "timezone": (timezone_from_env(), env("GEN_ASSETS_TIMEZONE") if os.environ.get("GEN_ASSETS_TIMEZONE")
+                     else env("TZ")),
+        "executor": (os.environ.get("GEN_ASSETS_EXECUTOR", "multiprocess"), env("GEN_ASSETS_EXECUTOR")),
+    }
+    sections = project.file.sections
+    for name, section in (("feedback", sections.feedback), ("schedules", sections.schedules)):
+        for key in type(section).model_fields:
+            general[f"{name}.{key}"] = (getattr(section, key), PROJECT if key in section.model_fields_set else DEFAULT)
+    champions = champions_in(paths, {modality for modality, _ in GATE_FIELDS.values()})
+    settings = project.settings(args.profile, champions)
+    return {"profile": args.profile,
+            "general": {k: {"value": v, "origin": o} for k, (v, o) in general.items()},
+            "assets": {asset: {k: {"value": s.value, "origin": s.origin} for k, s in fields.items()}
+                       for asset, fields in sorted(settings.items())}}
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    data = effective_settings(args)
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    print(f"effective settings with the {data['profile']} profile (value, then where it came from)")
+    for key, s in data["general"].items():
+        print(f"  {key:<32} {s['value']!s:<40} {s['origin']}")
+    for asset, fields in data["assets"].items():
+        print(asset)
+        for key, s in fields.items():
+            print(f"  {key:<32} {json.dumps(s['value'], default=str):<40} {s['origin']}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """The review page: rate the champion's curated samples; a dashboard of models, metrics and runs."""
     from gen_assets.web.config import WebConfig
@@ -303,14 +385,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    project_help = f"the project file (default: ${PROJECT_ENV_VAR}, else GEN_ASSETS_HOME/gen_assets.yaml)"
     parser = argparse.ArgumentParser(prog="gen-assets", description=__doc__)
+    parser.add_argument("--project", metavar="PATH", help=project_help)
+    with_project = argparse.ArgumentParser(add_help=False)  # --project after the command as well
+    with_project.add_argument("--project", metavar="PATH", default=argparse.SUPPRESS, help=project_help)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="materialize the graph (recorded in the Dagster instance) and print a summary")
+    run = sub.add_parser("run", parents=[with_project],
+                         help="materialize the graph (recorded in the Dagster instance) and print a summary")
     run.add_argument("--modality", choices=["image", "text", "all"], default="all")
     run.add_argument("--profile", choices=sorted(PROFILES), default="demo")
     run.add_argument("--verbose", action="store_true", help="print Dagster's debug events too")
     run.set_defaults(func=cmd_run)
-    retrain = sub.add_parser("retrain", help="ingest waiting feedback and retrain from it now (what the sensor does)")
+    retrain = sub.add_parser("retrain", parents=[with_project], help="ingest waiting feedback and retrain from it now (what the sensor does)")
     retrain.add_argument("--modality", choices=["image", "text", "all"], default="all")
     retrain.add_argument("--profile", choices=sorted(PROFILES), default="demo")
     retrain.add_argument("--verbose", action="store_true")
@@ -327,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         ("promote", cmd_promote, "make a model version its modality's champion (recorded with who and when)"),
         ("rollback", cmd_rollback, "give the championship back to the previous champion of a modality"),
     ):
-        cmd = sub.add_parser(name, help=help_text)
+        cmd = sub.add_parser(name, parents=[with_project], help=help_text)
         if name == "promote":
             cmd.add_argument("version", help="a model_version of the registry (gen-assets report lists them)")
         else:
@@ -352,12 +439,34 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--host", default=None, help="bind address (default: GEN_ASSETS_WEB_HOST, else 127.0.0.1)")
     srv.add_argument("--port", type=int, default=None, help="port (default: GEN_ASSETS_WEB_PORT, else 8000)")
     srv.set_defaults(func=cmd_serve)
-    ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on GEN_ASSETS_HOME's instance")
+    init = sub.add_parser("init", parents=[with_project], help="write a commented project file (gen_assets.yaml)")
+    init.add_argument("--images", metavar="PATH", help="the images' source (default: builtin:digits)")
+    init.add_argument("--texts", metavar="PATH", help="the texts' source (default: builtin:shakespeare)")
+    init.add_argument("--force", action="store_true", help="replace an existing project file")
+    init.set_defaults(func=cmd_init)
+    conf = sub.add_parser("config", parents=[with_project],
+                          help="the effective settings and where each came from (default, project file, profile, environment)")
+    conf.add_argument("--profile", choices=sorted(PROFILES), default="demo", help="the profile laid over the project")
+    conf.add_argument("--json", action="store_true")
+    conf.set_defaults(func=cmd_config)
+    ui = sub.add_parser("ui", parents=[with_project], help="start the Dagster UI (dagster dev) on GEN_ASSETS_HOME's instance")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(func=cmd_ui)
     args = parser.parse_args(argv)
-    return args.func(args)
+    before = os.environ.get(PROJECT_ENV_VAR)
+    if args.project:  # for this command and what it starts (`gen-assets ui`'s dagster dev)
+        os.environ[PROJECT_ENV_VAR] = str(Path(args.project).expanduser().resolve())
+    try:
+        return args.func(args)
+    except ProjectError as e:
+        print(f"gen-assets: {e}", file=sys.stderr)
+        return 2
+    finally:  # main() called in process (tests, scripts) leaves the environment as it found it
+        if before is None:
+            os.environ.pop(PROJECT_ENV_VAR, None)
+        else:
+            os.environ[PROJECT_ENV_VAR] = before
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ import dagster as dg
 from gen_assets.defs.assets import champions, clean, curated, evaluated, generated, human_feedback, raw, trained, tuned
 from gen_assets.defs.checks import checks
 from gen_assets.defs.pruning import prune_job
-from gen_assets.defs.jobs import jobs
+from gen_assets.defs.jobs import build_jobs
+from gen_assets.defs.project import Project, job_run_config, load_project
 from gen_assets.defs.resources import build_resources
 from gen_assets.defs.schedules import schedules_for
-from gen_assets.defs.sensors import FeedbackPolicy, sensors
+from gen_assets.defs.sensors import FeedbackPolicy, build_feedback_sensor, regeneration_sensor
 from gen_assets.settings import Paths, timezone_from_env
 
 ASSET_MODULES = [raw, clean, trained, human_feedback, tuned, champions, generated, curated, evaluated]
@@ -33,16 +34,30 @@ def executor_from_env() -> dg.ExecutorDefinition | None:
     raise ValueError(f"GEN_ASSETS_EXECUTOR={name!r}: choose multiprocess, k8s or celery")
 
 
+def project_for(paths: Paths) -> Project:
+    """The project file of this home (GEN_ASSETS_PROJECT's if set), checked against the assets' Config classes."""
+    return load_project(paths, dg.load_assets_from_modules(ASSET_MODULES))
+
+
 def build_definitions(paths: Paths | None = None, timezone: str | None = None) -> dg.Definitions:
+    """Everything, configured by the project file: the jobs' default config (the UI's launchpad), the
+    schedules' and the sensor's run config and status, the feedback policy."""
     paths = paths or Paths.from_env()
+    assets = dg.load_assets_from_modules(ASSET_MODULES)
+    project = load_project(paths, assets)
+    jobs = build_jobs(lambda selection: job_run_config(project, selection, assets))
+    switches, policy = project.file.sections.schedules, project.file.sections.feedback
     return dg.Definitions(
         executor=executor_from_env(),
-        assets=dg.load_assets_from_modules(ASSET_MODULES),
+        assets=assets,
         asset_checks=checks,
-        jobs=[*jobs, prune_job],
-        schedules=schedules_for(timezone or timezone_from_env()),
-        sensors=sensors,
-        resources={**build_resources(paths), "feedback_policy": FeedbackPolicy()},
+        jobs=[*jobs.values(), prune_job],
+        schedules=schedules_for(timezone or timezone_from_env(), jobs["nightly_job"], project.run_config(),
+                                nightly=switches.nightly, prune=switches.prune),
+        sensors=[build_feedback_sensor(project.run_config, running=switches.feedback_sensor), regeneration_sensor],
+        resources={**build_resources(paths),
+                   "feedback_policy": FeedbackPolicy(min_new_ratings=policy.min_new_ratings,
+                                                     max_age_seconds=policy.max_age_seconds)},
     )
 
 

@@ -1,35 +1,13 @@
-"""Jobs: one per modality, and the nightly job over the whole graph."""
+"""Jobs: one per modality, the nightly job over the whole graph, and the retrain job.
+
+They are built with the project's run config (gen_assets.yaml) as their default config, so a job
+launched from the UI's launchpad collects the project's data with the project's settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
 
 import dagster as dg
-
-# A run started without run config (by a schedule, a sensor, the UI's launchpad) gets the Config classes'
-# defaults: the demo profile.
-DEFAULT_PROFILE = "demo"
-
-
-def run_tags(profile: str, modality: str) -> dict[str, str]:
-    """The tags of every run the project starts: the profile its config comes from and the modality it is
-    for ("all": both), so the UI's run list can be filtered by either."""
-    return {"gen_assets/profile": profile, "gen_assets/modality": modality}
-
-
-image_job = dg.define_asset_job(
-    "image_job",
-    selection=dg.AssetSelection.tag("modality", "image") | dg.AssetSelection.assets("feedback"),
-    description="Every image asset: collection to metrics.",
-)
-
-text_job = dg.define_asset_job(
-    "text_job",
-    selection=dg.AssetSelection.tag("modality", "text") | dg.AssetSelection.assets("feedback"),
-    description="Every text asset: collection to metrics.",
-)
-
-nightly_job = dg.define_asset_job(
-    "nightly_job",
-    selection=dg.AssetSelection.all(),
-    description="The whole graph, every modality; run by nightly_schedule.",
-)
 
 # what a retrain for one modality's feedback materializes, in graph order
 RETRAIN_ASSETS = {
@@ -39,12 +17,37 @@ RETRAIN_ASSETS = {
              "curated_texts", "text_metrics"],
 }
 
-retrain_job = dg.define_asset_job(
-    "retrain_job",
-    selection=dg.AssetSelection.assets(*sorted({key for keys in RETRAIN_ASSETS.values() for key in keys})),
-    description="Feedback -> reward model -> generator tuned on feedback -> champion (promoted or refused) -> "
-    "generation -> curation with the new reward model -> evaluation. feedback_sensor runs it for the modality its new ratings concern.",
-)
-
-jobs = [image_job, text_job, nightly_job, retrain_job]
+# name -> (selection, description)
+JOB_SPECS: dict[str, tuple[dg.AssetSelection, str]] = {
+    "image_job": (dg.AssetSelection.tag("modality", "image") | dg.AssetSelection.assets("feedback"),
+                  "Every image asset: collection to metrics."),
+    "text_job": (dg.AssetSelection.tag("modality", "text") | dg.AssetSelection.assets("feedback"),
+                 "Every text asset: collection to metrics."),
+    "nightly_job": (dg.AssetSelection.all(), "The whole graph, every modality; run by nightly_schedule."),
+    "retrain_job": (
+        dg.AssetSelection.assets(*sorted({key for keys in RETRAIN_ASSETS.values() for key in keys})),
+        "Feedback -> reward model -> generator tuned on feedback -> champion (promoted or refused) -> "
+        "generation -> curation with the new reward model -> evaluation. feedback_sensor runs it for the modality "
+        "its new ratings concern.",
+    ),
+}
 JOBS_BY_MODALITY = {"image": "image_job", "text": "text_job", "all": "nightly_job"}
+
+# A run started without a profile (by a schedule, a sensor, the UI's launchpad) gets the project's settings
+# over the Config classes' defaults: the demo profile.
+DEFAULT_PROFILE = "demo"
+
+
+def run_tags(profile: str, modality: str) -> dict[str, str]:
+    """The tags of every run the project starts: the profile its config comes from and the modality it is
+    for ("all": both), so the UI's run list can be filtered by either."""
+    return {"gen_assets/profile": profile, "gen_assets/modality": modality}
+
+
+def build_jobs(config_for: Callable[[dg.AssetSelection], dict] | None = None) -> dict:
+    """The jobs by name; config_for(selection) gives a job's default run config (None: the Config defaults)."""
+    return {
+        name: dg.define_asset_job(name, selection=selection, description=description,
+                                  config=config_for(selection) if config_for else None)
+        for name, (selection, description) in JOB_SPECS.items()
+    }

@@ -1,11 +1,13 @@
-"""Sensors: retrain when new human feedback lands; regenerate when an automation condition asks for it."""
+"""Sensors: retrain when new human feedback lands; regenerate when a champion changes."""
+
+from collections.abc import Callable
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from gen_assets.feedback.pending import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MIN_NEW_RATINGS, decide, files_by_modality, run_key_for, scan
-from gen_assets.defs.jobs import DEFAULT_PROFILE, RETRAIN_ASSETS, retrain_job, run_tags
+from gen_assets.defs.jobs import DEFAULT_PROFILE, RETRAIN_ASSETS, run_tags
 from gen_assets.defs.resources import ArtifactStore
 
 
@@ -18,43 +20,53 @@ class FeedbackPolicy(dg.ConfigurableResource):
     )
 
 
-@dg.sensor(
-    job=retrain_job,
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Watches GEN_ASSETS_HOME/feedback/incoming; requests retrain_job for the modality the new "
-    "ratings concern once enough are waiting or the oldest has waited long enough.",
-)
-def feedback_sensor(
-    context: dg.SensorEvaluationContext,
-    artifacts: ArtifactStore,
-    warehouse: DuckDBResource,
-    feedback_policy: FeedbackPolicy,
-):
-    incoming = artifacts.paths.feedback / "incoming"
-    decision = decide(
-        scan(incoming),
-        context.cursor,
-        min_new_ratings=feedback_policy.min_new_ratings,
-        max_age_seconds=feedback_policy.max_age_seconds,
+def build_feedback_sensor(run_config_for: Callable[[list[str]], dict] | None = None, running: bool = True):
+    """feedback_sensor; run_config_for(asset names) gives a retrain's run config (the project's settings),
+    running: its default status (the project file's schedules.feedback_sensor)."""
+
+    @dg.sensor(
+        job_name="retrain_job",
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED,
+        description="Watches GEN_ASSETS_HOME/feedback/incoming; requests retrain_job for the modality the new "
+        "ratings concern once enough are waiting or the oldest has waited long enough.",
     )
-    if decision.run_key is None:
-        return dg.SkipReason(decision.reason)
-    with warehouse.get_connection() as con:
-        groups = files_by_modality(con, decision.files)
-    requests = []
-    for modality, files in sorted(groups.items(), key=lambda kv: kv[0] or ""):
-        selection = RETRAIN_ASSETS.get(modality, ["feedback"])  # unknown samples only: ingest (and quarantine)
-        requests.append(
-            dg.RunRequest(
-                run_key=run_key_for(files, modality),
-                asset_selection=[dg.AssetKey(key) for key in selection],
-                tags={**run_tags(DEFAULT_PROFILE, modality or "none"), "gen_assets/trigger": "feedback"},
-            )
+    def feedback_sensor(
+        context: dg.SensorEvaluationContext,
+        artifacts: ArtifactStore,
+        warehouse: DuckDBResource,
+        feedback_policy: FeedbackPolicy,
+    ):
+        incoming = artifacts.paths.feedback / "incoming"
+        decision = decide(
+            scan(incoming),
+            context.cursor,
+            min_new_ratings=feedback_policy.min_new_ratings,
+            max_age_seconds=feedback_policy.max_age_seconds,
         )
-    context.update_cursor(decision.new_cursor)
-    context.log.info(decision.reason)
-    return requests
+        if decision.run_key is None:
+            return dg.SkipReason(decision.reason)
+        with warehouse.get_connection() as con:
+            groups = files_by_modality(con, decision.files)
+        requests = []
+        for modality, files in sorted(groups.items(), key=lambda kv: kv[0] or ""):
+            selection = RETRAIN_ASSETS.get(modality, ["feedback"])  # unknown samples only: ingest (and quarantine)
+            requests.append(
+                dg.RunRequest(
+                    run_key=run_key_for(files, modality),
+                    asset_selection=[dg.AssetKey(key) for key in selection],
+                    tags={**run_tags(DEFAULT_PROFILE, modality or "none"), "gen_assets/trigger": "feedback"},
+                    run_config=run_config_for(selection) if run_config_for else None,
+                )
+            )
+        context.update_cursor(decision.new_cursor)
+        context.log.info(decision.reason)
+        return requests
+
+    return feedback_sensor
+
+
+feedback_sensor = build_feedback_sensor()  # with the Config defaults; build_definitions builds the project's
 
 
 # Generation, curation and the metrics follow the champion (AutomationCondition.eager() on those assets):
@@ -69,5 +81,3 @@ regeneration_sensor = dg.AutomationConditionSensorDefinition(
     description="Requests the assets whose automation condition is true: generation, curation and the metrics "
     "of a lane whose champion changed.",
 )
-
-sensors = [feedback_sensor, regeneration_sensor]

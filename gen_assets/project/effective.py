@@ -1,0 +1,77 @@
+"""The effective settings, layered, each with where it came from.
+
+Layers, later wins: the Config classes' defaults < the project file < the run's profile (smoke / demo /
+full, gen_assets.settings.PROFILES) < what the command itself sets (a person's promote / rollback).
+
+The one exception is the gate. A profile may tighten the champion's tolerances but never loosen them
+once the modality has a champion: for tolerance, max_ratio_to_floor and max_val_loss the stricter of the
+project's value (file or default) and the profile's applies (None, no bar, is the loosest). So
+`--profile smoke` still crowns a first champion on a fresh home, but its barely trained candidates
+cannot replace a real champion through smoke's loose gate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gen_assets.settings import PROFILES
+
+DEFAULT = "default"
+PROJECT = "project file"
+
+# champion asset -> (modality, the gate's fields: smaller is stricter, None is no bar)
+GATE_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "image_champion": ("image", ("tolerance", "max_ratio_to_floor")),
+    "text_champion": ("text", ("tolerance", "max_val_loss")),
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    value: Any
+    origin: str  # default / project file / profile NAME / command line / environment (...)
+
+
+def stricter(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def effective_config(defaults: Mapping[str, Mapping[str, Any]], project: Mapping[str, Mapping[str, Any]],
+                     profile: str = "demo", champions: Iterable[str] = (),
+                     command: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Setting]]:
+    """Asset name -> field -> Setting. champions: the modalities that have a champion (their gate is kept
+    at least as strict as the project's)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    champions = set(champions)
+    out = {asset: {name: Setting(value, DEFAULT) for name, value in fields.items()} for asset, fields in defaults.items()}
+    for asset, fields in project.items():
+        for name, value in fields.items():
+            out.setdefault(asset, {})[name] = Setting(value, PROJECT)
+    for asset, fields in PROFILES[profile].items():
+        modality, gate = GATE_FIELDS.get(asset, (None, ()))
+        for name, value in fields.items():
+            base = out.setdefault(asset, {}).get(name)
+            if name in gate and modality in champions and base is not None and stricter(value, base.value) != value:
+                out[asset][name] = Setting(base.value, f"{base.origin}; profile {profile} would loosen the gate "
+                                           f"of the {modality} champion to {value!r}")
+            else:
+                out[asset][name] = Setting(value, f"profile {profile}")
+    for asset, fields in (command or {}).items():
+        for name, value in fields.items():
+            out.setdefault(asset, {})[name] = Setting(value, "command line")
+    return out
+
+
+def run_config(settings: Mapping[str, Mapping[str, Setting]], ops: Iterable[str] | None = None) -> dict:
+    """Dagster run config: the settings that are not the defaults, for the ops (asset names) given."""
+    ops = None if ops is None else set(ops)
+    return {"ops": {asset: {"config": {name: s.value for name, s in fields.items() if s.origin != DEFAULT}}
+                    for asset, fields in settings.items()
+                    if (ops is None or asset in ops) and any(s.origin != DEFAULT for s in fields.values())}}

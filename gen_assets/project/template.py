@@ -1,0 +1,62 @@
+"""The commented gen_assets.yaml that `gen-assets init` writes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+TEMPLATE = """\
+# gen_assets project file: what this project is. `gen-assets run`, `retrain`, `promote`, `rollback`,
+# `make run`, the nightly schedule, the feedback sensor and the UI's launchpad all read it.
+# `gen-assets config` shows every effective setting and where it came from. Unknown keys are errors.
+# Relative paths are relative to this file's folder.
+
+images:                        # raw_images and clean_images (any field of their Config classes)
+  source: {images}
+  # labels: null               # an IDX labels file; inferred from the images file name when null
+  # image_size: null           # width and height; null: the most common size in the data
+  # channels: 1                # 1: grayscale, 3: RGB
+
+texts:                         # raw_texts and clean_texts
+  source: {texts}
+  # text_column: text          # for CSV / JSONL / Parquet sources
+  # category_column: category
+
+gate:                          # when a tuned candidate replaces the champion
+  image:                       # image_champion
+    # tolerance: 1.0           # FID at most this share above the champion's
+    # max_ratio_to_floor: 3.0  # and at most this multiple of the real-data floor (null: no bar)
+  text:                        # text_champion
+    # tolerance: 0.02          # val loss at most this share above the champion's
+    # max_val_loss: 2.5        # and at most this (null: no bar)
+# A profile (`--profile smoke|demo|full`) lays its settings over this file, but never loosens the gate
+# of a modality that has a champion: there the stricter of this file's value and the profile's applies.
+
+feedback:                      # when waiting ratings call for a retrain (feedback_sensor)
+  # min_new_ratings: {min_new_ratings}
+  # max_age_seconds: {max_age_seconds}
+
+schedules:                     # on (true) or off (false) without a visit to the UI
+  # nightly: false             # the whole graph at 02:00
+  # prune: false               # old checkpoints and batches at 04:00
+  # feedback_sensor: true      # retrain when ratings land
+
+assets:                        # any asset's Config fields, by asset name; e.g.
+  # image_generator: {{max_epochs: 120, arch: dcgan}}
+  # text_generator: {{n_layer: 6, max_iters: 5000}}
+"""
+
+
+def render(images: str | None = None, texts: str | None = None) -> str:
+    """The template with the given sources (paths made absolute) or the builtin ones."""
+    from gen_assets.feedback.pending import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MIN_NEW_RATINGS
+
+    def source(value: str | None, builtin: str) -> str:
+        if value is None:
+            return builtin
+        if ":" not in value.split("/", 1)[0]:  # a path given on the command line: relative to where it was given
+            value = os.path.abspath(os.path.expanduser(value))
+        return json.dumps(value)  # quoted: any path is valid YAML
+
+    return TEMPLATE.format(images=source(images, "builtin:digits"), texts=source(texts, "builtin:shakespeare"),
+                           min_new_ratings=DEFAULT_MIN_NEW_RATINGS, max_age_seconds=DEFAULT_MAX_AGE_SECONDS)
