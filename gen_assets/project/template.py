@@ -14,8 +14,10 @@ TEMPLATE = """\
 images:                        # raw_images and clean_images (any field of their Config classes)
   source: {images}
   # labels: null               # an IDX labels file; inferred from the images file name when null
-  # image_size: null           # width and height; null: the most common size in the data
-  # channels: 1                # 1: grayscale, 3: RGB
+  # image_size: null           # one side of the square images; null: the shorter side of the most common size
+  # channels: null             # 1: grayscale, 3: RGB; null: 3 when any image has colour, else 1
+  # resize: crop               # other sizes: crop (scale the short side, cut the middle), fit (stretch),
+                               # pad (scale the long side, black borders) or none (quarantine them)
 
 texts:                         # raw_texts and clean_texts
   source: {texts}

@@ -117,6 +117,13 @@ class TunedGeneratorConfig(dg.Config):
     seed: int = 0
 
 
+def no_targets(keep, frame, modality: str, what: str, advice: str) -> None:
+    """Fail with the reason when no fresh candidate can be a fine-tuning target."""
+    if not keep.any():
+        raise dg.Failure(f"tuned_{modality}_generator: none of the {len(frame)} fresh candidates is one {what}, "
+                         f"so there is nothing to tune towards: {advice}")
+
+
 def register_tuned(context, warehouse, artifacts, *, modality, base: ModelRef, reward: ModelRef, feedback: FeedbackRef,
                    model, key: str, code: str) -> dg.Output[ModelRef]:
     version, final, sha = save_versioned_model(artifacts.paths.models / modality, base.arch, base.arch, model.cpu(),
@@ -170,6 +177,8 @@ def tuned_image_generator(
                           "confidence": image_confidence(evaluator, cand_x, cand_y).numpy()})
     keep = ~frame["sample_id"].isin(curate(frame, k_per_category=1, min_confidence=config.min_confidence).dropped["sample_id"])
     keep_t = torch.from_numpy(keep.to_numpy().copy())
+    no_targets(keep.to_numpy(), frame, "image", f"the evaluator is at least {config.min_confidence:.0%} sure of",
+               "lower min_confidence in the tuned_image_generator config, or train the evaluator longer")
     weights = preference_weights(frame["reward"].to_numpy()[keep.to_numpy()], top_fraction=config.top_fraction)
     real_w = preference_weights(reward.predict(image_features(evaluator, real_x)))
     key = stable_key(image_generator.version, image_reward_model.version, config.model_dump(),
@@ -212,6 +221,8 @@ def tuned_text_generator(
                           "reward": reward.predict(text_features(texts, base, tokenizer, categories=cats)).numpy(),
                           "reason": text_flags(texts, blocklist=config.blocklist, train_ngrams=index)})
     keep = ~frame["sample_id"].isin(curate(frame, k_per_category=1).dropped["sample_id"]).to_numpy()
+    no_targets(keep, frame, "text", "pass the blocklist and copy checks on",
+               "check the blocklist, or generate more candidates_per_category")
     weights = preference_weights(frame["reward"].to_numpy()[keep], top_fraction=config.top_fraction)
     rng = np.random.default_rng(config.seed)
     real_docs = []
