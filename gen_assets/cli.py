@@ -28,15 +28,17 @@ def prepare_dagster_home(paths: Paths) -> Path:
     return home
 
 
-def champions_in(paths: Paths, modalities: set[str]) -> set[str]:
-    """The modalities of these that have a champion (their gate a profile may not loosen)."""
+def champions_in(paths: Paths, modalities: set[str], profile: str) -> set[str]:
+    """The modalities of these whose champion was decided under another profile's gate (or the project's):
+    `profile` may not loosen their gate."""
     from gen_assets.store import registry
     from gen_assets.store import warehouse as wh
 
     if not modalities or not paths.warehouse.exists():
         return set()
     with wh.connect(paths.warehouse, read_only=True, artifacts=paths.artifacts_location) as con:
-        return {m for m in modalities if registry.champion(con, m) is not None}
+        champions = {m: registry.champion(con, m) for m in modalities}
+    return {m for m, c in champions.items() if c is not None and c["gate_profile"] != profile}
 
 
 def execute(job_name: str, profile: str, modality: str, verbose: bool, asset_selection: list[str] | None = None,
@@ -62,7 +64,7 @@ def execute(job_name: str, profile: str, modality: str, verbose: bool, asset_sel
     job = defs.resolve_job_def(job_name)
     selection = [dg.AssetKey(key) for key in asset_selection] if asset_selection else None
     ops = set(asset_selection) if asset_selection else set(job.graph.node_dict)
-    champions = champions_in(paths, {modality for asset, (modality, _) in GATE_FIELDS.items() if asset in ops})
+    champions = champions_in(paths, {modality for asset, (modality, _) in GATE_FIELDS.items() if asset in ops}, profile)
     run_config = project.run_config(ops, profile, champions, config)
     # the terminal shows progress and results; every event, debug ones too, is in the instance for the UI
     run_config["loggers"] = {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}
@@ -341,7 +343,7 @@ def effective_settings(args: argparse.Namespace) -> dict:
     for name, section in (("feedback", sections.feedback), ("schedules", sections.schedules)):
         for key in type(section).model_fields:
             general[f"{name}.{key}"] = (getattr(section, key), PROJECT if key in section.model_fields_set else DEFAULT)
-    champions = champions_in(paths, {modality for modality, _ in GATE_FIELDS.values()})
+    champions = champions_in(paths, {modality for modality, _ in GATE_FIELDS.values()}, args.profile)
     settings = project.settings(args.profile, champions)
     return {"profile": args.profile,
             "general": {k: {"value": v, "origin": o} for k, (v, o) in general.items()},

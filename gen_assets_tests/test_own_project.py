@@ -39,18 +39,19 @@ def test_the_projects_data_sticks_and_smoke_does_not_replace_its_champion(tmp_pa
     monkeypatch.setenv("GEN_ASSETS_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))
     monkeypatch.delenv("GEN_ASSETS_PROJECT", raising=False)
-    # a gate no model meets: only a first champion (smoke's gate, nothing to protect yet) gets through
-    project = "images: {source: colours, channels: 3}\ngate:\n  image: {max_ratio_to_floor: 1.0e-6}\n"
+    # (a 4-epoch evaluator is rarely 90% sure of a sample: curation and tuning may pick any)
+    project = ("images: {source: colours, channels: 3}\n"
+               "assets:\n  tuned_image_generator: {min_confidence: 0.0}\n  curated_images: {min_confidence: 0.0}\n")
     (home / "gen_assets.yaml").write_text(project)
 
     assert cli.main(["run", "--modality", "image", "--profile", "smoke"]) == 0
     first = champion(home)
     assert sources(home) == [str(home / "colours")]
 
-    # the same command again, with another seed so the candidate differs: smoke's gate (tolerance 10, no
-    # bar) would promote it; the project's gate, which smoke may not loosen, refuses it
-    # (and tuning may pick any sample: a 4-epoch evaluator is never 90% sure of one)
-    project += "assets:\n  image_generator: {seed: 1}\n  tuned_image_generator: {min_confidence: 0.0}\n"
+    # the user sets a gate no model meets, and runs again with another seed so the candidate differs:
+    # smoke's gate (tolerance 10, no bar) would promote it; the project's own gate, which no profile may
+    # loosen, refuses it
+    project += "  image_generator: {seed: 1}\ngate:\n  image: {max_ratio_to_floor: 1.0e-6}\n"
     (home / "gen_assets.yaml").write_text(project)
     assert cli.main(["run", "--modality", "image", "--profile", "smoke"]) == 0
     assert sources(home) == [str(home / "colours")] * 2, "no run re-collects builtin:digits"

@@ -3,11 +3,13 @@
 Layers, later wins: the Config classes' defaults < the project file < the run's profile (smoke / demo /
 full, gen_assets.settings.PROFILES) < what the command itself sets (a person's promote / rollback).
 
-The one exception is the gate. A profile may tighten the champion's tolerances but never loosen them
-once the modality has a champion: for tolerance, max_ratio_to_floor and max_val_loss the stricter of the
-project's value (file or default) and the profile's applies (None, no bar, is the loosest). So
-`--profile smoke` still crowns a first champion on a fresh home, but its barely trained candidates
-cannot replace a real champion through smoke's loose gate.
+The one exception is the gate (tolerance, max_ratio_to_floor, max_val_loss; None, no bar, is the loosest).
+A profile may tighten it, but it never loosens
+- a value the project file sets: the user's gate holds under every profile;
+- the gate of a champion decided under another profile's gate (or the project's: a schedule, the sensor,
+  the UI): the stricter of the project's value (file or default) and the profile's applies.
+So `--profile smoke` crowns a first champion on a fresh home and keeps replacing its own smoke champions,
+but its barely trained candidates cannot replace a real champion through smoke's loose gate.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ def stricter(a: float | None, b: float | None) -> float | None:
 def effective_config(defaults: Mapping[str, Mapping[str, Any]], project: Mapping[str, Mapping[str, Any]],
                      profile: str = "demo", champions: Iterable[str] = (),
                      command: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Setting]]:
-    """Asset name -> field -> Setting. champions: the modalities that have a champion (their gate is kept
-    at least as strict as the project's)."""
+    """Asset name -> field -> Setting. champions: the modalities whose champion was decided under another
+    gate than this profile's (their gate is kept at least as strict as the project's)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     champions = set(champions)
@@ -58,9 +60,11 @@ def effective_config(defaults: Mapping[str, Mapping[str, Any]], project: Mapping
         modality, gate = GATE_FIELDS.get(asset, (None, ()))
         for name, value in fields.items():
             base = out.setdefault(asset, {}).get(name)
-            if name in gate and modality in champions and base is not None and stricter(value, base.value) != value:
-                out[asset][name] = Setting(base.value, f"{base.origin}; profile {profile} would loosen the gate "
-                                           f"of the {modality} champion to {value!r}")
+            protected = base is not None and (base.origin == PROJECT or modality in champions)
+            if name in gate and protected and stricter(value, base.value) != value:
+                whose = "the project file's gate" if base.origin == PROJECT else f"the gate of the {modality} champion"
+                out[asset][name] = Setting(base.value, f"{base.origin}; profile {profile} would loosen {whose} "
+                                           f"to {value!r}")
             else:
                 out[asset][name] = Setting(value, f"profile {profile}")
     for asset, fields in (command or {}).items():

@@ -24,7 +24,8 @@ import duckdb
 from gen_assets.store.warehouse import define_generated_view, ensure_schema, now, rollback_quietly
 
 MODEL_COLUMNS = ("model_version", "modality", "arch", "status", "created_at", "checkpoint_path", "checkpoint_sha",
-                 "config", "input_versions", "feedback_version", "details", "key_metric", "key_value", "pruned_at")
+                 "config", "input_versions", "feedback_version", "details", "key_metric", "key_value", "pruned_at",
+                 "gate_profile")
 
 
 def _model_dict(row: tuple) -> dict[str, Any]:
@@ -141,6 +142,13 @@ def record_metrics(
     ts = now()
     rows = [(model_version, modality, k, float(v), batch_id, ts) for k, v in metrics.items()]
     con.executemany("INSERT INTO metrics_history VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
+def record_gate_profile(con: duckdb.DuckDBPyConnection, model_version: str, profile: str) -> None:
+    """Remember under which profile's gate a champion was decided (models.gate_profile, which registering the
+    model again leaves alone): a later run under another profile may not loosen that gate
+    (gen_assets.project.effective)."""
+    con.execute("UPDATE models SET gate_profile = ? WHERE model_version = ?", [profile, model_version])
 
 
 def record_key_metric(con: duckdb.DuckDBPyConnection, model_version: str, key_metric: str, value: float) -> None:

@@ -58,6 +58,7 @@ ALTER TABLE models ADD COLUMN IF NOT EXISTS key_metric VARCHAR;         -- promo
 ALTER TABLE models ADD COLUMN IF NOT EXISTS key_value DOUBLE;           -- its value at the last check
 ALTER TABLE models ADD COLUMN IF NOT EXISTS pruned_at TIMESTAMP;        -- checkpoint file removed (retention)
 ALTER TABLE models ADD COLUMN IF NOT EXISTS registered_at TIMESTAMP;    -- last registered (a reused model again)
+ALTER TABLE models ADD COLUMN IF NOT EXISTS gate_profile VARCHAR;       -- the profile whose gate made it champion
 CREATE TABLE IF NOT EXISTS promotions (
     modality         VARCHAR NOT NULL,
     action           VARCHAR NOT NULL,   -- promote (the check, or a person) | rollback | refuse

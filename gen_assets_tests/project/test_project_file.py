@@ -182,7 +182,8 @@ def test_config_shows_each_setting_and_where_it_came_from(project_home, monkeypa
     assert assets["raw_images"]["labels"] == {"value": None, "origin": "default"}
     assert assets["image_generator"]["max_epochs"] == {"value": 8, "origin": "profile smoke"}
     assert assets["image_generator"]["patience"]["origin"] == "profile smoke"
-    assert assets["image_champion"]["tolerance"] == {"value": 10.0, "origin": "profile smoke"}, "no champion yet"
+    assert assets["image_champion"]["tolerance"] == {  # the user's own gate holds under every profile
+        "value": 0.25, "origin": "project file; profile smoke would loosen the project file's gate to 10.0"}
 
     assert cli.main(["config"]) == 0
     text = capsys.readouterr().out
@@ -197,3 +198,34 @@ def test_no_project_file_is_the_defaults(tmp_path, monkeypatch):
     assert "raw_images" not in defs.resolve_job_def("image_job").run_config.get("ops", {})
     assert defs.resolve_sensor_def("feedback_sensor").default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resolve_schedule_def("nightly_schedule").default_status == dg.DefaultScheduleStatus.STOPPED
+
+
+def test_the_project_files_gate_holds_under_every_profile_and_smoke_may_replace_its_own_champions():
+    defaults = {"image_champion": {"tolerance": 1.0, "max_ratio_to_floor": 3.0}}
+    mine = effective_config(defaults, {"image_champion": {"max_ratio_to_floor": 2.0}}, "smoke", champions=())
+    assert mine["image_champion"]["max_ratio_to_floor"].value == 2.0, "the user's own bar, even before a champion"
+    assert "the project file's gate" in mine["image_champion"]["max_ratio_to_floor"].origin
+    assert mine["image_champion"]["tolerance"].value == 10.0, "a default the profile may loosen on a smoke home"
+
+
+def test_a_champion_remembers_the_gate_it_was_decided_under(tmp_path, monkeypatch):
+    """cli.champions_in: a champion decided under smoke's gate does not protect itself from smoke; one decided
+    under the demo profile (or the project's, by a schedule) does."""
+    import duckdb
+
+    from gen_assets.settings import Paths
+    from gen_assets.store import registry
+
+    monkeypatch.setenv("GEN_ASSETS_HOME", str(tmp_path))
+    paths = Paths.from_env().ensure()
+    with duckdb.connect(str(paths.warehouse)) as con:
+        registry.register_model(con, model_version="dcgan-1", modality="image", arch="dcgan", config={},
+                                input_versions={}, checkpoint_path="models/image/dcgan-1.pt", checkpoint_sha="1")
+        registry.promote(con, "dcgan-1", actor="t", reason="first")
+        registry.record_gate_profile(con, "dcgan-1", "smoke")
+    assert cli.champions_in(paths, {"image", "text"}, "smoke") == set()
+    assert cli.champions_in(paths, {"image"}, "demo") == {"image"}
+    with duckdb.connect(str(paths.warehouse)) as con:
+        registry.record_gate_profile(con, "dcgan-1", "demo")
+        assert registry.champion(con, "image")["gate_profile"] == "demo"
+    assert cli.champions_in(paths, {"image"}, "smoke") == {"image"}

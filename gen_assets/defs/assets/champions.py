@@ -31,6 +31,9 @@ IMAGE_CHAMPION_CODE = ("gen_assets.rules.promotion", "gen_assets.models.dcgan", 
 TEXT_CHAMPION_CODE = ("gen_assets.rules.promotion", "gen_assets.models.gpt", "gen_assets.training.text_data")
 
 
+PROJECT_GATE = "project"  # the gate_profile of a champion decided by a run that names no profile
+
+
 class PersonDecision(dg.Config):
     """Set by `gen-assets promote` / `rollback` (or in the launchpad): a person decides instead of the rule."""
 
@@ -110,6 +113,11 @@ def settle(context: dg.AssetExecutionContext, config: PersonDecision, warehouse:
         decision = ("promoted" if outcome.promoted else
                     "kept" if outcome.champion["model_version"] == candidate.version else "refused")
     champion = outcome.champion
+    if decision in ("promoted", "by hand"):
+        # a run without a profile (a schedule, the sensor, the UI) is decided under the project's own gate
+        with warehouse.get_connection() as con:
+            registry.record_gate_profile(con, champion["model_version"],
+                                         context.run.tags.get("gen_assets/profile", PROJECT_GATE))
     verb = {"promoted": "promoted", "kept": "is the champion already", "refused": "refused, the champion stays",
             "by hand": "decided by a person"}[decision]
     context.log.info(f"{modality} champion {champion['model_version']}; candidate {candidate.version} {verb}: "

@@ -55,7 +55,11 @@ def record(context, warehouse: DuckDBResource, *, asset: str, modality: str, bat
              "reason": r.reason} for r in dropped.itertuples()
         ])
     context.log.info(f"{asset}: kept {len(curated)} of {batch.n_samples}, dropped {len(dropped)} (scored by {scored_by})")
-    reasons = dropped["reason"].str.split(":").str[0].value_counts().to_dict() if len(dropped) else {}
+    # counted by kind: "evaluator confidence 0.279 < 0.9" and "... 0.281 < 0.9" are one kind
+    reasons = {}
+    if len(dropped):
+        kinds = dropped["reason"].astype(str).str.split(":").str[0].str.replace(r" [-+0-9.e]+ <", " <", regex=True)
+        reasons = kinds.value_counts().to_dict()
     if curated.empty:
         counts = ", ".join(f"{int(v)} {k}" for k, v in reasons.items()) or "none dropped"
         raise dg.Failure(
