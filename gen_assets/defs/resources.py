@@ -12,7 +12,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from gen_assets.settings import Paths
-from gen_assets.store.files import prepare_connection
+from gen_assets.store.warehouse import bind_connection
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -84,14 +84,15 @@ DUCKDB_ENV = {  # DuckDB setting -> the environment variable that sets it on eve
 
 class Warehouse(DuckDBResource):
     """The DuckDB warehouse: a DuckDBResource whose every connection can read the artifacts at a URL
-    (GEN_ASSETS_ARTIFACTS), which the `generated` view and the snapshot reads need."""
+    (GEN_ASSETS_ARTIFACTS), which the `generated` view and the snapshot reads need, and is bound to the
+    home's artifacts root, against which the stored artifact paths are relative (store/locations.py)."""
 
     artifacts_url: str | None = None
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with super().get_connection() as con:
-            prepare_connection(con, self.artifacts_url)
+            bind_connection(con, self.database, self.artifacts_url)
             yield con
 
 
