@@ -37,6 +37,7 @@ def execute(job_name: str, profile: str, verbose: bool, asset_selection: list[st
     import dagster as dg
 
     from gen_assets.definitions import build_definitions
+    from gen_assets.defs.stale_runs import start_runs
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)  # DataVersion on outputs: used on purpose
     paths = Paths.from_env()
@@ -52,7 +53,8 @@ def execute(job_name: str, profile: str, verbose: bool, asset_selection: list[st
     print(f"gen-assets: running {job.name} with the {profile} profile; home {paths.home}", flush=True)
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
-            run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection
+            run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection,
+            tags=start_runs(instance),  # fails the runs whose process died; tags this run with its pid
         )
     refused = [ev for ev in result.get_asset_check_evaluations() if not ev.passed]
     for ev in refused:

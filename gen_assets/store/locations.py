@@ -99,6 +99,15 @@ def to_stored(path: Location | str, root: Location | str | None) -> str:
     return rel
 
 
+def to_stored_if_inside(value: str | None, root: Location | str | None) -> str | None:
+    """For a column that names artifact files and other things (quarantine.source: a batch file, or a
+    raw data source): relative to `root` when it is an artifact file there, else as given."""
+    if value is None or root is None or not is_absolute(value):
+        return value
+    rel = _relative(value, root)
+    return value if rel is None else rel
+
+
 def _join(root: Location | str, rel: str) -> str:
     return _text(root) + "/" + rel
 

@@ -536,6 +536,12 @@ def migrate_stored_paths(con: duckdb.DuckDBPyConnection, root: Location) -> tupl
                     continue
                 con.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", [relative, row_key])
                 migrated += 1
+        # quarantine.source names a batch file (curation) or a raw data source: only artifact files change
+        for (source,) in con.execute(f"SELECT DISTINCT source FROM quarantine WHERE {_absolute_where('source')}").fetchall():
+            relative = locations.to_stored_if_inside(locations.resolve(source, root), root)
+            if relative != source and not locations.is_absolute(relative):
+                migrated += con.execute("UPDATE quarantine SET source = ? WHERE source = ?",
+                                        [relative, source]).fetchone()[0]
         refresh_generated_view(con)
         con.execute("INSERT INTO path_migrations VALUES (?, ?, ?, ?)", [now(), str(root), migrated, left])
         con.execute("COMMIT")

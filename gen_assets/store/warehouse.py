@@ -288,11 +288,12 @@ def define_curated_view(con: duckdb.DuckDBPyConnection) -> None:
 def insert_quarantine(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping]) -> int:
     """Append quarantined rows (dicts with the quarantine columns; quarantined_at defaults to now)."""
     ts = now()
+    root = locations.bound_root(con)  # a batch file as source is stored relative, like every artifact path
     data = [
         (
             r["asset"],
             r.get("snapshot_version"),
-            r.get("source"),
+            locations.to_stored_if_inside(r.get("source"), root),
             None if r.get("row_id") is None else str(r["row_id"]),
             r["reason"],
             r.get("content_hash"),
