@@ -80,10 +80,10 @@ def start_runs(instance: dg.DagsterInstance) -> dict[str, str]:
 
 
 def fail_dead_runs_of_current_instance() -> list[str]:
-    """`fail_dead_runs` on the instance of DAGSTER_HOME, when there is one (the definitions start);
+    """`fail_dead_runs` on the instance of DAGSTER_HOME, when it exists (the definitions start);
     best effort: a problem is logged, never keeps the definitions from loading."""
-    if not os.environ.get("DAGSTER_HOME"):
-        return []
+    if not os.path.isdir(os.environ.get("DAGSTER_HOME") or ""):
+        return []  # no instance here yet: nothing ran
     try:
         with dg.DagsterInstance.get() as instance:
             return fail_dead_runs(instance)
