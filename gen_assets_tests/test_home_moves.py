@@ -113,3 +113,20 @@ def test_prune_in_a_copy_leaves_the_original_alone(smoke_home, tmp_path, capsys,
     assert sorted(p.relative_to(original) for p in (original / "artifacts").rglob("*") if p.is_file()) == before
     with wh.connect(original / "warehouse.duckdb", read_only=True) as con:
         assert con.execute("SELECT count(*) FROM batches WHERE batch_id = 'image-old'").fetchone()[0] == 1
+
+
+def test_handles_stored_before_a_move_name_the_files_of_the_new_home(tmp_path):
+    """What a partial run (`gen-assets retrain`, a materialization in the UI) loads from the IO manager:
+    handles pickled at the old place name the files at the new one."""
+    from gen_assets.defs.handles import ModelRef
+    from gen_assets.defs.resources import rebase_handle
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    model = new / "artifacts" / "models" / "image" / "evaluator-1.pt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"weights")
+    ref = ModelRef("image", "evaluator", "evaluator-1", str(old / "artifacts" / "models" / "image" / "evaluator-1.pt"),
+                   "sha")
+    assert rebase_handle(ref, new / "artifacts") == ModelRef("image", "evaluator", "evaluator-1", str(model), "sha")
+    gone = ModelRef("image", "evaluator", "evaluator-2", str(old / "artifacts" / "models" / "image" / "gone.pt"), "s")
+    assert rebase_handle(gone, new / "artifacts") == gone  # not in the new home: left as it was
