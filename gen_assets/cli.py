@@ -54,6 +54,7 @@ def execute(job_name: str, profile: str, modality: str, verbose: bool, asset_sel
 
     from gen_assets.definitions import build_definitions, project_for
     from gen_assets.defs.jobs import run_tags
+    from gen_assets.defs.stale_runs import start_runs
     from gen_assets.project.effective import GATE_FIELDS
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)  # DataVersion on outputs: used on purpose
@@ -73,7 +74,8 @@ def execute(job_name: str, profile: str, modality: str, verbose: bool, asset_sel
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
             run_config=run_config, instance=instance, raise_on_error=False, asset_selection=selection,
-            tags=run_tags(profile, modality),
+            # start_runs fails the runs whose process died and tags this run with its pid
+            tags={**start_runs(instance), **run_tags(profile, modality)},
         )
     refused = [ev for ev in result.get_asset_check_evaluations() if not ev.passed]
     for ev in refused:

@@ -12,6 +12,7 @@ from gen_assets.defs.project import Project, job_run_config, load_project
 from gen_assets.defs.resources import build_resources
 from gen_assets.defs.schedules import schedules_for
 from gen_assets.defs.sensors import FeedbackPolicy, build_feedback_sensor, regeneration_sensor
+from gen_assets.defs.stale_runs import fail_dead_runs_of_current_instance
 from gen_assets.settings import Paths, timezone_from_env
 
 ASSET_MODULES = [raw, clean, trained, human_feedback, tuned, champions, generated, curated, evaluated]
@@ -62,3 +63,4 @@ def build_definitions(paths: Paths | None = None, timezone: str | None = None) -
 
 
 defs = build_definitions()
+fail_dead_runs_of_current_instance()  # a run killed mid-way is failed, not STARTED forever

@@ -11,6 +11,8 @@ import pytest
 from upath import UPath
 
 from gen_assets import cli
+from gen_assets.store import registry
+from gen_assets.store import warehouse as wh
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +45,19 @@ def test_artifacts_land_at_the_url_and_nothing_else_under_home(url_run):
 def test_registry_and_batches_record_urls_that_duckdb_reads(url_run):
     home, remote, url, _ = url_run
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
-        (path,) = con.execute("SELECT checkpoint_path FROM models WHERE arch = 'gpt' AND status = 'champion'").fetchone()
-        assert path.startswith(url + "/models/text/") and UPath(path).is_file()
+        # stored relative to the URL (store/locations.py) ...
+        (stored,) = con.execute("SELECT checkpoint_path FROM models WHERE arch = 'gpt' AND status = 'champion'").fetchone()
+        assert stored.startswith("models/text/")
         batch_paths = [r[0] for r in con.execute("SELECT path FROM batches").fetchall()]
-        assert batch_paths and all(p.startswith(url + "/batches/text/") for p in batch_paths)
+        assert batch_paths and all(p.startswith("batches/text/") for p in batch_paths)
         # a fresh connection reads the generated view over the batch files at the URL
         assert con.execute("SELECT count(*) FROM generated WHERE modality = 'text'").fetchone()[0] == 24
         assert con.execute("SELECT count(*) FROM clean_texts").fetchone()[0] > 1000
+    with wh.connect(home / "warehouse.duckdb", read_only=True, artifacts=url) as con:
+        # ... and read as URLs
+        path = registry.champion(con, "text")["checkpoint_path"]
+        assert path == f"{url}/{stored}" and UPath(path).is_file()
+        assert all(b[1].startswith(url + "/batches/text/") for b in registry.batches_by_age(con))
 
 
 def test_second_run_reuses_the_models_at_the_url(url_run):

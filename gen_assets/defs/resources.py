@@ -1,5 +1,7 @@
-"""Resources: the DuckDB warehouse, the artifact store under GEN_ASSETS_HOME, and the Lightning trainer."""
+"""Resources: the DuckDB warehouse, the artifact store under GEN_ASSETS_HOME, the Lightning trainer, and
+the IO manager that keeps the handles passed between assets under GEN_ASSETS_HOME/dagster_home/storage."""
 
+import dataclasses
 import os
 import sys
 from collections.abc import Iterator
@@ -9,10 +11,12 @@ from pathlib import Path
 import duckdb
 
 import dagster as dg
+from dagster._core.storage.fs_io_manager import PickledObjectFilesystemIOManager
 from dagster_duckdb import DuckDBResource
 
 from gen_assets.settings import Paths
-from gen_assets.store.files import prepare_connection
+from gen_assets.store import locations
+from gen_assets.store.warehouse import bind_connection
 from gen_assets.training.fit import LOGGERS
 
 
@@ -97,7 +101,8 @@ DUCKDB_ENV = {  # DuckDB setting -> the environment variable that sets it on eve
 
 class Warehouse(DuckDBResource):
     """The DuckDB warehouse: a DuckDBResource whose every connection can read the artifacts at a URL
-    (GEN_ASSETS_ARTIFACTS), which the `generated` view and the snapshot reads need."""
+    (GEN_ASSETS_ARTIFACTS), which the `generated` view and the snapshot reads need, and is bound to the
+    home's artifacts root, against which the stored artifact paths are relative (store/locations.py)."""
 
     artifacts_url: str | None = None
 
@@ -105,7 +110,7 @@ class Warehouse(DuckDBResource):
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with super().get_connection() as con:
             try:
-                prepare_connection(con, self.artifacts_url)
+                bind_connection(con, self.database, self.artifacts_url)
                 yield con
             finally:  # DuckDBResource closes it only when the block succeeds: a failed step must not keep the file
                 con.close()
@@ -121,10 +126,45 @@ def warehouse_from_env(paths: Paths) -> Warehouse:
     return Warehouse(database=str(paths.warehouse), connection_config=config, artifacts_url=paths.artifacts_location)
 
 
+HANDLE_PATH_FIELDS = ("path", "grid_path")  # the file fields of the handles (defs/handles.py, Snapshot)
+
+
+def rebase_handle(value, artifacts_root):
+    """A handle loaded from storage with its file paths placed in the current home: a handle stored
+    before the home was moved or copied names the old place (locations.resolve rebases it)."""
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return value
+    names = {f.name for f in dataclasses.fields(value)}
+    changes = {name: locations.resolve(getattr(value, name), artifacts_root)
+               for name in HANDLE_PATH_FIELDS if name in names and isinstance(getattr(value, name), str)}
+    return dataclasses.replace(value, **changes) if changes else value
+
+
+class HandleIOManager(PickledObjectFilesystemIOManager):
+    """Dagster's pickling IO manager; the handles it loads name files in the current home."""
+
+    def __init__(self, base_dir: str, artifacts_root: str):
+        super().__init__(base_dir=base_dir)
+        self.artifacts_root = artifacts_root
+
+    def load_from_path(self, context: dg.InputContext, path):
+        return rebase_handle(super().load_from_path(context, path), self.artifacts_root)
+
+
+class HomeIOManager(dg.ConfigurableIOManagerFactory):
+    """The handles passed between assets, pickled under <home>/dagster_home/storage."""
+
+    base_dir: str
+    artifacts_root: str
+
+    def create_io_manager(self, context) -> HandleIOManager:
+        return HandleIOManager(self.base_dir, self.artifacts_root)
+
+
 def build_resources(paths: Paths) -> dict:
     return {
         "warehouse": warehouse_from_env(paths),
         "artifacts": ArtifactStore(home=str(paths.home), artifacts_url=paths.artifacts_location),
         "trainer": trainer_from_env(),
-        "io_manager": dg.FilesystemIOManager(base_dir=str(paths.dagster_home / "storage")),
+        "io_manager": HomeIOManager(base_dir=str(paths.dagster_home / "storage"), artifacts_root=str(paths.artifacts)),
     }

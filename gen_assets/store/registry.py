@@ -10,28 +10,48 @@ promotion the rule refused, is a row of `promotions` with who and when. The cham
 which redefines the `generated` view), evaluation its metrics (`record_metrics`). Retention
 (store/retention.py) reads what it may prune here and marks it pruned with `mark_pruned`; the report,
 the review page and `gen-assets lineage` read here too.
+
+Artifact paths are stored relative to the artifacts root the connection is bound to and resolved
+against it when read (gen_assets.store.locations): every function here takes and returns absolute
+paths (or URLs). `migrate_stored_paths` rewrites an old warehouse's absolute paths once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 import duckdb
 
+from gen_assets.store import locations
+from gen_assets.store.files import Location
 from gen_assets.store.warehouse import define_generated_view, ensure_schema, now, rollback_quietly
+
+log = logging.getLogger(__name__)
 
 MODEL_COLUMNS = ("model_version", "modality", "arch", "status", "created_at", "checkpoint_path", "checkpoint_sha",
                  "config", "input_versions", "feedback_version", "details", "key_metric", "key_value", "pruned_at",
                  "gate_profile")
 
 
-def _model_dict(row: tuple) -> dict[str, Any]:
+def _resolve(con: duckdb.DuckDBPyConnection, stored: str | None) -> str | None:
+    """A stored artifact path as an absolute path or URL under the connection's artifacts root."""
+    return locations.resolve(stored, locations.bound_root(con))
+
+
+def _stored(con: duckdb.DuckDBPyConnection, path: str | None) -> str | None:
+    """An artifact path as stored: relative to the connection's artifacts root."""
+    return None if path is None else locations.to_stored(path, locations.bound_root(con))
+
+
+def _model_dict(con: duckdb.DuckDBPyConnection, row: tuple) -> dict[str, Any]:
     m = dict(zip(MODEL_COLUMNS, row, strict=True))
     for key in ("config", "input_versions", "details"):
         m[key] = json.loads(m[key]) if m[key] else {}
+    m["checkpoint_path"] = _resolve(con, m["checkpoint_path"])
     return m
 
 
@@ -40,7 +60,7 @@ def get_model(con: duckdb.DuckDBPyConnection, model_version: str) -> dict[str, A
     row = con.execute(f"SELECT {', '.join(MODEL_COLUMNS)} FROM models WHERE model_version = ?", [model_version]).fetchone()
     if row is None:
         raise KeyError(f"no model {model_version!r} in the registry")
-    return _model_dict(row)
+    return _model_dict(con, row)
 
 
 def champion(con: duckdb.DuckDBPyConnection, modality: str) -> dict[str, Any] | None:
@@ -48,7 +68,7 @@ def champion(con: duckdb.DuckDBPyConnection, modality: str) -> dict[str, Any] | 
     row = con.execute(
         f"SELECT {', '.join(MODEL_COLUMNS)} FROM models WHERE modality = ? AND status = 'champion'", [modality]
     ).fetchone()
-    return _model_dict(row) if row else None
+    return _model_dict(con, row) if row else None
 
 
 # -- registering models, batches and measurements ---------------------------------------------------------
@@ -90,7 +110,7 @@ def register_model(
             json.dumps(dict(input_versions)),
             input_versions.get("feedback"),
             json.dumps(dict(details or {}), default=str),
-            checkpoint_path,
+            _stored(con, checkpoint_path),
             checkpoint_sha,
             stamp,
             stamp,
@@ -120,7 +140,7 @@ def register_batch(
     try:
         con.execute(
             "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [batch_id, modality, model_version, path, grid_path, n_samples, now()],
+            [batch_id, modality, model_version, _stored(con, path), _stored(con, grid_path), n_samples, now()],
         )
         refresh_generated_view(con)
         con.execute("COMMIT")
@@ -255,7 +275,7 @@ def promotion_history(con: duckdb.DuckDBPyConnection, modality: str | None = Non
 def batches_by_age(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str | None, str, int, bool]]:
     """Every batch as (batch_id, path, grid_path, model_version, age, of_champion): age 1 is the newest
     batch of its modality; of_champion tells whether its model is the champion now."""
-    return con.execute(
+    rows = con.execute(
         """
         SELECT b.batch_id, b.path, b.grid_path, b.model_version,
                row_number() OVER (PARTITION BY b.modality ORDER BY b.created_at DESC, b.batch_id) AS age,
@@ -263,6 +283,7 @@ def batches_by_age(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str |
         FROM batches b LEFT JOIN models m USING (model_version)
         """
     ).fetchall()
+    return [(b, _resolve(con, path), _resolve(con, grid), v, age, champ) for b, path, grid, v, age, champ in rows]
 
 
 def unpruned_models(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str, dict, int]]:
@@ -277,7 +298,7 @@ def unpruned_models(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str,
         FROM models WHERE pruned_at IS NULL
         """
     ).fetchall()
-    return [(v, path, status, json.loads(inputs or "{}"), age) for v, path, status, inputs, age in rows]
+    return [(v, _resolve(con, path), status, json.loads(inputs or "{}"), age) for v, path, status, inputs, age in rows]
 
 
 def rollback_targets(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -365,11 +386,11 @@ def latest_models(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
         batch = con.execute(
             "SELECT path, grid_path FROM batches WHERE model_version = ? ORDER BY created_at DESC LIMIT 1", [version]
         ).fetchone()
-        artifacts = {"checkpoint": checkpoint}
+        artifacts = {"checkpoint": _resolve(con, checkpoint)}
         if batch:
-            artifacts["samples"] = batch[0]
+            artifacts["samples"] = _resolve(con, batch[0])
             if batch[1]:
-                artifacts["grid"] = batch[1]
+                artifacts["grid"] = _resolve(con, batch[1])
         models.append(
             {
                 "modality": modality,
@@ -407,7 +428,7 @@ def lineage(con: duckdb.DuckDBPyConnection, sample_id: str) -> dict[str, Any]:
             break
         inputs = json.loads(m[5] or "{}")
         models.append({"version": m[0], "arch": m[1], "status": m[2], "created_at": str(m[3]),
-                       "checkpoint": m[4], "inputs": inputs})
+                       "checkpoint": _resolve(con, m[4]), "inputs": inputs})
         if inputs.get("feedback"):
             feedback_versions.append(inputs["feedback"])
         version = inputs.get("base_model")
@@ -477,3 +498,67 @@ def registry_summary(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]
             "trend": metric_trend(con, modality),
         }
     return out
+
+
+# -- making an old warehouse's absolute paths relative (once) ------------------------------------------
+
+STORED_PATH_COLUMNS = (("models", "model_version", "checkpoint_path"), ("batches", "batch_id", "path"),
+                       ("batches", "batch_id", "grid_path"))
+
+
+def _absolute_where(column: str) -> str:
+    return f"({column} LIKE '/%' OR {column} LIKE '%://%' OR regexp_matches({column}, '^[A-Za-z]:[\\\\/]'))"
+
+
+def needs_path_migration(con: duckdb.DuckDBPyConnection) -> bool:
+    """True for a warehouse written before paths were relative: absolute artifact paths, never migrated."""
+    tables = {r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}
+    if "path_migrations" in tables and con.execute("SELECT count(*) FROM path_migrations").fetchone()[0]:
+        return False
+    return any(
+        con.execute(f"SELECT count(*) FROM {table} WHERE {_absolute_where(column)}").fetchone()[0]
+        for table, _, column in STORED_PATH_COLUMNS if table in tables
+    )
+
+
+def migrate_stored_paths(con: duckdb.DuckDBPyConnection, root: Location) -> tuple[int, list[str]]:
+    """Rewrite the absolute artifact paths of an old warehouse relative to `root`, in one transaction.
+
+    A path under `root` becomes relative to it; a path outside it (the home was moved before this
+    migration) is rebased when its part under "artifacts/" exists under `root`, else left as it is and
+    reported. The `generated` view is redefined and the migration recorded, so it happens once.
+    Returns (paths rewritten, paths left)."""
+    ensure_schema(con)
+    migrated, left = 0, []
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for table, key, column in STORED_PATH_COLUMNS:
+            rows = con.execute(f"SELECT {key}, {column} FROM {table} WHERE {_absolute_where(column)}").fetchall()
+            for row_key, stored in rows:
+                resolved = locations.resolve(stored, root)
+                try:
+                    relative = locations.to_stored(resolved, root)
+                except locations.OutsideHome:
+                    left.append(stored)
+                    continue
+                con.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", [relative, row_key])
+                migrated += 1
+        # quarantine.source names a batch file (curation) or a raw data source: only artifact files change
+        for (source,) in con.execute(f"SELECT DISTINCT source FROM quarantine WHERE {_absolute_where('source')}").fetchall():
+            relative = locations.to_stored_if_inside(locations.resolve(source, root), root)
+            if relative != source and not locations.is_absolute(relative):
+                migrated += con.execute("UPDATE quarantine SET source = ? WHERE source = ?",
+                                        [relative, source]).fetchone()[0]
+        refresh_generated_view(con)
+        con.execute("INSERT INTO path_migrations VALUES (?, ?, ?, ?)", [now(), str(root), migrated, left])
+        con.execute("COMMIT")
+    except BaseException:
+        rollback_quietly(con)
+        raise
+    message = f"migrated {migrated} stored paths to relative paths under the artifacts location {root}"
+    if left:
+        message += (f"; left {len(left)} absolute paths whose files are not in this home: "
+                    + ", ".join(left[:5]) + (" ..." if len(left) > 5 else ""))
+    log.warning(message)
+    return migrated, left

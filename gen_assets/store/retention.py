@@ -14,20 +14,22 @@ changes commit first and the files go after, so a crash in between leaves only o
 view that points at a missing file. Files the registry does not list (evaluators, reward models,
 tokenizers, raw snapshots) are left alone.
 
+Nothing outside the current home is ever deleted: the connection must be bound to its artifacts root
+(gen_assets.store.warehouse.connect), and a file or folder that resolves outside that root and the
+training folder is refused (`locations.OutsideHome`) before anything is changed.
+
 Pure module (DuckDB + files): no dagster import.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
-from gen_assets.store import registry
-from gen_assets.store.files import remove
+from gen_assets.store import locations, registry
 from gen_assets.store.warehouse import ensure_schema
 
 
@@ -91,17 +93,24 @@ def plan_pruning(con: duckdb.DuckDBPyConnection, training_root: Path, *, keep_mo
 
 def prune(con: duckdb.DuckDBPyConnection, training_root: Path, *, keep_models: int, keep_batches: int,
           dry_run: bool = False) -> PrunePlan:
-    """Apply `plan_pruning`: registry and batch rows in one transaction, then the files."""
+    """Apply `plan_pruning`: registry and batch rows in one transaction, then the files.
+
+    Refused (OutsideHome, nothing changed) when the connection has no artifacts root or a file to remove
+    lies outside it and `training_root`."""
     plan = plan_pruning(con, training_root, keep_models=keep_models, keep_batches=keep_batches)
     if dry_run or not (plan.models or plan.batches):
         return plan
+    root = locations.bound_root(con)
+    if root is None:
+        raise locations.OutsideHome("prune needs a warehouse connection bound to its home's artifacts "
+                                    "(gen_assets.store.warehouse.connect): it deletes nothing it cannot place")
+    roots = (root, Path(training_root))
+    files = [p for _, p in plan.models] + [f for _, p, g in plan.batches for f in (p, g) if f]
+    for path in [*files, *plan.training_dirs]:
+        locations.check_inside(path, roots)
     registry.mark_pruned(con, model_versions=[v for v, _ in plan.models], batch_ids=[b for b, _, _ in plan.batches])
-    for _, path in plan.models:
-        remove(path)
-    for _, path, grid in plan.batches:
-        for file in (path, grid):
-            if file:
-                remove(file)
+    for path in files:
+        locations.remove_inside(path, roots)
     for folder in plan.training_dirs:
-        shutil.rmtree(folder, ignore_errors=True)
+        locations.rmtree_inside(folder, roots)
     return plan

@@ -18,6 +18,11 @@ by `define_generated_view` and `define_curated_view`). Columns added after the f
 - feedback_files:  one row per ingested rating file content
 - feedback_versions: one row per feedback version (the feedback asset's data version): exactly which
                    ingested files it stands for
+- path_migrations: the one-time rewrite of an old warehouse's absolute artifact paths to relative ones
+
+Artifact paths (checkpoint_path, batch path and grid_path) are stored relative to the artifacts root and
+resolved against the current one when read (gen_assets.store.locations): a home can be moved or copied.
+`connect` binds each connection to its artifacts root, and migrates an old warehouse once.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
+from pathlib import Path
 
 import duckdb
 
-from gen_assets.store.files import duckdb_source, prepare_connection
+from gen_assets.store import locations
+from gen_assets.store.files import Location, duckdb_source, location, prepare_connection
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -114,6 +121,12 @@ CREATE TABLE IF NOT EXISTS feedback_files (
     rows_quarantined INTEGER NOT NULL,
     ingested_at      TIMESTAMP NOT NULL
 );
+CREATE TABLE IF NOT EXISTS path_migrations (
+    migrated_at TIMESTAMP NOT NULL,
+    artifacts   VARCHAR NOT NULL,        -- the artifacts root the paths were made relative to
+    migrated    INTEGER NOT NULL,        -- stored paths rewritten
+    left_as_is  VARCHAR[] NOT NULL       -- absolute paths outside the home whose file is not in it
+);
 CREATE TABLE IF NOT EXISTS feedback_versions (
     feedback_version VARCHAR PRIMARY KEY,  -- what models.input_versions["feedback"] names
     file_shas        VARCHAR[] NOT NULL,   -- its ingested files (feedback_files.file_sha), sorted
@@ -127,16 +140,78 @@ CURATED_VIEW = (
 )
 
 
+def artifacts_root(database: str | os.PathLike, artifacts: str | None) -> Location:
+    """The artifacts root of the home whose warehouse is `database`: `artifacts` (GEN_ASSETS_ARTIFACTS,
+    a folder or URL) when given, else the home's own folder (settings.Paths.artifacts)."""
+    if artifacts:
+        return location(artifacts)
+    return Path(os.path.abspath(database)).parent / locations.ARTIFACTS_DIR
+
+
 def connect(database: str | os.PathLike, *, read_only: bool = False, artifacts: str | None = None,
             config: dict | None = None) -> duckdb.DuckDBPyConnection:
-    """A connection to the warehouse file that can also read the artifacts at `artifacts` (a URL)."""
+    """A connection to the warehouse file that can also read the artifacts at `artifacts` (a URL), bound
+    to the home's artifacts root (gen_assets.store.locations.bind).
+
+    An old warehouse (absolute artifact paths) is migrated first, once: by this connection when it may
+    write, else by a short writing one (skipped while another process holds the file; the paths are
+    still resolved when read)."""
+    root = artifacts_root(database, artifacts)
+    con = _open(database, read_only, artifacts, config, root)
+    if not read_only:
+        try:
+            _migrate_if_needed(con, root)
+        except BaseException:
+            con.close()
+            raise
+        return con
+    try:
+        needed = _needs_migration(con)
+    except BaseException:
+        con.close()
+        raise
+    if needed:
+        con.close()
+        try:
+            with _open(database, False, artifacts, config, root) as writer:
+                _migrate_if_needed(writer, root)
+        except (duckdb.IOException, duckdb.ConnectionException):
+            pass  # another process writes the file; it migrates it (every writing connection checks)
+        con = _open(database, True, artifacts, config, root)
+    return con
+
+
+def _open(database, read_only: bool, artifacts: str | None, config: dict | None, root: Location):
     con = duckdb.connect(str(database), read_only=read_only, config=config or {})
     try:
         prepare_connection(con, artifacts)
+        locations.bind(con, root)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def _needs_migration(con: duckdb.DuckDBPyConnection) -> bool:
+    from gen_assets.store import registry  # registry builds on this module
+
+    return registry.needs_path_migration(con)
+
+
+def _migrate_if_needed(con: duckdb.DuckDBPyConnection, root: Location) -> None:
+    from gen_assets.store import registry
+
+    if registry.needs_path_migration(con):
+        registry.migrate_stored_paths(con, root)
+
+
+def bind_connection(con: duckdb.DuckDBPyConnection, database: str | os.PathLike, artifacts: str | None) -> None:
+    """What `connect` does to a connection opened elsewhere (Dagster's DuckDBResource): make the
+    artifacts readable, bind the artifacts root, migrate an old warehouse once."""
+    root = artifacts_root(database, artifacts)
+    prepare_connection(con, artifacts)
+    locations.bind(con, root)
+    _migrate_if_needed(con, root)
 
 
 def now() -> datetime:
@@ -161,12 +236,27 @@ def sql_literal(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+def stored_file_sql(con: duckdb.DuckDBPyConnection, stored: str) -> str:
+    """SQL for the file DuckDB reads for a stored artifact path.
+
+    A relative path is resolved when the view is READ, against the reading connection's artifacts root
+    (the variable `locations.bind` sets), so a moved or copied home reads its own files; a connection
+    nobody bound (the duckdb shell, say) falls back to the root the view was defined with. An absolute
+    path (left by a migration) is read as it is."""
+    if locations.is_absolute(stored):
+        return sql_literal(duckdb_source(con, stored))
+    root = locations.bound_root(con)
+    fallback = sql_literal(duckdb_source(con, root)) if root is not None else sql_literal(locations.ARTIFACTS_DIR)
+    return f"coalesce(getvariable('{locations.ROOT_VARIABLE}'), {fallback}) || {sql_literal('/' + stored)}"
+
+
 def define_generated_view(con: duckdb.DuckDBPyConnection, batch_files: Iterable[tuple[str, str]]) -> None:
-    """(Re)define `generated` over the given (modality, Parquet path) batch files, in that order.
+    """(Re)define `generated` over the given (modality, stored Parquet path) batch files, in that order.
 
     `content` is BLOB for all of them (PNG bytes, or the UTF-8 bytes of a text); `text` holds a text
     sample as a string (NULL for images), so text is readable in SQL without decoding. The batch files
-    come from the registry (gen_assets.store.registry.refresh_generated_view).
+    come from the registry (gen_assets.store.registry.refresh_generated_view), relative to the artifacts
+    root (see `stored_file_sql`).
     """
     by_modality: dict[str, list[str]] = {}
     for modality, path in batch_files:
@@ -175,7 +265,7 @@ def define_generated_view(con: duckdb.DuckDBPyConnection, batch_files: Iterable[
     selects = []
     for modality, paths in sorted(by_modality.items()):
         # a batch at a URL: its filesystem made readable on this connection (see store/files.py)
-        files = "[" + ", ".join(sql_literal(duckdb_source(con, p)) for p in paths) + "]"
+        files = "[" + ", ".join(stored_file_sql(con, p) for p in paths) + "]"
         if modality == "text":
             content = "encode(content) AS content, content AS text"
         else:
@@ -199,11 +289,12 @@ def define_curated_view(con: duckdb.DuckDBPyConnection) -> None:
 def insert_quarantine(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping]) -> int:
     """Append quarantined rows (dicts with the quarantine columns; quarantined_at defaults to now)."""
     ts = now()
+    root = locations.bound_root(con)  # a batch file as source is stored relative, like every artifact path
     data = [
         (
             r["asset"],
             r.get("snapshot_version"),
-            r.get("source"),
+            locations.to_stored_if_inside(r.get("source"), root),
             None if r.get("row_id") is None else str(r["row_id"]),
             r["reason"],
             r.get("content_hash"),

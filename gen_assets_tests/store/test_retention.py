@@ -7,7 +7,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from gen_assets.store import registry, retention
+from gen_assets.store import locations, registry, retention
 from gen_assets.store import warehouse as wh
 from gen_assets.store.batches import batch_table, write_batch
 from gen_assets.store.samples import replace_curated
@@ -15,7 +15,7 @@ from gen_assets.store.samples import replace_curated
 
 @pytest.fixture
 def home(tmp_path):
-    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con = wh.connect(tmp_path / "w.duckdb", artifacts=str(tmp_path))  # tmp_path is the artifacts root
     wh.ensure_schema(con)
     yield tmp_path, con
     con.close()
@@ -112,3 +112,33 @@ def test_a_reused_model_counts_as_recent(home):
                             checkpoint_path=str(tmp_path / "models" / "old.pt"), checkpoint_sha="old")
     plan = retention.plan_pruning(con, tmp_path / "training", keep_models=2, keep_batches=1)
     assert [v for v, _ in plan.models] == ["a"]
+
+
+@pytest.mark.parametrize("stored", ["absolute", "relative"])
+def test_prune_refuses_a_file_outside_the_home_and_changes_nothing(home, tmp_path_factory, stored):
+    """A stored path that resolves outside the artifacts root (an absolute one left by a migration, or a
+    relative one climbing out with "..") is never deleted: prune stops before touching anything."""
+    tmp_path, con = home
+    elsewhere = tmp_path_factory.mktemp("another-home") / "models" / "a.pt"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"someone else's weights")
+    for v in ("a", "b", "c"):
+        add_model(tmp_path, con, v)
+    value = str(elsewhere) if stored == "absolute" else "../" * len(tmp_path.parts) + str(elsewhere).lstrip("/")
+    con.execute("UPDATE models SET checkpoint_path = ? WHERE model_version = 'a'", [value])
+    with pytest.raises(locations.OutsideHome, match="outside the current home"):
+        retention.prune(con, tmp_path / "training", keep_models=1, keep_batches=1)
+    assert elsewhere.read_bytes() == b"someone else's weights"
+    assert (tmp_path / "models" / "b.pt").exists()  # refused before anything was removed
+    assert con.execute("SELECT count(*) FROM models WHERE pruned_at IS NOT NULL").fetchone()[0] == 0
+
+
+def test_prune_refuses_a_connection_without_a_home(tmp_path):
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))  # not bound: stored paths cannot be placed
+    wh.ensure_schema(con)
+    for v in ("a", "b"):
+        add_model(tmp_path, con, v)
+    with pytest.raises(locations.OutsideHome, match="bound to its home"):
+        retention.prune(con, tmp_path / "training", keep_models=1, keep_batches=1)
+    assert (tmp_path / "models" / "a.pt").exists()
+    con.close()

@@ -27,7 +27,7 @@ from gen_assets.training.fit import FitResult, fit
 from gen_assets.training.fingerprint import code_fingerprint
 from gen_assets.media.plots import curves_png
 from gen_assets.defs.resources import ArtifactStore, TrainerResource
-from gen_assets.store import registry
+from gen_assets.store import locations, registry
 from gen_assets.store.files import atomic_write_bytes, location
 
 
@@ -77,9 +77,10 @@ def train_and_save(
     done = run_dir / "done.json"
     if done.exists() and not retrain:
         info = json.loads(done.read_text())
-        if location(info["path"]).exists() and file_sha256(info["path"]) == info["sha256"]:
+        model_path = locations.resolve(info["path"], paths.artifacts)  # stored relative to the artifacts
+        if location(model_path).exists() and file_sha256(model_path) == info["sha256"]:
             context.log.info(f"{name}: inputs and config unchanged since {info['version']}; reusing it")
-            ref = ModelRef(modality, arch, info["version"], info["path"], info["sha256"], info.get("details", {}))
+            ref = ModelRef(modality, arch, info["version"], model_path, info["sha256"], info.get("details", {}))
             return ref, info.get("history", []), {"reused": True, **info.get("fit", {})}
     if retrain and run_dir.exists():
         for ckpt in run_dir.glob("*.ckpt"):
@@ -98,7 +99,7 @@ def train_and_save(
     }
     done.write_text(
         json.dumps(
-            {"version": version, "path": str(final), "sha256": sha, "history": result.history, "fit": fit_info},
+            {"version": version, "path": locations.to_stored(final, paths.artifacts), "sha256": sha, "history": result.history, "fit": fit_info},
             default=str,
         )
     )
