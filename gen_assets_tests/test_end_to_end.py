@@ -211,7 +211,7 @@ def test_prune_keeps_what_is_in_use(smoke_home, capsys, monkeypatch):
     assert cli.main(["prune", "--keep-models", "1", "--keep-batches", "1"]) == 0
     with duckdb.connect(str(smoke_home / "warehouse.duckdb"), read_only=True) as con:
         champions = con.execute("SELECT checkpoint_path FROM models WHERE status = 'champion'").fetchall()
-        assert len(champions) == 2 and all(Path(p).is_file() for (p,) in champions)
+        assert len(champions) == 2 and all((smoke_home / "artifacts" / p).is_file() for (p,) in champions)
         # every batch the view lists still has its file, and the rated batches are all there
         assert con.execute("SELECT count(*) FROM generated").fetchone()[0] > 0
         assert con.execute("SELECT count(*) FROM feedback f ANTI JOIN generated g USING (sample_id)").fetchone()[0] == 0

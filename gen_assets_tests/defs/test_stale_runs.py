@@ -77,7 +77,7 @@ def test_gen_assets_run_tags_its_run_and_fails_the_dead_ones(tmp_path, monkeypat
     with dg.DagsterInstance.get() as inst:
         killed = add_run(inst, dg.DagsterRunStatus.STARTED,
                          {stale_runs.PID_TAG: str(dead_pid()), stale_runs.HOST_TAG: socket.gethostname()})
-    assert cli.execute("prune_job", "smoke", False, report=False) == 0
+    assert cli.execute("prune_job", "smoke", "all", False, report=False) == 0
     with dg.DagsterInstance.get() as inst:
         assert inst.get_run_by_id(killed).status == dg.DagsterRunStatus.FAILURE
         [own] = inst.get_runs(filters=dg.RunsFilter(job_name="prune_job"))
