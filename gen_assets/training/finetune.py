@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler, TensorDataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from gen_assets.training.image_data import images_to_tensor, seeded_generator
-from gen_assets.training.text_data import TokenWindows, encode_documents
+from gen_assets.training.text_data import RandomStarts, TokenWindows, encode_documents
 from gen_assets.training.fit import fit
 
 
@@ -215,7 +215,7 @@ def finetune_image_generator(
     return _fit_copy(model, loader, {"lr": lr}, seed=seed, run_dir=run_dir, log=log, fit_kwargs=fit_kwargs)
 
 
-class _WeightedStarts(Sampler):
+class _WeightedStarts(RandomStarts):
     """`batches` batches of `batch_size` window starts per epoch: a document by its probability, then a
     token of it uniformly (the same as a start drawn by per-token probability, without one entry per
     token). Seeded by (seed, epoch), as the text loaders' RandomStarts."""
@@ -223,17 +223,10 @@ class _WeightedStarts(Sampler):
     def __init__(
         self, lengths: Sequence[int], doc_p: torch.Tensor, n_starts: int, batch_size: int, batches: int, seed: int
     ):
+        super().__init__(n_starts, batch_size, batches, seed)
         self.lengths = torch.as_tensor(lengths, dtype=torch.long)
         self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
-        self.doc_p, self.n_starts = doc_p.float(), n_starts
-        self.batch_size, self.batches, self.seed = batch_size, batches, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.batches
+        self.doc_p = doc_p.float()
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         g = seeded_generator(self.seed, self.epoch)
