@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -74,19 +76,20 @@ def _download_into(url: str, f: IO[bytes], limits: DownloadLimits, chunk: int) -
         return SourceError(url, f"download not finished within its deadline of {limits.deadline_s:g} s "
                                 f"({received} bytes received)")
 
+    # the deadline covers everything from the connection to the last byte, the headers too: a watchdog
+    # shuts the socket down when it passes, whatever read is waiting then
+    opener = urllib.request.build_opener(_DeadlineHTTP(end), _DeadlineHTTPS(end))
     try:
         # the scheme was checked by is_url
-        with urllib.request.urlopen(url, timeout=min(limits.read_timeout_s, limits.deadline_s)) as resp:  # noqa: S310
+        with opener.open(url, timeout=min(limits.read_timeout_s, limits.deadline_s)) as resp:
             announced = _content_length(url, resp)
             if announced is not None and announced > limits.max_bytes:
                 raise SourceError(url, f"announces {announced} bytes (Content-Length), more than the limit of "
                                        f"{limits.max_bytes} bytes")
             while True:
-                left = end - time.monotonic()
-                if left <= 0:
-                    raise past_deadline()
-                _set_read_timeout(resp, min(limits.read_timeout_s, left))
                 block = resp.read1(chunk)  # whatever has arrived: a dripping server cannot hold one read forever
+                if time.monotonic() >= end:
+                    raise past_deadline()
                 if not block:
                     break
                 received += len(block)
@@ -97,19 +100,64 @@ def _download_into(url: str, f: IO[bytes], limits: DownloadLimits, chunk: int) -
         raise
     except urllib.error.HTTPError as e:
         raise SourceError(url, f"HTTP {e.code} {e.reason}") from None
-    except http.client.IncompleteRead:  # a chunked body cut short
-        raise SourceError(url, f"truncated: the connection closed after {received} bytes, mid-body") from None
-    except TimeoutError:
-        if time.monotonic() >= end:
-            raise past_deadline() from None
-        raise SourceError(url, f"download failed: no data for {limits.read_timeout_s:g} s "
-                               f"({received} bytes received)") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        if time.monotonic() >= end:  # the watchdog cut the connection
+            raise past_deadline() from None
+        if isinstance(e, http.client.IncompleteRead):  # a chunked body cut short
+            raise SourceError(url, f"truncated: the connection closed after {received} bytes, mid-body") from None
+        if isinstance(e, TimeoutError):
+            raise SourceError(url, f"download failed: no data for {limits.read_timeout_s:g} s "
+                                   f"({received} bytes received)") from None
         reason = getattr(e, "reason", e)
         raise SourceError(url, f"download failed: {reason}") from None
     if announced is not None and received < announced:
         raise SourceError(url, f"truncated: {received} bytes received of the {announced} announced by "
                                "Content-Length (the connection closed early)")
+
+
+def _with_deadline(connection: type, end: float) -> type:
+    """An http.client connection class whose socket is shut down at `end` (time.monotonic())."""
+
+    class Connection(connection):
+        def connect(self):
+            super().connect()
+            self._watchdog = threading.Timer(max(0.0, end - time.monotonic()), self._cut)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+
+        def _cut(self):
+            sock = self.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:  # already closed
+                    pass
+
+        def close(self):
+            watchdog = getattr(self, "_watchdog", None)
+            if watchdog is not None:
+                watchdog.cancel()
+            super().close()
+
+    return Connection
+
+
+class _DeadlineHTTP(urllib.request.HTTPHandler):
+    def __init__(self, end: float):
+        super().__init__()
+        self.end = end
+
+    def http_open(self, req):
+        return self.do_open(_with_deadline(http.client.HTTPConnection, self.end), req)
+
+
+class _DeadlineHTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, end: float):
+        super().__init__()
+        self.end = end
+
+    def https_open(self, req):
+        return self.do_open(_with_deadline(http.client.HTTPSConnection, self.end), req, context=self._context)
 
 
 def _content_length(url: str, resp) -> int | None:
@@ -124,15 +172,6 @@ def _content_length(url: str, resp) -> int | None:
     if length < 0:
         raise SourceError(url, f"invalid Content-Length {value!r}")
     return length
-
-
-def _set_read_timeout(resp, seconds: float) -> None:
-    """Make the next wait on the response's socket end at the deadline at the latest. http.client keeps the
-    socket at resp.fp.raw._sock (a SocketIO's); where it is not there, each wait stays bounded by the
-    timeout given to urlopen and the deadline is checked after every read."""
-    sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
-    if sock is not None:
-        sock.settimeout(seconds)
 
 
 def list_folder(source: str, root: Path, folder: Path | None = None) -> list[os.DirEntry]:

@@ -40,6 +40,13 @@ class _Misbehaving(http.server.BaseHTTPRequestHandler):
             elif self.path == "/chunked-truncated.txt":  # one chunk, then closes without the last chunk
                 self._head(chunked=True)
                 self.wfile.write(b"190\r\n" + BODY[:400] + b"\r\n")
+            elif self.path == "/drip-headers.txt":  # the status line and headers a byte every 0.1 s: 3 s at most
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Padding: " + b"x" * 40 + b"\r\n"
+                for i in range(30):
+                    self.wfile.write(head[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.1)
+                self.close_connection = True
             elif self.path == "/drip.txt":  # a byte every 0.1 s: 3 s at most, each read well inside any timeout
                 self._head(30)
                 for i in range(30):
@@ -89,6 +96,14 @@ def test_a_body_shorter_than_its_content_length_is_an_error(base):
 def test_a_chunked_body_cut_short_is_an_error(base):
     with pytest.raises(SourceError, match=r"chunked-truncated\.txt: truncated: the connection closed"):
         download(f"{base}/chunked-truncated.txt")
+
+
+def test_a_server_dripping_its_headers_meets_the_overall_deadline(base):
+    limits = DownloadLimits(deadline_s=0.6, read_timeout_s=5.0)
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match=r"drip-headers\.txt: download not finished within its deadline"):
+        download(f"{base}/drip-headers.txt", limits)
+    assert time.monotonic() - t0 < 2.0
 
 
 def test_a_dripping_server_meets_the_overall_deadline(base):
