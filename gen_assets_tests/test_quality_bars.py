@@ -143,3 +143,15 @@ def test_nothing_curated_fails_with_the_reasons_and_advice(tmp_path):
     assert "nothing to show for image" in message and "--profile demo" in message
     with duckdb.connect(database, read_only=True) as con:  # the reasons are recorded before failing
         assert con.execute("SELECT count(*) FROM quarantine WHERE asset = 'curated_images'").fetchone()[0] == 3
+
+
+def test_the_advice_for_nothing_curated_follows_the_main_reason():
+    import pandas as pd
+
+    from gen_assets.defs.assets.curated import TEXT_ADVICE, main_reason
+
+    dropped = pd.DataFrame({"reason": ["copy: 0.93 of its 8-word sequences are in the training split (> 0.5)"] * 3
+                           + ["blocklisted: 'cheap'"]})
+    assert main_reason(dropped) == "copy" and "more varied texts" in TEXT_ADVICE[main_reason(dropped)]
+    assert main_reason(dropped.iloc[3:]) == "blocklisted"
+    assert main_reason(dropped.iloc[:0]) == ""

@@ -40,8 +40,20 @@ class CuratedTextsConfig(dg.Config):
 
 IMAGE_ADVICE = ("the evaluator does not recognise the generated images as their categories: train the generator "
                 "longer (gen-assets run --profile demo, or full) or add data; curated_images' min_confidence is the bound")
-TEXT_ADVICE = ("train the generator longer (gen-assets run --profile demo, or full) or add data; curated_texts' "
-               "blocklist and max_copy_share are the bounds")
+TEXT_ADVICE = {  # by the reason most samples were dropped for
+    "copy": "the generator repeats its training texts (8-word sequences found there): add more varied texts, or "
+            "raise curated_texts' max_copy_share if near-copies are acceptable",
+    "blocklisted": "most samples contain a word of curated_texts' blocklist: review the blocklist",
+    "": "train the generator longer (gen-assets run --profile demo, or full) or add data; curated_texts' "
+        "blocklist and max_copy_share are the bounds",
+}
+
+
+def main_reason(dropped: pd.DataFrame) -> str:
+    """The kind of reason most dropped samples share ("copy", "blocklisted", ...), "" when none were dropped."""
+    if dropped.empty:
+        return ""
+    return str(dropped["reason"].astype(str).str.split(":").str[0].value_counts().index[0])
 
 
 def record(context, warehouse: DuckDBResource, *, asset: str, modality: str, batch: Batch, curated: pd.DataFrame,
@@ -133,6 +145,7 @@ def curated_texts(
                           "reward": reward, "reason": flags})
     result = curate(frame, k_per_category=config.k_per_category)
     out = record(context, warehouse, asset="curated_texts", modality="text", batch=generated_texts,
-                 curated=result.curated, dropped=result.dropped, scored_by=scored_by, advice=TEXT_ADVICE)
+                 curated=result.curated, dropped=result.dropped, scored_by=scored_by,
+                 advice=TEXT_ADVICE.get(main_reason(result.dropped), TEXT_ADVICE[""]))
     out.metadata["seconds"] = dg.MetadataValue.float(round(time.perf_counter() - t0, 3))
     return out
