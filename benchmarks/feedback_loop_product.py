@@ -42,6 +42,7 @@ from feedback_loop import Rater, question_rate  # noqa: E402
 from gen_assets import cli  # noqa: E402
 from gen_assets.rules.curation import curate  # noqa: E402
 from gen_assets.models.checkpoint import load_model  # noqa: E402
+from gen_assets.store.locations import resolve  # noqa: E402
 from gen_assets.models.reward import image_features, text_features  # noqa: E402
 from gen_assets.models.tokenizers import tokenizer_from_dict  # noqa: E402
 
@@ -104,7 +105,7 @@ def reward_rank(home: Path, con, modality: str, categories: list, contents: list
         feats = image_features(evaluator, images)
     else:
         path = con.execute("SELECT checkpoint_path FROM models WHERE model_version = ?", [before_model]).fetchone()[0]
-        gpt = load_model(path)
+        gpt = load_model(resolve(path, str(home / "artifacts")))  # stored relative to the artifacts root
         feats = text_features(contents, gpt, tokenizer_from_dict(gpt.extra["tokenizer"]), categories=categories)
     scores = reward.predict(feats).numpy()
     frame = {"sample_id": list(range(len(contents))), "category": categories, "reward": scores}
