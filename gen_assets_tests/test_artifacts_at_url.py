@@ -13,6 +13,7 @@ from upath import UPath
 from gen_assets import cli
 from gen_assets.store import registry
 from gen_assets.store import warehouse as wh
+from gen_assets_tests.smoke import smoke_run
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +21,8 @@ def url_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("url")
     home, remote = root / "home", root / "remote"
     url = f"file://{remote}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GEN_ASSETS_HOME", str(home))
-    mp.setenv("GEN_ASSETS_ARTIFACTS", url)
-    mp.setenv("DAGSTER_HOME", str(root / "unused"))
-    try:
-        assert cli.main(["run", "--modality", "text", "--profile", "smoke"]) == 0
+    with smoke_run(home, "text", GEN_ASSETS_ARTIFACTS=url) as mp:
         yield home, remote, url, mp
-    finally:
-        mp.undo()
 
 
 def test_artifacts_land_at_the_url_and_nothing_else_under_home(url_run):

@@ -9,6 +9,7 @@ import duckdb
 import pytest
 
 from gen_assets import cli
+from gen_assets_tests.smoke import smoke_run
 
 IMAGE_METRIC_KEYS = {"fid", "fid_noise", "fid_real_floor", "kid", "inception_score", "class_accuracy"}
 TEXT_METRIC_KEYS = {"val_loss", "perplexity", "bleu", "rouge1", "rouge2", "rougeL", "distinct_1", "distinct_2",
@@ -18,14 +19,8 @@ TEXT_METRIC_KEYS = {"val_loss", "perplexity", "bleu", "rouge1", "rouge2", "rouge
 @pytest.fixture(scope="module")
 def smoke_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GEN_ASSETS_HOME", str(home))
-    mp.setenv("DAGSTER_HOME", str(home / "unused"))  # restored afterwards; the CLI points it into home
-    try:
-        assert cli.main(["run", "--modality", "all", "--profile", "smoke"]) == 0
+    with smoke_run(home, "all"):
         yield home
-    finally:
-        mp.undo()
 
 
 def report(home, capsys, monkeypatch):

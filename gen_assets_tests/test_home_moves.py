@@ -17,20 +17,15 @@ from gen_assets.store import warehouse as wh
 from gen_assets.store.batches import batch_table, write_batch
 from gen_assets.web.app import create_app
 from gen_assets.web.config import WebConfig
+from gen_assets_tests.smoke import smoke_run
 
 
 @pytest.fixture(scope="module")
 def smoke_home(tmp_path_factory):
     """A home after one `gen-assets run --modality image --profile smoke`."""
     home = tmp_path_factory.mktemp("smoke") / "home"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GEN_ASSETS_HOME", str(home))
-    mp.setenv("DAGSTER_HOME", str(home / "unused"))  # restored afterwards; the CLI points it into home
-    try:
-        assert cli.main(["run", "--modality", "image", "--profile", "smoke"]) == 0
+    with smoke_run(home, "image"):
         yield home
-    finally:
-        mp.undo()
 
 
 @pytest.fixture
