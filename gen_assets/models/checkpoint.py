@@ -24,6 +24,7 @@ ARCHS: dict[str, str] = {
     "vae": "gen_assets.models.vae:VAE",
     "evaluator": "gen_assets.models.evaluator:ImageEvaluator",
     "gpt": "gen_assets.models.gpt:GPT",
+    "hf": "gen_assets.models.hf:HFCausalLM",
     "reward": "gen_assets.models.reward:RewardModel",
 }
 

@@ -55,6 +55,19 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
 
+def warmup_cosine_lr(it: int, c) -> float:
+    """nanoGPT's schedule: linear warmup, cosine decay to min_lr at lr_decay_iters, then min_lr.
+
+    `c` has learning_rate, min_lr, warmup_iters and lr_decay_iters (GPTConfig, HFConfig)."""
+    if it < c.warmup_iters:
+        return c.learning_rate * (it + 1) / (c.warmup_iters + 1)
+    if it > c.lr_decay_iters:
+        return c.min_lr
+    ratio = (it - c.warmup_iters) / max(1, c.lr_decay_iters - c.warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
+    return c.min_lr + coeff * (c.learning_rate - c.min_lr)
+
+
 class KVCache:
     """One layer's keys and values for the tokens fed so far, preallocated to block_size."""
 
@@ -232,15 +245,7 @@ class GPT(L.LightningModule):
         return loss
 
     def lr_at(self, it: int) -> float:
-        """nanoGPT's schedule: linear warmup, cosine decay to min_lr at lr_decay_iters, then min_lr."""
-        c = self.config
-        if it < c.warmup_iters:
-            return c.learning_rate * (it + 1) / (c.warmup_iters + 1)
-        if it > c.lr_decay_iters:
-            return c.min_lr
-        ratio = (it - c.warmup_iters) / max(1, c.lr_decay_iters - c.warmup_iters)
-        coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
-        return c.min_lr + coeff * (c.learning_rate - c.min_lr)
+        return warmup_cosine_lr(it, self.config)
 
     def configure_optimizers(self):
         c = self.config
