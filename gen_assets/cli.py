@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     srv.set_defaults(func=cmd_serve)
     init = sub.add_parser("init", parents=[with_project], help="write a commented project file (gen_assets.yaml)")
     init.add_argument("--images", metavar="PATH", help="the images' source (default: builtin:digits)")
-    init.add_argument("--texts", metavar="PATH", help="the texts' source (default: builtin:shakespeare)")
+    init.add_argument("--texts", metavar="PATH", help="the texts' source (default: builtin:product_briefs)")
     init.add_argument("--force", action="store_true", help="replace an existing project file")
     init.set_defaults(func=cmd_init)
     conf = sub.add_parser("config", parents=[with_project],

@@ -4,6 +4,8 @@ champions and of generated content."""
 import json
 from types import ModuleType
 
+import math
+
 import dagster as dg
 from pydantic import Field
 from dagster_duckdb import DuckDBResource
@@ -105,24 +107,35 @@ def image_quality(config: ImageQualityConfig, image_metrics: dict) -> dg.AssetCh
 
 
 class TextQualityConfig(dg.Config):
-    max_val_loss: float = Field(default=2.0, description="largest allowed validation loss (nats per token)")
-    min_novelty: float = Field(default=0.8, description="smallest share of generated 8-grams not in the training split")
+    max_bits_per_byte: float = Field(default=3.0, description="largest allowed bits per byte of the test texts")
+    max_degenerate_share: float = Field(default=0.5, description="largest share of empty, repetitive or unfinished samples")
+    min_novelty: float = Field(default=0.8, description="smallest share of generated 8-grams not in the training split "
+                               "(not checked when the samples are too short to have 8-grams)")
 
 
-@dg.asset_check(asset=text_metrics, description="the model fits real text and its samples are not copies of it")
+@dg.asset_check(asset=text_metrics, description="the model fits real text, and its samples are well formed and "
+                "not copies of the training texts")
 def text_quality(config: TextQualityConfig, text_metrics: dict) -> dg.AssetCheckResult:
-    passed = text_metrics["val_loss"] <= config.max_val_loss and text_metrics["novelty"] >= config.min_novelty
+    bpb = text_metrics.get("bits_per_byte", math.nan)
+    novelty = text_metrics.get("novelty", math.nan)
+    degenerate = text_metrics["degenerate_share"]
+    problems = []
+    if not bpb <= config.max_bits_per_byte:
+        problems.append(f"bits per byte {bpb:.3f} (at most {config.max_bits_per_byte:g})")
+    if degenerate > config.max_degenerate_share:
+        problems.append(f"{degenerate:.0%} degenerate samples (at most {config.max_degenerate_share:.0%})")
+    if not math.isnan(novelty) and novelty < config.min_novelty:
+        problems.append(f"novelty {novelty:.1%} (at least {config.min_novelty:.0%})")
+    shown = f"bits per byte {bpb:.3f}, degenerate {degenerate:.0%}, novelty " + (
+        "n/a (samples shorter than 8 words)" if math.isnan(novelty) else f"{novelty:.1%}")
     return dg.AssetCheckResult(
-        passed=passed,
+        passed=not problems,
         severity=dg.AssetCheckSeverity.WARN,
-        description=f"val loss {text_metrics['val_loss']:.3f} (at most {config.max_val_loss:g}), novelty "
-        f"{text_metrics['novelty']:.1%} (at least {config.min_novelty:.0%})",
-        metadata={
-            "val_loss": round(text_metrics["val_loss"], 4),
-            "novelty": round(text_metrics["novelty"], 4),
-            "max_val_loss": config.max_val_loss,
-            "min_novelty": config.min_novelty,
-        },
+        description=("; ".join(problems) if problems else shown),
+        metadata={"bits_per_byte": round(bpb, 4), "degenerate_share": round(degenerate, 4),
+                  "novelty": None if math.isnan(novelty) else round(novelty, 4),
+                  "max_bits_per_byte": config.max_bits_per_byte, "max_degenerate_share": config.max_degenerate_share,
+                  "min_novelty": config.min_novelty},
     )
 
 

@@ -1,31 +1,27 @@
-"""Text metrics over torchmetrics: how close generations are to held-out text, how varied, how new.
+"""Text metrics: how close generations are to held-out text, how varied, how new, how well formed.
 
-- bleu, rouge1/2/L: each generation against the held-out references of its category.
+- rouge1/2/L (torchmetrics): each generation against the held-out references of its category.
 - distinct_1/2: unique n-grams / all n-grams over every generation (low: the model repeats itself).
-- self_bleu: each generation against the other generations (high: the samples are alike).
 - novelty: the share of generated word 8-grams that never occur in the training split (low: copying).
+- the degeneration guard (`guard_stats`): empty, repetitive and unfinished texts, and lengths outside
+  the bounds the references set (`length_bounds`). The bits per byte of held-out references, the
+  tokenizer-independent fit of a model, is measured by the model itself (models.text_generators).
 
-References are cut into passages. Held-out documents are scenes of thousands of words, generations a
-few hundred characters; against a whole scene BLEU's brevity penalty alone pushes every score to ~0 and
-says nothing about the text. So each reference document is cut into consecutive windows of W words,
+BLEU and self-BLEU were dropped: with short ad copy against a handful of references, and for a
+character-level model against Shakespeare, both were 0 in every run and said nothing.
+
+References are cut into passages. Held-out documents may be scenes of thousands of words, generations a
+few hundred characters. So each reference document is cut into consecutive windows of W words,
 W = the median generation length in words, and a generation is scored against the passages of its
 category. A generation identical to a reference of its own length still scores 1.
 
-Speed. torchmetrics' BLEUScore re-counts every reference's n-grams for every prediction, and
-ROUGEScore runs a pure-Python LCS for every (prediction, reference) pair: on a shared 2-core machine 200
-generations against 150 passages took 53 s for BLEU alone. The formulas stay torchmetrics' own, but:
-- BLEU and self-BLEU count n-grams once. With several references torchmetrics clips each prediction
-  n-gram by its largest count in any one reference (Counter union), which does not depend on the
-  prediction: it is computed once per category (once in total for self-BLEU, keeping the two largest
-  counts so that a generation is never its own reference). The resulting statistics go into a
-  BLEUScore's state and its `compute()` gives the score: the same number as BLEUScore on the full
-  lists (tested), in milliseconds.
+Speed. ROUGEScore runs a pure-Python LCS for every (prediction, reference) pair, so:
 - ROUGE is the best over the `rouge_candidates` (2) passages of the generation's category that share the
   most distinct words with it, not over all of them: torchmetrics' ROUGEScore (accumulate="best") gets
   just those. On 300 Shakespeare excerpts 2 and 4 candidates agreed to 1e-5.
 - novelty hashes word 8-grams to 64-bit integers with numpy, so a 1M-character training split is one
   sorted array, built once.
-All eight metrics for 300 generations of 100 words, 100 reference scenes and a 3.9M-character training
+All these metrics for 300 generations of 100 words, 100 reference scenes and a 3.9M-character training
 split: about 4 s on that shared machine.
 """
 
@@ -33,19 +29,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torchmetrics.text import BLEUScore, ROUGEScore
+from torchmetrics.text import ROUGEScore
 
-METRIC_KEYS = ("bleu", "rouge1", "rouge2", "rougeL", "distinct_1", "distinct_2", "self_bleu", "novelty")
-BLEU_N = 4
-# add-one smoothing of the 2..4-gram precisions (Lin & Och), as torchmetrics implements it: short samples
-# are not sunk by one rare 4-gram count. An order with no match at all still gives 0 (torchmetrics' rule),
-# which is what a small model's samples get against Shakespeare; identical texts still score 1
-SMOOTH = True
+METRIC_KEYS = ("rouge1", "rouge2", "rougeL", "distinct_1", "distinct_2", "novelty")
+GUARD_KEYS = ("empty_share", "repetitive_share", "unfinished_share", "degenerate_share", "in_length_share", "mean_chars")
 NOVELTY_N = 8
 ROUGE_CANDIDATES = 2
 
@@ -71,11 +62,10 @@ def text_metrics(
     """The metrics of METRIC_KEYS for (category, text) generations; see the module doc for each.
 
     `references` are held-out (category, text) documents; every category in `generated` needs at least
-    one. `train_texts` is the training split the novelty is measured against. BLEU, self-BLEU and
-    distinct-n tokenize on whitespace (torchmetrics BLEU's tokenizer), ROUGE lower-cases and keeps
-    letters and digits (torchmetrics ROUGE's), novelty uses lower-cased \\w+ words so that a copy is
-    found whatever its line breaks and punctuation. A value that cannot be measured (self-BLEU of one
-    generation, novelty when no generation has 8 words) is NaN.
+    one. `train_texts` is the training split the novelty is measured against. distinct-n tokenizes on
+    whitespace, ROUGE lower-cases and keeps letters and digits (torchmetrics ROUGE's), novelty uses
+    lower-cased \\w+ words so that a copy is found whatever its line breaks and punctuation. A value that
+    cannot be measured (novelty when no generation has 8 words) is NaN.
     """
     if not generated:
         raise ValueError("no generations to measure")
@@ -96,26 +86,16 @@ def text_metrics(
 
     rouge = _rouge(generated, passages, rouge_candidates)
     return {
-        "bleu": _bleu(tokens, [passages[c] for c, _ in generated]),
         "rouge1": rouge["rouge1"],
         "rouge2": rouge["rouge2"],
         "rougeL": rouge["rougeL"],
         "distinct_1": distinct_n(tokens, 1),
         "distinct_2": distinct_n(tokens, 2),
-        "self_bleu": self_bleu(tokens),
         "novelty": novelty([text for _, text in generated], train_texts),
     }
 
 
-# ---- BLEU ---------------------------------------------------------------------------------------------
-
-
-def _ngrams(tokens: Sequence[str], n_max: int = BLEU_N) -> Counter:
-    """All 1..n_max-grams with their counts (torchmetrics' _count_ngram)."""
-    counts: Counter = Counter()
-    for n in range(1, n_max + 1):
-        counts.update(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
-    return counts
+# ---- passages ---------------------------------------------------------------------------------------
 
 
 def _passages(texts: Sequence[str], window: int) -> list[list[str]]:
@@ -125,81 +105,6 @@ def _passages(texts: Sequence[str], window: int) -> list[list[str]]:
         words = text.split()
         out += [words[i : i + window] for i in range(0, len(words), window)] or [[]]
     return out
-
-
-def _closest(length: int, lengths: Sequence[int]) -> int:
-    """The reference length nearest to `length`, the first in reference order on a tie (as torchmetrics)."""
-    return min(lengths, key=lambda r: abs(r - length))
-
-
-class _BleuStats:
-    """What BLEUScore accumulates: matched and total n-grams per order, prediction and reference length."""
-
-    def __init__(self) -> None:
-        self.numerator = [0.0] * BLEU_N
-        self.denominator = [0.0] * BLEU_N
-        self.preds_len = 0.0
-        self.target_len = 0.0
-
-    def add(self, pred: Counter, clip: dict, pred_len: int, target_len: int) -> None:
-        self.preds_len += pred_len
-        self.target_len += target_len
-        for gram, count in pred.items():
-            self.denominator[len(gram) - 1] += count
-            matched = min(count, clip.get(gram, 0))
-            if matched:
-                self.numerator[len(gram) - 1] += matched
-
-    def score(self) -> float:
-        metric = BLEUScore(n_gram=BLEU_N, smooth=SMOOTH)
-        metric.update([], [])  # marks the metric as updated; the states are set directly below
-        metric.numerator = torch.tensor(self.numerator)
-        metric.denominator = torch.tensor(self.denominator)
-        metric.preds_len = torch.tensor(self.preds_len)
-        metric.target_len = torch.tensor(self.target_len)
-        return float(metric.compute())
-
-
-def _bleu(tokens: Sequence[list[str]], references: Sequence[list[list[str]]]) -> float:
-    """Corpus BLEU of each token list against its list of reference token lists (shared lists counted once)."""
-    cache: dict[int, tuple[dict[tuple, int], list[int]]] = {}
-    stats = _BleuStats()
-    for pred, refs in zip(tokens, references):
-        if id(refs) not in cache:
-            union: dict[tuple, int] = {}
-            for ref in refs:
-                for gram, count in _ngrams(ref).items():  # Counter |= without its per-call copying
-                    if count > union.get(gram, 0):
-                        union[gram] = count
-            cache[id(refs)] = (union, [len(r) for r in refs])
-        union, lengths = cache[id(refs)]
-        stats.add(_ngrams(pred), union, len(pred), _closest(len(pred), lengths))
-    return stats.score()
-
-
-def self_bleu(tokens: Sequence[Sequence[str]]) -> float:
-    """Corpus BLEU of each generation's tokens against all the other generations (NaN for fewer than 2)."""
-    if len(tokens) < 2:
-        return math.nan
-    counts = [_ngrams(t) for t in tokens]
-    # The largest count of each n-gram in any one generation, who holds it, and the runner-up count:
-    # generation i is clipped by the largest count among the others.
-    best: dict[tuple, list] = {}  # gram -> [largest, holder, second largest]
-    for i, counter in enumerate(counts):
-        for gram, c in counter.items():
-            entry = best.get(gram)
-            if entry is None:
-                best[gram] = [c, i, 0]
-            elif c > entry[0]:
-                entry[2], entry[0], entry[1] = entry[0], c, i
-            elif c > entry[2]:
-                entry[2] = c
-    lengths = [len(t) for t in tokens]
-    stats = _BleuStats()
-    for i, counter in enumerate(counts):
-        clip = {g: best[g][0] if best[g][1] != i else best[g][2] for g in counter}
-        stats.add(counter, clip, lengths[i], _closest(lengths[i], lengths[:i] + lengths[i + 1 :]))
-    return stats.score()
 
 
 # ---- ROUGE --------------------------------------------------------------------------------------------
@@ -275,3 +180,57 @@ def novelty(generated: Sequence[str], train_texts: Sequence[str], n: int = NOVEL
     if len(gen) == 0:
         return math.nan
     return float(1.0 - np.isin(gen, train, assume_unique=False).mean())
+
+
+# ---- the degeneration guard ----------------------------------------------------------------------------
+
+REPETITION_N = 3
+MAX_REPETITION = 0.3  # a text whose word 3-grams repeat more than this share is repetitive
+_ENDINGS = tuple('.!?…"\')»)*')
+
+
+def repetition_rate(text: str, n: int = REPETITION_N) -> float:
+    """Share of a text's word n-grams (lower-cased \\w+ words) that repeat an earlier one (0: none)."""
+    words = _WORD.findall(text.lower())
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def unfinished(text: str) -> bool:
+    """A text that does not end in sentence punctuation: cut off by the token budget, mid-sentence."""
+    t = text.strip()
+    return bool(t) and not t.endswith(_ENDINGS)
+
+
+def length_bounds(references: Sequence[str], *, low: float = 0.5, high: float = 2.0) -> tuple[int, int]:
+    """(min_chars, max_chars) a generation should fall within: `low` x the 5th percentile and `high` x the
+    95th percentile of the references' lengths, so the bounds follow the user's own copy."""
+    lengths = np.array([len(t.strip()) for t in references if t and t.strip()], dtype=float)
+    if len(lengths) == 0:
+        raise ValueError("no reference texts to take length bounds from")
+    return max(1, int(low * np.percentile(lengths, 5))), int(np.ceil(high * np.percentile(lengths, 95)))
+
+
+def guard_stats(texts: Sequence[str], bounds: tuple[int, int], *, max_repetition: float = MAX_REPETITION
+                ) -> dict[str, float]:
+    """The degeneration guard's measures (GUARD_KEYS) of a set of generations.
+
+    empty: blank after stripping; repetitive: repetition_rate above `max_repetition`; unfinished: not
+    ending in sentence punctuation (cut off by the token budget, mid-sentence); degenerate: any of the
+    three; in_length: length within `bounds` (length_bounds); mean_chars: the mean length.
+    """
+    if not texts:
+        raise ValueError("no generations to measure")
+    stripped = [t.strip() for t in texts]
+    empty = np.array([not t for t in stripped])
+    repetitive = np.array([repetition_rate(t) > max_repetition for t in stripped])
+    cut = np.array([unfinished(t) for t in stripped])
+    lengths = np.array([len(t) for t in stripped])
+    return {
+        "empty_share": float(empty.mean()),
+        "repetitive_share": float(repetitive.mean()),
+        "unfinished_share": float(cut.mean()),
+        "degenerate_share": float((empty | repetitive | cut).mean()),
+        "in_length_share": float(((lengths >= bounds[0]) & (lengths <= bounds[1])).mean()),
+        "mean_chars": float(lengths.mean()),
+    }

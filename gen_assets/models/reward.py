@@ -439,3 +439,11 @@ def text_features(
         model.train(was_training)
     pooled = (sums / counts.clamp_min(1.0)[:, None]).float()
     return torch.cat([stats, pooled], dim=1)
+
+
+def writer_features(writer: Any, briefs: Sequence[tuple[str, str | None]], texts: Sequence[str]) -> torch.Tensor:
+    """(N, 9 + hidden size): surface statistics and a text generator's pooled hidden states of each text read
+    after its brief (models.text_generators.TextWriter.features): the reward model's text features for any
+    generator, pretrained or from scratch."""
+    texts = list(texts)
+    return torch.cat([text_statistics(texts), writer.features(list(briefs), texts).float()], dim=1)

@@ -3,7 +3,8 @@
 Layers, later wins: the Config classes' defaults < the project file < the run's profile (smoke / demo /
 full, gen_assets.settings.PROFILES) < what the command itself sets (a person's promote / rollback).
 
-The one exception is the gate (tolerance, max_ratio_to_floor, max_val_loss; None, no bar, is the loosest).
+The one exception is the gate (tolerance, max_ratio_to_floor, max_bits_per_byte, the text guard's shares;
+None, no bar, is the loosest).
 A profile may tighten it, but it never loosens
 - a value the project file sets: the user's gate holds under every profile;
 - the gate of a champion decided under another profile's gate (or the project's: a schedule, the sensor,
@@ -26,7 +27,8 @@ PROJECT = "project file"
 # champion asset -> (modality, the gate's fields: smaller is stricter, None is no bar)
 GATE_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "image_champion": ("image", ("tolerance", "max_ratio_to_floor")),
-    "text_champion": ("text", ("tolerance", "max_val_loss")),
+    "text_champion": ("text", ("tolerance", "max_bits_per_byte", "max_degenerate_share", "max_out_of_length_share",
+                                 "reward_tolerance")),
 }
 
 

@@ -29,8 +29,11 @@ gate:                          # when a tuned candidate replaces the champion
     # tolerance: 1.0           # FID at most this share above the champion's
     # max_ratio_to_floor: 3.0  # and at most this multiple of the real-data floor (null: no bar)
   text:                        # text_champion
-    # tolerance: 0.02          # val loss at most this share above the champion's
-    # max_val_loss: 2.5        # and at most this (null: no bar)
+    # tolerance: 0.03          # bits per byte of the val texts at most this share above the champion's
+    # max_bits_per_byte: 3.0   # and at most this (null: no bar)
+    # max_degenerate_share: 0.5     # samples on held-out briefs: at most this share empty, repetitive or unfinished
+    # max_out_of_length_share: 0.5  # and at most this share outside the references' length
+    # reward_tolerance: 0.05   # and, with a reward model, a mean predicted rating at most this below the champion's
 # A profile (`--profile smoke|demo|full`) lays its settings over this file, but never loosens the gate
 # of a modality that has a champion: there the stricter of this file's value and the profile's applies.
 
@@ -45,7 +48,8 @@ schedules:                     # on (true) or off (false) without a visit to the
 
 assets:                        # any asset's Config fields, by asset name; e.g.
   # image_generator: {{max_epochs: 120, arch: dcgan}}
-  # text_generator: {{n_layer: 6, max_iters: 5000}}
+  # text_generator: {{base_model: HuggingFaceTB/SmolLM2-135M-Instruct, lora_r: 16, max_iters: 24}}
+  # text_generator: {{arch: gpt, n_layer: 6, max_iters: 5000}}   # a GPT trained from scratch instead
 """
 
 
@@ -60,5 +64,5 @@ def render(images: str | None = None, texts: str | None = None) -> str:
             value = os.path.abspath(os.path.expanduser(value))
         return json.dumps(value)  # quoted: any path is valid YAML
 
-    return TEMPLATE.format(images=source(images, "builtin:digits"), texts=source(texts, "builtin:shakespeare"),
+    return TEMPLATE.format(images=source(images, "builtin:digits"), texts=source(texts, "builtin:product_briefs"),
                            min_new_ratings=DEFAULT_MIN_NEW_RATINGS, max_age_seconds=DEFAULT_MAX_AGE_SECONDS)

@@ -3,7 +3,14 @@
 Key metric per modality (lower is better for both):
 - image: `fid`, the Fréchet distance in the image evaluator's feature space between `per_class` samples
   of every category and the clean val split (fixed seed, so both models see the same latent noise);
-- text: `val_loss`, the mean cross-entropy on fixed random windows of the clean val split.
+- text: `bits_per_byte` of the clean val split's texts given their briefs: the model's cross-entropy in
+  bits per UTF-8 byte, which compares models whatever their tokenizers (a pretrained base and the
+  from-scratch GPT alike).
+
+Besides the key metric a candidate may have to pass a guard (`review(guard=...)`): for texts, samples
+on held-out briefs must not degenerate (empty, repetitive, unfinished), must keep to the length of the
+user's own copy, and, once a reward model exists, must not score lower than the champion's
+(`text_guard`).
 
 The rule (`decide`): the candidate passes when candidate <= champion * (1 + tolerance), or when there is
 no champion to compare with; for images also FID <= a multiple of the real-data floor (an absolute bar,
@@ -29,11 +36,10 @@ import duckdb
 import torch
 
 from gen_assets.training.sampling import generate_per_class
-from gen_assets.metrics.lm import validation_loss
 from gen_assets.models.evaluator import frechet_distance
 from gen_assets.store import registry
 
-KEY_METRICS = {"image": "fid", "text": "val_loss"}
+KEY_METRICS = {"image": "fid", "text": "bits_per_byte"}
 
 
 @dataclass(frozen=True)
@@ -116,9 +122,32 @@ def image_key_metric(generator, evaluator, reference: torch.Tensor, *, per_class
     return frechet_distance(*feats)
 
 
-def text_key_metric(model, val_ids: torch.Tensor, *, batches: int = 50, batch_size: int = 32, seed: int = 0) -> float:
-    """Validation loss (nats per token) on fixed random windows of the val token stream."""
-    return validation_loss(model, val_ids, batch_size=batch_size, batches=batches, seed=seed)
+def text_key_metric(writer, briefs, texts) -> float:
+    """Bits per byte of `texts` (the val split's) given their briefs (models.text_generators)."""
+    from gen_assets.models.text_generators import writer_bits_per_byte
+
+    return writer_bits_per_byte(writer, briefs, texts)
+
+
+def text_guard(candidate: dict[str, float], champion: dict[str, float] | None, *, max_degenerate_share: float,
+               min_in_length_share: float, reward_tolerance: float) -> str | None:
+    """Why the candidate's samples on held-out briefs are not fit to serve, or None when they are.
+
+    `candidate` / `champion`: metrics.texts.guard_stats of each model's samples, plus "reward" (their
+    mean predicted rating) when a reward model exists."""
+    problems = []
+    if candidate["degenerate_share"] > max_degenerate_share:
+        problems.append(f"{candidate['degenerate_share']:.0%} of its samples degenerate (empty "
+                        f"{candidate['empty_share']:.0%}, repetitive {candidate['repetitive_share']:.0%}, unfinished "
+                        f"{candidate['unfinished_share']:.0%}; at most {max_degenerate_share:.0%})")
+    if candidate["in_length_share"] < min_in_length_share:
+        problems.append(f"only {candidate['in_length_share']:.0%} of its samples are of the references' length "
+                        f"(at least {min_in_length_share:.0%}; mean {candidate['mean_chars']:.0f} characters)")
+    if champion is not None and "reward" in candidate and "reward" in champion:
+        if candidate["reward"] < champion["reward"] - reward_tolerance:
+            problems.append(f"predicted rating {candidate['reward']:.3g} below the champion's {champion['reward']:.3g} "
+                            f"by more than {reward_tolerance:g}")
+    return "; ".join(problems) or None
 
 
 def image_models_comparable(candidate_config, champion_config) -> str | None:
@@ -127,13 +156,6 @@ def image_models_comparable(candidate_config, champion_config) -> str | None:
         a, b = getattr(candidate_config, name, None), getattr(champion_config, name, None)
         if a != b:
             return f"{name} differs ({a} vs the champion's {b})"
-    return None
-
-
-def text_models_comparable(candidate_tokenizer: dict, champion_tokenizer: dict) -> str | None:
-    """None when both models read the same tokens (losses per token are then comparable); else why not."""
-    if candidate_tokenizer != champion_tokenizer:
-        return "the tokenizer differs, so losses per token are not comparable"
     return None
 
 
@@ -160,6 +182,7 @@ def review(
     tolerance: float,
     actor: str,
     ceiling: tuple[float, str] | None = None,
+    guard: Callable[[Any, Any | None], str | None] | None = None,
 ) -> Review:
     """Promote `candidate_version` to champion of its modality when its key metric passes `decide` against
     the current champion's, measured now the same way; otherwise it stays a candidate. Every decision is a
@@ -167,7 +190,9 @@ def review(
 
     connect() -> a warehouse connection (held only while reading or writing the registry, never while
     measuring); load(checkpoint path) -> model; measure(model) -> key metric; comparable(candidate model,
-    champion model) -> None, or why their metrics cannot be compared; ceiling: (bar, label) or None."""
+    champion model) -> None, or why their metrics cannot be compared; ceiling: (bar, label) or None;
+    guard(candidate model, champion model or None) -> None, or why the candidate is unfit whatever its
+    key metric (asked only when the key metric passes)."""
     with connect() as con:
         candidate = registry.get_model(con, candidate_version)
         key = KEY_METRICS[candidate["modality"]]
@@ -192,7 +217,7 @@ def review(
 
     cand_model = load(candidate["checkpoint_path"])
     cand_value = measure(cand_model)
-    champ_value, note = None, None
+    champ_value, note, champ_model = None, None, None
     if current is not None:
         if current["pruned_at"] is not None:
             note = f"champion {current['model_version']}'s checkpoint was pruned"
@@ -205,6 +230,10 @@ def review(
                       champion_version=current["model_version"] if current else None,
                       ceiling=ceiling[0] if ceiling else None, ceiling_label=ceiling[1] if ceiling else "")
     reason, passed = decision.reason + (f" ({note})" if note else ""), decision.passed
+    if passed and guard is not None:
+        unfit = guard(cand_model, champ_model)
+        if unfit:
+            passed, reason = False, f"{unfit} ({decision.reason})"
     with connect() as con:
         registry.record_key_metric(con, candidate_version, key, cand_value)
         if champ_value is not None:

@@ -20,15 +20,20 @@ def batch_table(
     categories: Sequence[str],
     contents: Sequence[bytes] | Sequence[str],
     seed: int,
+    prompts: Sequence[str | None] | None = None,
     created_at: datetime | None = None,
 ) -> pa.Table:
-    """Columns: sample_id, batch_id, model_version, modality, category, content, created_at, seed.
+    """Columns: sample_id, batch_id, model_version, modality, category, content, created_at, seed, prompt.
 
-    `content` is PNG bytes for images and text for texts; sample ids are `<batch_id>-<index>`.
+    `content` is PNG bytes for images and text for texts; `prompt` the brief a text was written for
+    (NULL for images and for texts conditioned on the category alone); sample ids are `<batch_id>-<index>`.
     """
     n = len(contents)
     if len(categories) != n:
         raise ValueError(f"{n} contents but {len(categories)} categories")
+    prompts = [None] * n if prompts is None else list(prompts)
+    if len(prompts) != n:
+        raise ValueError(f"{n} contents but {len(prompts)} prompts")
     ts = created_at or now()
     content_type = pa.binary() if modality == "image" else pa.string()
     return pa.table(
@@ -41,6 +46,7 @@ def batch_table(
             "content": pa.array(list(contents), content_type),
             "created_at": pa.array([ts] * n, pa.timestamp("us")),
             "seed": pa.array([seed] * n, pa.int64()),
+            "prompt": pa.array(prompts, pa.string()),
         }
     )
 

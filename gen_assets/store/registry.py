@@ -454,7 +454,7 @@ def lineage(con: duckdb.DuckDBPyConnection, sample_id: str) -> dict[str, Any]:
             "unrecorded_feedback_versions": [v for v in dict.fromkeys(feedback_versions) if v not in recorded]}
 
 
-TREND_METRICS = {"image": ("fid", "fid_real_floor", "class_accuracy"), "text": ("val_loss", "bleu", "novelty")}
+TREND_METRICS = {"image": ("fid", "fid_real_floor", "class_accuracy"), "text": ("bits_per_byte", "degenerate_share", "novelty")}
 
 
 def metric_trend(con: duckdb.DuckDBPyConnection, modality: str, metrics: tuple[str, ...] | None = None) -> list[dict]:

@@ -10,14 +10,14 @@ from gen_assets.store.warehouse import define_curated_view, ensure_schema, now, 
 
 
 def rated_samples(con: duckdb.DuckDBPyConnection, ratings: list[tuple[str, float]]) -> pd.DataFrame:
-    """sample_id, category, content (bytes), text, rating for the given (sample_id, mean rating) pairs."""
+    """sample_id, category, prompt, content (bytes), text, rating for the given (sample_id, mean rating) pairs."""
     frame = pd.DataFrame(ratings, columns=["sample_id", "rating"])
     if frame.empty:
-        return frame.assign(category=[], content=[], text=[])
+        return frame.assign(category=[], prompt=[], content=[], text=[])
     con.register("_rated", frame)
     try:
         return con.execute(
-            "SELECT g.sample_id, g.category, g.content, g.text, r.rating FROM generated g "
+            "SELECT g.sample_id, g.category, g.prompt, g.content, g.text, r.rating FROM generated g "
             "JOIN _rated r USING (sample_id) ORDER BY g.sample_id"
         ).df()
     finally:

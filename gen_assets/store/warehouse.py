@@ -11,7 +11,8 @@ by `define_generated_view` and `define_curated_view`). Columns added after the f
 - batches:         one row per generation batch (its Parquet file)
                    (these four: only through gen_assets.store.registry)
 - generated (view): every generated sample of every modality, read from the batch Parquet files
-                   (content BLOB: PNG bytes or UTF-8 text; text VARCHAR for text samples)
+                   (content BLOB: PNG bytes or UTF-8 text; text VARCHAR for text samples; prompt: the
+                   brief a text was written for)
 - curated_samples: the current curated set of each modality (gen_assets.store.samples)
 - curated (view):  the columns of `generated` plus reward and rank, for the curated samples
 - feedback:        one accepted rating per row (gen_assets.feedback.ingest)
@@ -266,18 +267,28 @@ def define_generated_view(con: duckdb.DuckDBPyConnection, batch_files: Iterable[
     for modality, paths in sorted(by_modality.items()):
         # a batch at a URL: its filesystem made readable on this connection (see store/files.py)
         files = "[" + ", ".join(stored_file_sql(con, p) for p in paths) + "]"
+        source = f"read_parquet({files}, union_by_name = true)"
         if modality == "text":
-            content = "encode(content) AS content, content AS text"
+            # batches written before texts had briefs have no prompt column
+            content = "encode(content) AS content, content AS text, " + (
+                "prompt" if _has_column(con, source, "prompt") else "NULL::VARCHAR AS prompt")
         else:
-            content = "CAST(content AS BLOB) AS content, NULL::VARCHAR AS text"
-        selects.append(f"SELECT {common}, {content} FROM read_parquet({files})")
+            content = "CAST(content AS BLOB) AS content, NULL::VARCHAR AS text, NULL::VARCHAR AS prompt"
+        selects.append(f"SELECT {common}, {content} FROM {source}")
     if not selects:
         selects.append(
             "SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR AS batch_id, NULL::VARCHAR AS model_version, "
             "NULL::VARCHAR AS modality, NULL::VARCHAR AS category, NULL::TIMESTAMP AS created_at, "
-            "NULL::BIGINT AS seed, NULL::BLOB AS content, NULL::VARCHAR AS text WHERE false"
+            "NULL::BIGINT AS seed, NULL::BLOB AS content, NULL::VARCHAR AS text, NULL::VARCHAR AS prompt WHERE false"
         )
     con.execute("CREATE OR REPLACE VIEW generated AS " + " UNION ALL ".join(selects))
+
+
+def _has_column(con: duckdb.DuckDBPyConnection, source: str, column: str) -> bool:
+    try:
+        return column in {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    except duckdb.Error:  # an unreadable file fails the view's readers, with DuckDB's message, not this
+        return False
 
 
 def define_curated_view(con: duckdb.DuckDBPyConnection) -> None:

@@ -302,3 +302,45 @@ def finetune_text_generator(
         "lr_decay_iters": steps,
     }
     return _fit_copy(gpt, loader, overrides, seed=seed, run_dir=run_dir, log=log, fit_kwargs=fit_kwargs)
+
+
+def finetune_pretrained_text_generator(
+    model: torch.nn.Module,
+    real: Sequence[tuple[str | None, str | None, str]],
+    rated: Sequence[tuple[str | None, str | None, str]],
+    weights: Any,
+    *,
+    steps: int = 24,
+    mix: float = 0.5,
+    batch_size: int = 8,
+    lr: float | None = None,
+    real_weights: Any = None,
+    seed: int = 0,
+    run_dir: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+    **fit_kwargs: Any,
+) -> torch.nn.Module:
+    """A fine-tuned copy of a pretrained text generator (models.hf.HFCausalLM) that leans towards the
+    weighted texts: supervised fine-tuning on (category, prompt, text) examples, its LoRA adapters (or
+    all weights) trained further.
+
+    `real`: the company's own copy (the train split's briefs with their reference texts), weighted by
+    `real_weights` (uniform by default); `rated`: the candidates written for briefs, weighted by
+    `weights`. Each batch draws its examples, with replacement, `mix` of the probability mass on the real
+    ones. `lr` defaults to half the model's own. `run_dir`, `seed` and `fit_kwargs` as for
+    finetune_image_generator.
+    """
+    from gen_assets.training.sft import sft_loaders
+
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    rated_w = _weights("weights", weights, len(rated))
+    real_w = _weights("real_weights", torch.ones(len(real)) if real_weights is None else real_weights, len(real))
+    p = _mixture(real_w, rated_w, mix)
+    loader, _ = sft_loaders(model, [*real, *rated], batch_size=batch_size, batches_per_epoch=steps, seed=seed,
+                            weights=p)
+    c = model.config
+    lr = c.learning_rate / 2 if lr is None else lr
+    overrides = {"learning_rate": lr, "min_lr": lr / 10, "warmup_iters": min(c.warmup_iters, max(1, steps // 10)),
+                 "lr_decay_iters": steps}
+    return _fit_copy(model, loader, overrides, seed=seed, run_dir=run_dir, log=log, fit_kwargs=fit_kwargs)

@@ -55,6 +55,7 @@ class CuratedSample:
     rank: int
     created_at: str
     text: str | None  # texts only; images are served by id
+    prompt: str | None = None  # the brief a text was written for
 
 
 @dataclass(frozen=True)
@@ -264,13 +265,13 @@ def read_snapshot(con: duckdb.DuckDBPyConnection, signature: tuple = ()) -> Snap
 
 def _curated(con: duckdb.DuckDBPyConnection) -> tuple[tuple[CuratedSample, ...], dict[str, bytes]]:
     rows = con.execute(
-        "SELECT sample_id, modality, category, model_version, batch_id, reward, rank, created_at, text, "
+        "SELECT sample_id, modality, category, model_version, batch_id, reward, rank, created_at, text, prompt, "
         "CASE WHEN modality = 'image' THEN content END FROM curated ORDER BY modality, category, rank, sample_id"
     ).fetchall()
     samples, images = [], {}
-    for sample_id, modality, category, version, batch_id, reward, rank, created_at, text, content in rows:
+    for sample_id, modality, category, version, batch_id, reward, rank, created_at, text, prompt, content in rows:
         samples.append(CuratedSample(sample_id, modality, str(category), version, batch_id, float(reward), int(rank),
-                                     _iso(created_at), text))
+                                     _iso(created_at), text, prompt))
         if content is not None:
             images[sample_id] = bytes(content)
     samples.sort(key=lambda s: (s.modality, category_key(s.category), s.rank, s.sample_id))

@@ -21,14 +21,16 @@ from gen_assets.rules import promotion
 from gen_assets.store import registry
 from gen_assets.training.fingerprint import code_fingerprint
 from gen_assets.training.image_data import images_to_tensor
-from gen_assets.training.text_data import encode_documents
-from gen_assets.models.tokenizers import tokenizer_from_dict
+from gen_assets.metrics.texts import guard_stats, length_bounds
+from gen_assets.models.reward import writer_features
+from gen_assets.models.text_generators import load_writer, writer_of
 
 
 # the decision depends on the rule and on how it measures (sampling, metrics), not on this module's wiring
 IMAGE_CHAMPION_CODE = ("gen_assets.rules.promotion", "gen_assets.models.dcgan", "gen_assets.models.vae",
                        "gen_assets.models.evaluator", "gen_assets.training.image_data")
-TEXT_CHAMPION_CODE = ("gen_assets.rules.promotion", "gen_assets.models.gpt", "gen_assets.training.text_data")
+TEXT_CHAMPION_CODE = ("gen_assets.rules.promotion", "gen_assets.models.text_generators", "gen_assets.metrics.texts",
+                      "gen_assets.models.reward")
 
 
 PROJECT_GATE = "project"  # the gate_profile of a champion decided by a run that names no profile
@@ -60,11 +62,22 @@ class ImageChampionConfig(PersonDecision):
 
 
 class TextChampionConfig(PersonDecision):
-    tolerance: float = Field(default=0.02, description="a candidate whose val loss is at most this share above "
-                             "the champion's is still promoted")
-    max_val_loss: float | None = Field(default=2.5, description="and its val loss at most this (nats per token; "
-                                       "None: no absolute bar), also when no champion is comparable")
-    val_batches: int = Field(default=50, description="random val windows (of 32) in the loss")
+    tolerance: float = Field(default=0.03, description="a candidate whose bits per byte on the val texts is at "
+                             "most this share above the champion's is still promoted")
+    max_bits_per_byte: float | None = Field(default=3.0, description="and its bits per byte at most this (None: "
+                                            "no absolute bar), also when no champion is comparable")
+    max_degenerate_share: float | None = Field(
+        default=0.5, description="the guard: at most this share of its samples on held-out briefs empty, repetitive "
+        "or unfinished (None: not checked)")
+    max_out_of_length_share: float | None = Field(
+        default=0.5, description="the guard: at most this share of those samples outside the length of the "
+        "company's own copy (metrics.texts.length_bounds; None: not checked)")
+    reward_tolerance: float | None = Field(
+        default=0.05, description="the guard, once a reward model exists: their mean predicted rating at most this "
+        "below the champion's (None: not checked)")
+    guard_briefs: int = Field(default=8, description="held-out briefs (val split) the guard samples")
+    guard_samples_per_brief: int = 2
+    max_new_tokens: int = Field(default=48, description="the guard's samples' token budget (as generated_texts')")
     seed: int = 0
 
 
@@ -83,7 +96,8 @@ def decide_by_hand(con, config: PersonDecision, modality: str, who: str, why: st
 
 
 def settle(context: dg.AssetExecutionContext, config: PersonDecision, warehouse: DuckDBResource, modality: str,
-           candidate: ModelRef, measure, comparable, ceiling: tuple[float, str] | None) -> dg.Output[ModelRef]:
+           candidate: ModelRef, measure, comparable, ceiling: tuple[float, str] | None, guard=None
+           ) -> dg.Output[ModelRef]:
     """Apply a person's decision, or the rule to `candidate`; output the champion with the decision."""
     run_actor = f"dagster:{context.run.run_id}"
     load = lambda path: load_model(path, inference_device())  # noqa: E731
@@ -104,7 +118,8 @@ def settle(context: dg.AssetExecutionContext, config: PersonDecision, warehouse:
         decision = "by hand"
     else:
         outcome = promotion.review(warehouse.get_connection, candidate.version, load=load, measure=measure,
-                                   comparable=comparable, tolerance=config.tolerance, actor=run_actor, ceiling=ceiling)
+                                   comparable=comparable, tolerance=config.tolerance, actor=run_actor, ceiling=ceiling,
+                                   guard=guard)
         if outcome.champion is None:
             raise dg.Failure(
                 f"no {modality} champion: the first candidate {candidate.version} was refused: {outcome.reason}. "
@@ -175,23 +190,58 @@ def text_champion(
     context: dg.AssetExecutionContext,
     config: TextChampionConfig,
     tuned_text_generator: ModelRef,
+    text_generator: ModelRef,
+    text_reward_model: ModelRef,
     clean_texts: CleanTable,
     warehouse: DuckDBResource,
 ) -> dg.Output[ModelRef]:
-    """The text generator in use: the candidate when its validation loss is not worse than the champion's
-    beyond the tolerance (and below max_val_loss), else the champion."""
+    """The text generator in use: the candidate when its bits per byte on the val texts is not worse than the
+    champion's beyond the tolerance (and below max_bits_per_byte), and its samples on held-out briefs pass
+    the guard (not degenerate, of the company's length, not rated lower by the reward model); else the
+    champion."""
     with warehouse.get_connection() as con:
-        val_docs = text_cleaning.load_texts(con, split="val", table=clean_texts.table)
-    encoded: dict[str, object] = {}
+        val = text_cleaning.load_briefs(con, split="val", table=clean_texts.table)
+        train = text_cleaning.load_briefs(con, split="train", table=clean_texts.table)
+    references = [(b.category, b.prompt, b.text) for b in val if b.text]
+    if not references:
+        raise dg.Failure(f"text_champion: the val split of {clean_texts.table} holds no text to measure models on; "
+                         "add reference texts (or raise clean_texts' val_fraction)")
+    briefs = text_cleaning.distinct_briefs(val)
+    if all(p is None for _, p in briefs):
+        briefs = [(c, None) for c in clean_texts.categories]
+    briefs = briefs[: config.guard_briefs]
+    bounds = length_bounds([b.text for b in train if b.text] or [t for _, _, t in references])
+    scorer = None
+    if text_reward_model.details.get("fitted") and config.reward_tolerance is not None:
+        reward, features_from = load_model(text_reward_model.path), load_writer(text_generator.path, inference_device())
+        scorer = lambda b, t: reward.predict(writer_features(features_from, b, t))  # noqa: E731
+    measured: dict[str, dict] = {}
 
     def measure(model) -> float:
-        tokenizer = tokenizer_from_dict(model.extra["tokenizer"])
-        ids = encoded.setdefault(str(sorted(model.extra["tokenizer"].items())),
-                                 encode_documents(tokenizer, [t for _, t in val_docs], [c for c, _ in val_docs]))
-        return promotion.text_key_metric(model, ids, batches=config.val_batches, seed=config.seed)
+        return promotion.text_key_metric(writer_of(model), [(c, p) for c, p, _ in references],
+                                         [t for _, _, t in references])
 
-    def comparable(candidate, champion) -> str | None:
-        return promotion.text_models_comparable(candidate.extra["tokenizer"], champion.extra["tokenizer"])
+    def samples(model) -> dict[str, float]:
+        wanted = [b for b in briefs for _ in range(config.guard_samples_per_brief)]
+        texts = writer_of(model).write(wanted, max_new_tokens=config.max_new_tokens, seed=config.seed)
+        stats = guard_stats(texts, bounds)
+        if scorer is not None:
+            stats["reward"] = float(scorer(wanted, texts).mean())
+        return stats
 
-    ceiling = None if config.max_val_loss is None else (config.max_val_loss, "the configured max_val_loss")
-    return settle(context, config, warehouse, "text", tuned_text_generator, measure, comparable, ceiling)
+    def guard(candidate, champion) -> str | None:
+        cand = measured.setdefault("candidate", samples(candidate))
+        champ = measured.setdefault("champion", samples(champion)) if champion is not None and scorer else None
+        return promotion.text_guard(
+            cand, champ, max_degenerate_share=1.0 if config.max_degenerate_share is None else config.max_degenerate_share,
+            min_in_length_share=0.0 if config.max_out_of_length_share is None else 1.0 - config.max_out_of_length_share,
+            reward_tolerance=config.reward_tolerance if config.reward_tolerance is not None else float("inf"))
+
+    ceiling = None if config.max_bits_per_byte is None else (config.max_bits_per_byte, "the configured max_bits_per_byte")
+    out = settle(context, config, warehouse, "text", tuned_text_generator, measure, lambda a, b: None, ceiling,
+                 guard=guard)
+    for who, stats in measured.items():
+        for key, value in stats.items():
+            out.metadata[f"{who}_{key}"] = dg.MetadataValue.float(round(float(value), 4))
+    out.metadata["length_bounds"] = f"{bounds[0]}-{bounds[1]} characters"
+    return out

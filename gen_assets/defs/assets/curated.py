@@ -20,8 +20,9 @@ from gen_assets.rules.curation import NgramIndex, curate, image_confidence, text
 from gen_assets.media.png import decode_image
 from gen_assets.models.checkpoint import load_model
 from gen_assets.training.image_data import images_to_tensor
-from gen_assets.models.reward import image_features, text_features
-from gen_assets.models.tokenizers import tokenizer_from_dict
+from gen_assets.metrics.texts import length_bounds, repetition_rate, unfinished
+from gen_assets.models.reward import image_features, writer_features
+from gen_assets.models.text_generators import load_writer
 from gen_assets.store import warehouse as wh
 from gen_assets.store.files import read_table
 from gen_assets.store.samples import replace_curated
@@ -30,6 +31,14 @@ from gen_assets.store.samples import replace_curated
 class CuratedImagesConfig(dg.Config):
     k_per_category: int = 10
     min_confidence: float = Field(default=0.9, description="evaluator probability of the conditioned category")
+
+
+def prior_text_score(texts: list[str], bounds: tuple[int, int]) -> np.ndarray:
+    """The ranking before any rating: one point for a finished text (sentence punctuation at its end), one for
+    a length within `bounds`, minus its repetition rate (metrics.texts); a neutral, documented prior."""
+    finished = np.array([bool(t.strip()) and not unfinished(t) for t in texts], dtype=float)
+    in_length = np.array([bounds[0] <= len(t.strip()) <= bounds[1] for t in texts], dtype=float)
+    return finished + in_length - np.array([repetition_rate(t) for t in texts])
 
 
 class CuratedTextsConfig(dg.Config):
@@ -129,18 +138,19 @@ def curated_texts(
 ) -> dg.Output[pd.DataFrame]:
     """The top k texts per category by predicted rating; blocklisted, broken and copied texts dropped."""
     t0 = time.perf_counter()
-    table = read_table(generated_texts.path, columns=["sample_id", "category", "content"])
+    table = read_table(generated_texts.path)
     texts, categories = table.column("content").to_pylist(), table.column("category").to_pylist()
+    prompts = table.column("prompt").to_pylist() if "prompt" in table.schema.names else [None] * len(texts)
     with warehouse.get_connection() as con:
-        train = [t for _, t in text_cleaning.load_texts(con, split="train", table=clean_texts.table)]
+        train = [b.text for b in text_cleaning.load_briefs(con, split="train", table=clean_texts.table) if b.text]
     flags = text_flags(texts, blocklist=config.blocklist, train_ngrams=NgramIndex(train), max_copy_share=config.max_copy_share)
     if text_reward_model.details.get("fitted"):
-        gpt = load_model(text_generator.path, inference_device())
-        feats = text_features(texts, gpt, tokenizer_from_dict(gpt.extra["tokenizer"]), categories=categories)
+        writer = load_writer(text_generator.path, inference_device())
+        feats = writer_features(writer, list(zip(categories, prompts)), texts)
         reward, scored_by = load_model(text_reward_model.path).predict(feats).numpy(), text_reward_model.version
     else:
-        # before any rating: prefer fuller samples (a neutral, documented prior)
-        reward, scored_by = np.array([len(t.split()) for t in texts], dtype=float), "length in words (no reward model yet)"
+        # before any rating: well-formed samples first (finished, of the company's length, not repetitive)
+        reward, scored_by = prior_text_score(texts, length_bounds(train)), "form: finished, in length, not repetitive (no reward model yet)"
     frame = pd.DataFrame({"sample_id": table.column("sample_id").to_pylist(), "category": categories,
                           "reward": reward, "reason": flags})
     result = curate(frame, k_per_category=config.k_per_category)

@@ -13,11 +13,9 @@ from gen_assets.defs.assets.trained import label_indices, load_image_split
 from gen_assets.media.png import decode_image
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.metrics.images import image_metrics as compute_image_metrics
-from gen_assets.metrics.lm import validation_loss
-from gen_assets.metrics.texts import perplexity
+from gen_assets.metrics.texts import guard_stats, length_bounds
 from gen_assets.metrics.texts import text_metrics as compute_text_metrics
-from gen_assets.training.text_data import encode_documents
-from gen_assets.models.tokenizers import tokenizer_from_dict
+from gen_assets.models.text_generators import load_writer, writer_bits_per_byte
 from gen_assets.models.checkpoint import load_model
 from gen_assets.training.image_data import images_to_tensor
 from gen_assets.store import registry
@@ -105,12 +103,10 @@ def image_metrics(
 
 
 class TextMetricsConfig(dg.Config):
-    val_batches: int = Field(default=50, description="random windows of the val split in the loss estimate")
-    batch_size: int = 32
     seed: int = 0
 
 
-@dg.asset(**lane("text", "evaluation"), kinds={"duckdb"}, code_version="1",
+@dg.asset(**lane("text", "evaluation"), kinds={"duckdb"}, code_version="2",
           automation_condition=dg.AutomationCondition.eager())
 def text_metrics(
     context: dg.AssetExecutionContext,
@@ -120,21 +116,28 @@ def text_metrics(
     clean_texts: CleanTable,
     warehouse: DuckDBResource,
 ) -> dg.Output[dict]:
-    """Validation loss / perplexity of the champion that wrote the batch; BLEU, ROUGE, diversity and novelty of it."""
+    """Bits per byte of the test split's texts under the champion that wrote the batch (tokenizer-independent);
+    the batch's degeneration guard (empty, repetitive, unfinished, length), ROUGE, diversity and novelty."""
     t0 = time.perf_counter()
     same_model(generated_texts, text_champion)
-    model = load_model(text_champion.path, inference_device())
-    tokenizer = tokenizer_from_dict(model.extra["tokenizer"])
+    writer = load_writer(text_champion.path, inference_device())
     with warehouse.get_connection() as con:
-        train_docs = text_cleaning.load_texts(con, split="train", table=clean_texts.table)
-        val_docs = text_cleaning.load_texts(con, split="val", table=clean_texts.table)
-        test_docs = text_cleaning.load_texts(con, split="test", table=clean_texts.table)
-    val_ids = encode_documents(tokenizer, [t for _, t in val_docs], [c for c, _ in val_docs])
-    loss = validation_loss(model, val_ids, batch_size=config.batch_size, batches=config.val_batches, seed=config.seed)
+        train = text_cleaning.load_briefs(con, split="train", table=clean_texts.table)
+        test = text_cleaning.load_briefs(con, split="test", table=clean_texts.table)
+    test_examples = [(b.category, b.prompt, b.text) for b in test if b.text]
+    metrics: dict[str, float] = {}
+    if test_examples:
+        metrics["bits_per_byte"] = writer_bits_per_byte(writer, [(c, p) for c, p, _ in test_examples],
+                                                        [t for _, _, t in test_examples])
+    else:
+        context.log.warning(f"the test split of {clean_texts.table} holds no texts: bits_per_byte not measured")
     table = read_table(generated_texts.path, columns=["category", "content"])
     generated = list(zip(table.column("category").to_pylist(), table.column("content").to_pylist()))
-    metrics = {"val_loss": loss, "perplexity": perplexity(loss)}
-    metrics.update(compute_text_metrics(generated, test_docs, [t for _, t in train_docs]))
+    train_texts = [b.text for b in train if b.text]
+    metrics.update(guard_stats([t for _, t in generated], length_bounds(train_texts)))
+    references = [(c, t) for c, _, t in test_examples] or [(b.category, b.text) for b in train if b.text]
+    if {c for c, _ in generated} <= {c for c, _ in references}:
+        metrics.update(compute_text_metrics(generated, references, train_texts))
     with warehouse.get_connection() as con:
         registry.record_metrics(con, model_version=generated_texts.model_version, modality="text", metrics=metrics,
                                 batch_id=generated_texts.batch_id)

@@ -7,13 +7,13 @@ from pydantic import Field
 import numpy as np
 from dagster_duckdb import DuckDBResource
 
-from gen_assets.defs.handles import (Batch, ModelRef, arrow_columns, inference_device, lane, md_png, stable_key,
+from gen_assets.cleaning import texts as text_cleaning
+from gen_assets.defs.handles import (Batch, CleanTable, ModelRef, arrow_columns, inference_device, lane, md_png, stable_key,
                                      table_metadata, uri_metadata)
 from gen_assets.training.sampling import generate_per_class
 from gen_assets.media.png import encode_png, make_grid, to_uint8
 from gen_assets.models.checkpoint import load_model
-from gen_assets.training.text_data import generate_texts
-from gen_assets.models.tokenizers import tokenizer_from_dict
+from gen_assets.models.text_generators import load_writer
 from gen_assets.defs.resources import ArtifactStore
 from gen_assets.store import registry
 from gen_assets.store.batches import batch_table, write_batch
@@ -95,81 +95,81 @@ def generated_images(
 
 
 class GeneratedTextsConfig(dg.Config):
-    samples_per_category: int = 20
-    max_new_tokens: int = 300
-    prompts: list[str] = Field(
-        default=[], description="prompt strings; each category gets samples_per_category samples per prompt"
-    )
+    samples_per_brief: int = Field(default=2, description="samples per brief (per category for a corpus "
+                                   "without prompts)")
+    max_new_tokens: int = Field(default=48, description="longest sample, in tokens (characters for the char GPT)")
     temperature: float = 0.8
-    top_k: int | None = 50
+    top_k: int | None = None
     top_p: float | None = 0.95
-    stop: str | None = Field(
-        default=None, description="a stop sequence: each sample is cut at its first occurrence (kept)"
-    )
+    stop: list[str] = Field(default=[], description="stop strings: a sample is cut at the first one (dropped)")
+    batch_size: int = Field(default=32, description="briefs generated together (one KV cache per batch)")
     seed: int = 0
 
 
-@dg.asset(**lane("text", "generation"), kinds={"parquet"}, code_version="1",
+def generation_briefs(clean_texts: CleanTable, warehouse: DuckDBResource) -> list[tuple[str, str | None]]:
+    """The distinct (category, prompt) briefs of the clean table; a corpus without prompts: its categories."""
+    with warehouse.get_connection() as con:
+        briefs = text_cleaning.distinct_briefs(text_cleaning.load_briefs(con, table=clean_texts.table))
+    if all(prompt is None for _, prompt in briefs):
+        return [(c, None) for c in clean_texts.categories]
+    return briefs
+
+
+@dg.asset(**lane("text", "generation"), kinds={"parquet"}, code_version="2",
           automation_condition=dg.AutomationCondition.eager())
 def generated_texts(
     context: dg.AssetExecutionContext,
     config: GeneratedTextsConfig,
     text_champion: ModelRef,
+    clean_texts: CleanTable,
     warehouse: DuckDBResource,
     artifacts: ArtifactStore,
 ) -> dg.Output[Batch]:
-    """A batch of the champion's texts per category (each prompted by its control token), listed in the view
-    `generated`."""
+    """A batch of the champion's texts for every brief of the clean table (every category when the corpus
+    has no prompts), each sample recorded with its brief, listed in the DuckDB view `generated`."""
     champion = text_champion
     t0 = time.perf_counter()
-    categories = list(champion.details["categories"])
-    model = load_model(champion.path, inference_device())
-    tokenizer = tokenizer_from_dict(model.extra["tokenizer"])
-    batch_id = "text-" + stable_key(champion.version, config.model_dump())
-    rows: list[tuple[str, str]] = []
-    for prompt in config.prompts or [""]:
-        for i, category in enumerate(categories):
-            texts = generate_texts(
-                model,
-                tokenizer,
-                [category] * config.samples_per_category,
-                max_new_tokens=config.max_new_tokens,
-                prompt=prompt,
-                temperature=config.temperature,
-                top_k=config.top_k,
-                top_p=config.top_p,
-                seed=config.seed + 1000 * i,
-            )
-            if config.stop:
-                texts = [t[: t.index(config.stop) + len(config.stop)] if config.stop in t else t for t in texts]
-            rows += [(category, t) for t in texts]
-            context.log.info(f"generated {len(rows)} samples ({category!r}, prompt {prompt!r})")
+    writer = load_writer(champion.path, inference_device())
+    briefs = generation_briefs(clean_texts, warehouse)
+    wanted = [b for b in briefs for _ in range(config.samples_per_brief)]
+    batch_id = "text-" + stable_key(champion.version, clean_texts.version, config.model_dump())
+    texts: list[str] = []
+    for start in range(0, len(wanted), config.batch_size):
+        chunk = wanted[start : start + config.batch_size]
+        texts += writer.write(chunk, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                              top_k=config.top_k, top_p=config.top_p, stop=config.stop,
+                              seed=config.seed + start, batch_size=config.batch_size)
+        context.log.info(f"generated {len(texts)}/{len(wanted)} samples")
     table = batch_table(
         batch_id=batch_id,
         model_version=champion.version,
         modality="text",
-        categories=[c for c, _ in rows],
-        contents=[t for _, t in rows],
+        categories=[c for c, _ in wanted],
+        contents=texts,
+        prompts=[p for _, p in wanted],
         seed=config.seed,
     )
     path = write_batch(table, artifacts.paths.batches / "text", batch_id)
     with warehouse.get_connection() as con:
         registry.register_batch(con, batch_id=batch_id, modality="text", model_version=champion.version,
-                                path=str(path), grid_path=None, n_samples=len(rows))
+                                path=str(path), grid_path=None, n_samples=len(texts))
     seconds = time.perf_counter() - t0
-    preview = "\n\n".join(f"**{c}**\n\n> " + t[:300].replace("\n", "\n> ") for c, t in rows[:: max(1, config.samples_per_category)][:6])
+    shown = [(c, p, t) for (c, p), t in zip(wanted, texts)][:: max(1, config.samples_per_brief)][:8]
+    preview = "\n\n".join(f"**{c}**" + (f" — {p[:160]}" if p else "") + "\n\n> " + t[:300].replace("\n", "\n> ")
+                           for c, p, t in shown)
     return dg.Output(
-        Batch(batch_id, "text", champion.version, str(path), len(rows)),
+        Batch(batch_id, "text", champion.version, str(path), len(texts)),
         data_version=dg.DataVersion(batch_id),
         metadata={
             "batch_id": batch_id,
             "model_version": champion.version,
-            "samples": len(rows),
+            "samples": len(texts),
+            "briefs": len(briefs),
             "path": dg.MetadataValue.path(str(path)),
             **uri_metadata(path),
             **table_metadata(table.num_rows, arrow_columns(table.schema)),
             "preview": dg.MetadataValue.md(preview),
             "seconds": round(seconds, 3),
-            "tokens_per_second": round(sum(len(tokenizer.encode(t)) for _, t in rows) / max(seconds, 1e-9), 1),
+            "samples_per_second": round(len(texts) / max(seconds, 1e-9), 2),
         },
     )

@@ -5,7 +5,6 @@ training/fingerprint.py), and a training run's key includes it: new code is a ne
 """
 
 import dataclasses
-import hashlib
 import json
 from typing import Any, Literal
 
@@ -22,13 +21,16 @@ from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.models.checkpoint import file_sha256, load_model, model_class, save_versioned_model
 from gen_assets.training.image_data import image_loaders, images_to_tensor
 from gen_assets.training.text_data import encode_documents, text_loaders
-from gen_assets.models.tokenizers import load_tokenizer, train_tokenizer
+from gen_assets.models.tokenizers import train_tokenizer
+from gen_assets.models.hf import HFCausalLM, HFConfig
+from gen_assets.models.pretrained import DEFAULT_BASE_MODEL, BaseModelError, resolve_base
+from gen_assets.training.sft import sft_loaders
 from gen_assets.training.fit import FitResult, fit
 from gen_assets.training.fingerprint import code_fingerprint
 from gen_assets.media.plots import curves_png
 from gen_assets.defs.resources import ArtifactStore, TrainerResource
 from gen_assets.store import locations, registry
-from gen_assets.store.files import atomic_write_bytes, location
+from gen_assets.store.files import location
 
 
 # The pure modules whose code defines each asset's result; code_fingerprint adds what they import. The
@@ -37,8 +39,8 @@ from gen_assets.store.files import atomic_write_bytes, location
 IMAGE_EVALUATOR_CODE = ("gen_assets.models.evaluator", "gen_assets.training.fit", "gen_assets.training.image_data",
                         "gen_assets.models.checkpoint")
 IMAGE_GENERATOR_CODE = ("gen_assets.models.dcgan", "gen_assets.models.vae", *IMAGE_EVALUATOR_CODE)
-TEXT_TOKENIZER_CODE = ("gen_assets.models.tokenizers",)
-TEXT_GENERATOR_CODE = ("gen_assets.models.gpt", "gen_assets.training.fit", "gen_assets.training.text_data",
+TEXT_GENERATOR_CODE = ("gen_assets.models.gpt", "gen_assets.models.hf", "gen_assets.models.pretrained",
+                       "gen_assets.training.fit", "gen_assets.training.text_data", "gen_assets.training.sft",
                        "gen_assets.models.tokenizers", "gen_assets.models.checkpoint")
 
 
@@ -313,53 +315,76 @@ def image_generator(
     return dg.Output(ref, data_version=dg.DataVersion(ref.sha256[:16]), metadata=meta)
 
 
-class TextTokenizerConfig(dg.Config):
-    kind: Literal["char", "bpe"] = Field(
-        default="char", description="char: one token per character; bpe: byte-level BPE trained on the corpus"
-    )
-    vocab_size: int | None = Field(default=None, description="BPE vocabulary size (ignored for char)")
-
-
-@dg.asset(**lane("text", "training"), kinds={"json"}, code_version=code_fingerprint(*TEXT_TOKENIZER_CODE))
-def text_tokenizer(
-    context: dg.AssetExecutionContext, config: TextTokenizerConfig, clean_texts: CleanTable, warehouse: DuckDBResource,
-    artifacts: ArtifactStore,
-) -> dg.Output[ModelRef]:
-    """The tokenizer, trained on the train split, with one control token per category."""
-    with warehouse.get_connection() as con:
-        docs = text_cleaning.load_texts(con, split="train", table=clean_texts.table)
-    tokenizer = train_tokenizer(config.kind, [t for _, t in docs], list(clean_texts.categories), config.vocab_size)
-    blob = json.dumps(tokenizer.to_dict(), sort_keys=True).encode()
-    sha = hashlib.sha256(blob).hexdigest()
-    version = f"{config.kind}-{sha[:12]}"
-    path = artifacts.paths.models / "text" / f"tokenizer-{version}.json"
-    atomic_write_bytes(path, blob)
-    context.log.info(f"tokenizer {version}: vocabulary of {tokenizer.vocab_size}")
-    return dg.Output(
-        ModelRef("text", config.kind, version, str(path), sha),
-        data_version=dg.DataVersion(sha[:16]),
-        metadata={"version": version, "vocab_size": tokenizer.vocab_size, "categories": len(clean_texts.categories),
-                  "path": dg.MetadataValue.path(str(path)), **uri_metadata(path)},
-    )
+# Training settings whose best value depends on the architecture: None in TextGeneratorConfig means this.
+TEXT_ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    # LoRA on a pretrained model: a few dozen steps on the company's copy (a step is ~3-4 s on 2 CPU cores)
+    "hf": {"batch_size": 8, "max_iters": 24, "iters_per_epoch": 8, "learning_rate": 2e-4, "min_lr": 2e-5,
+           "warmup_iters": 3, "patience": 2},
+    # nanoGPT's shakespeare_char, scaled to a CPU
+    "gpt": {"batch_size": 12, "max_iters": 2000, "iters_per_epoch": 250, "learning_rate": 1e-3, "min_lr": 1e-4,
+            "warmup_iters": 100, "patience": 3},
+}
 
 
 class TextGeneratorConfig(dg.Config):
+    arch: Literal["hf", "gpt"] = Field(
+        default="hf", description="hf: a pretrained causal language model (base_model) adapted to the corpus; "
+        "gpt: a GPT trained from scratch on the corpus (nanoGPT's design)")
+    base_model: str = Field(default=DEFAULT_BASE_MODEL, description="hf: a Hugging Face hub id, a local folder "
+                            "(save_pretrained layout) or a .gguf file")
+    lora: bool = Field(default=True, description="hf: LoRA adapters on the frozen base (false: full fine-tuning)")
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str = Field(default="all-linear", description="hf: the layers LoRA adapts (peft's "
+                                "'all-linear', or names such as 'q_proj,v_proj')")
+    system_prompt: str | None = Field(default=None, description="hf: the system turn of the chat template "
+                                      "(None: the template's own)")
+    max_length: int = Field(default=256, description="hf: longest training example in tokens (brief + text)")
+    batch_size: int | None = Field(default=None, description="None: the architecture's default")
+    max_iters: int | None = Field(default=None, description="training steps (None: the architecture's default)")
+    iters_per_epoch: int | None = Field(default=None, description="steps between validations (one Lightning epoch)")
+    learning_rate: float | None = None
+    min_lr: float | None = None
+    warmup_iters: int | None = None
+    patience: int | None = Field(default=None, description="validations without improvement before stopping")
+    # the from-scratch GPT (arch gpt): its tokenizer and size
+    tokenizer: Literal["char", "bpe"] = Field(
+        default="char", description="gpt: char (one token per character) or bpe (byte-level BPE trained on the corpus)")
+    vocab_size: int | None = Field(default=None, description="gpt: BPE vocabulary size (ignored for char)")
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
     block_size: int = 64
     dropout: float = 0.0
-    batch_size: int = 12
-    max_iters: int = 2000
-    iters_per_epoch: int = Field(default=250, description="iterations between validations (one Lightning epoch)")
-    val_batches: int = 20
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_iters: int = 100
-    patience: int = 3
-    compile: bool = Field(default=False, description="torch.compile the training forward (worth it on a GPU)")
+    val_batches: int = Field(default=20, description="gpt: random val windows per validation")
+    compile: bool = Field(default=False, description="gpt: torch.compile the training forward (worth it on a GPU)")
     seed: int = 0
     retrain: bool = False
+
+    def training(self, name: str) -> Any:
+        """A training setting: the configured value, else the architecture's default."""
+        value = getattr(self, name)
+        return TEXT_ARCH_DEFAULTS[self.arch][name] if value is None else value
+
+
+def hf_config(config: TextGeneratorConfig) -> HFConfig:
+    return HFConfig(base_model=config.base_model, lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+                    lora_dropout=config.lora_dropout, target_modules=config.target_modules,
+                    learning_rate=config.training("learning_rate"), min_lr=config.training("min_lr"),
+                    warmup_iters=config.training("warmup_iters"), lr_decay_iters=config.training("max_iters"),
+                    max_length=config.max_length, system_prompt=config.system_prompt)
+
+
+def examples_of(briefs) -> list[tuple[str, str | None, str]]:
+    """(category, prompt, text) of the rows that have a text: what supervised fine-tuning learns from."""
+    return [(b.category, b.prompt, b.text) for b in briefs if b.text]
+
+
+def text_fit_args(config: TextGeneratorConfig, monitor: str | None) -> dict[str, Any]:
+    steps, per_epoch = config.training("max_iters"), config.training("iters_per_epoch")
+    return {"max_epochs": max(1, -(-steps // per_epoch)), "max_steps": steps, "monitor": monitor,
+            "patience": config.training("patience") if monitor else None, "seed": config.seed}
 
 
 @dg.asset(**lane("text", "training"), kinds={"pytorch"},
@@ -369,68 +394,84 @@ def text_generator(
     context: dg.AssetExecutionContext,
     config: TextGeneratorConfig,
     clean_texts: CleanTable,
-    text_tokenizer: ModelRef,
     warehouse: DuckDBResource,
     artifacts: ArtifactStore,
     trainer: TrainerResource,
 ) -> dg.Output[ModelRef]:
-    """A GPT (nanoGPT's design) conditioned on the category by a control token, early-stopped on val_loss."""
-    tokenizer = load_tokenizer(text_tokenizer.path)
+    """The text generator: a pretrained language model adapted to the corpus (LoRA by default), or a GPT
+    trained from scratch; early-stopped on the val split's loss."""
     with warehouse.get_connection() as con:
-        train_docs = text_cleaning.load_texts(con, split="train", table=clean_texts.table)
-        val_docs = text_cleaning.load_texts(con, split="val", table=clean_texts.table)
-    train_ids = encode_documents(tokenizer, [t for _, t in train_docs], [c for c, _ in train_docs])
-    val_ids = encode_documents(tokenizer, [t for _, t in val_docs], [c for c, _ in val_docs])
-    cfg = config_for(
-        "gpt",
-        {"vocab_size": tokenizer.vocab_size, "lr_decay_iters": config.max_iters},
-        {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout", "learning_rate",
-                                          "min_lr", "warmup_iters", "compile")},
-    )
-    torch.manual_seed(config.seed)
-    module = model_class("gpt")(cfg)
-    loaders = text_loaders(train_ids, val_ids, block_size=cfg.block_size, batch_size=config.batch_size, seed=config.seed,
-                           iters_per_epoch=config.iters_per_epoch, val_batches=config.val_batches)
-    context.log.info(f"training on {len(train_ids):,} tokens, validating on {len(val_ids):,}")
+        train = examples_of(text_cleaning.load_briefs(con, split="train", table=clean_texts.table))
+        val = examples_of(text_cleaning.load_briefs(con, split="val", table=clean_texts.table))
+    if not train:
+        raise dg.Failure(f"text_generator: the train split of {clean_texts.table} holds no text to learn from "
+                         "(only briefs without reference copy): add reference texts to some briefs")
+    key_parts = {"asset_config": config.model_dump(exclude={"retrain"}), "clean_texts": clean_texts.version}
+    inputs = {"clean_texts": clean_texts.version, "raw_texts": clean_texts.details["snapshot_version"],
+              "raw_source": clean_texts.details.get("source", ""), "code": code_fingerprint(*TEXT_GENERATOR_CODE)}
+    extra = None
+    if config.arch == "hf":
+        torch.manual_seed(config.seed)
+        try:
+            base = resolve_base(config.base_model, log=context.log.info)
+            module = HFCausalLM(hf_config(config), base=base)
+        except BaseModelError as e:
+            raise dg.Failure(f"text_generator: {e}") from None
+        context.log.info(f"base model {base.name} ({base.source}), weights {base.sha256[:12]}; "
+                         f"{module.trainable_parameters:,} trainable parameters")
+        cfg = module.config
+        loaders = sft_loaders(module, train, val, batch_size=config.training("batch_size"),
+                              batches_per_epoch=config.training("iters_per_epoch"), seed=config.seed)
+        inputs.update(pretrained_base=base.name, pretrained_sha256=base.sha256, pretrained_source=base.source)
+        key_parts["base_sha256"] = base.sha256
+        size = {"parameters": sum(p.numel() for p in module.parameters()), "trainable_parameters": module.trainable_parameters}
+        context.log.info(f"fine-tuning on {len(train)} texts, validating on {len(val)}")
+    else:
+        tokenizer = train_tokenizer(config.tokenizer, [t for _, _, t in train], list(clean_texts.categories),
+                                    config.vocab_size)
+        train_ids = encode_documents(tokenizer, [t for _, _, t in train], [c for c, _, _ in train])
+        val_ids = encode_documents(tokenizer, [t for _, _, t in val], [c for c, _, _ in val]) if val else None
+        cfg = config_for(
+            "gpt",
+            {"vocab_size": tokenizer.vocab_size, "lr_decay_iters": config.training("max_iters")},
+            {k: getattr(config, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout", "compile")}
+            | {k: config.training(k) for k in ("learning_rate", "min_lr", "warmup_iters")},
+        )
+        torch.manual_seed(config.seed)
+        module = model_class("gpt")(cfg)
+        loaders = text_loaders(train_ids, val_ids, block_size=cfg.block_size, batch_size=config.training("batch_size"),
+                               seed=config.seed, iters_per_epoch=config.training("iters_per_epoch"),
+                               val_batches=config.val_batches)
+        extra = {"tokenizer": tokenizer.to_dict()}
+        size = {"parameters": sum(p.numel() for p in module.parameters()), "vocab_size": tokenizer.vocab_size,
+                "train_tokens": len(train_ids)}
+        context.log.info(f"training on {len(train_ids):,} tokens, validating on {0 if val_ids is None else len(val_ids):,}")
+    key_parts["config"] = dataclasses.asdict(cfg)
     ref, history, fit_info = train_and_save(
         context,
         name="text_generator",
         modality="text",
-        arch="gpt",
+        arch=config.arch,
         module=module,
         loaders=loaders,
-        fit_args={
-            "max_epochs": max(1, -(-config.max_iters // config.iters_per_epoch)),
-            "max_steps": config.max_iters,
-            "monitor": "val_loss",
-            "patience": config.patience,
-            "seed": config.seed,
-            **trainer.fit_kwargs(),
-        },
-        key_parts={"config": dataclasses.asdict(cfg), "asset_config": config.model_dump(exclude={"retrain"}),
-                   "clean_texts": clean_texts.version, "text_tokenizer": text_tokenizer.version},
+        fit_args={**text_fit_args(config, "val_loss" if loaders[1] is not None else None), **trainer.fit_kwargs()},
+        key_parts=key_parts,
         code_version=code_fingerprint(*TEXT_GENERATOR_CODE),
         artifacts=artifacts,
         retrain=config.retrain,
-        extra={"tokenizer": tokenizer.to_dict()},
+        extra=extra,
     )
-    ref = dataclasses.replace(ref, details={"categories": list(clean_texts.categories)})
+    details = {"categories": list(clean_texts.categories)}
+    if config.arch == "hf":
+        details.update(pretrained_base=base.name, pretrained_sha256=base.sha256, pretrained_source=base.source)
+    ref = dataclasses.replace(ref, details=details)
     with warehouse.get_connection() as con:
-        registry.register_model(
-            con,
-            model_version=ref.version,
-            modality="text",
-            arch=ref.arch,
-            config=dataclasses.asdict(cfg),
-            input_versions={"clean_texts": clean_texts.version, "text_tokenizer": text_tokenizer.version,
-                            "raw_texts": clean_texts.details["snapshot_version"],
-                            "raw_source": clean_texts.details.get("source", ""),
-                            "code": code_fingerprint(*TEXT_GENERATOR_CODE)},
-            checkpoint_path=ref.path,
-            checkpoint_sha=ref.sha256,
-            details=ref.details,
-        )
+        registry.register_model(con, model_version=ref.version, modality="text", arch=ref.arch,
+                                config=dataclasses.asdict(cfg), input_versions=inputs, checkpoint_path=ref.path,
+                                checkpoint_sha=ref.sha256, details=ref.details)
     meta = training_metadata(history, fit_info, ref, ["train_loss", "val_loss"])
-    meta["parameters"] = sum(p.numel() for p in module.parameters())
-    meta["train_tokens"] = len(train_ids)
+    meta.update(size)
+    if config.arch == "hf":
+        meta.update(pretrained_base=base.name, pretrained_source=base.source,
+                    pretrained_sha256=base.sha256[:16])
     return dg.Output(ref, data_version=dg.DataVersion(ref.sha256[:16]), metadata=meta)

@@ -24,24 +24,23 @@ from gen_assets.training.sampling import generate_per_class
 from gen_assets.media.png import decode_image
 from gen_assets.models.checkpoint import load_model, save_versioned_model
 from gen_assets.training.image_data import images_to_tensor
-from gen_assets.training.finetune import finetune_image_generator, finetune_text_generator, preference_weights
+from gen_assets.training.finetune import (finetune_image_generator, finetune_pretrained_text_generator,
+                                         finetune_text_generator, preference_weights)
 from gen_assets.training.fingerprint import code_fingerprint
-from gen_assets.models.reward import fit_reward, image_features, text_features
-from gen_assets.training.text_data import generate_texts
-from gen_assets.models.tokenizers import tokenizer_from_dict
+from gen_assets.models.reward import fit_reward, image_features, writer_features
+from gen_assets.models.text_generators import load_writer
 from gen_assets.defs.resources import ArtifactStore, TrainerResource
 from gen_assets.store import registry
 from gen_assets.store.samples import rated_samples
 
 
 # The pure modules whose code defines each asset's result (see trained.py). A reward model is its fit
-# and the features it reads: the evaluator's (and decoded pixels) for images, the GPT's hidden states for
-# texts. A tuned generator is its base's code plus the fine-tuning, the candidates' sampling and
+# and the features it reads: the evaluator's (and decoded pixels) for images, the text generator's hidden
+# states for texts. A tuned generator is its base's code plus the fine-tuning, the candidates' sampling and
 # curation, and the reward model that scores them.
 IMAGE_REWARD_CODE = ("gen_assets.models.reward", "gen_assets.models.evaluator", "gen_assets.media.png",
                      "gen_assets.training.image_data", "gen_assets.models.checkpoint")
-TEXT_REWARD_CODE = ("gen_assets.models.reward", "gen_assets.models.gpt", "gen_assets.models.tokenizers",
-                    "gen_assets.models.checkpoint")
+TEXT_REWARD_CODE = ("gen_assets.models.reward", "gen_assets.models.text_generators", "gen_assets.models.checkpoint")
 TUNED_IMAGE_GENERATOR_CODE = ("gen_assets.training.finetune", "gen_assets.training.sampling",
                               "gen_assets.rules.curation", *IMAGE_REWARD_CODE, *IMAGE_GENERATOR_CODE)
 TUNED_TEXT_GENERATOR_CODE = ("gen_assets.training.finetune", "gen_assets.rules.curation", *TEXT_REWARD_CODE,
@@ -93,23 +92,34 @@ def text_reward_model(
     context: dg.AssetExecutionContext, config: RewardModelConfig, feedback: FeedbackRef, text_generator: ModelRef,
     warehouse: DuckDBResource, artifacts: ArtifactStore,
 ) -> dg.Output[ModelRef]:
-    """Predicts a rating from the text model's hidden states and simple text features."""
+    """Predicts a rating from the text generator's hidden states (each text read after its brief) and simple
+    text features."""
     with warehouse.get_connection() as con:
         rated = rated_samples(con, ratings_for(con, "text"))
     if len(rated) < config.min_ratings:
         return no_reward_model("text", f"{len(rated)} rated texts, fewer than min_ratings={config.min_ratings}")
-    gpt = load_model(text_generator.path, inference_device())
-    tokenizer = tokenizer_from_dict(gpt.extra["tokenizer"])
-    feats = text_features(list(rated["text"]), gpt, tokenizer, categories=list(rated["category"]))
+    writer = load_writer(text_generator.path, inference_device())
+    feats = writer_features(writer, briefs_of(rated), list(rated["text"]))
     model, report = fit_reward(feats, torch.tensor(rated["rating"].to_numpy()), seed=config.seed)
     context.log.info(f"text reward model on {len(rated)} rated texts: held-out pearson {report.val_pearson:.3f}")
     return save_reward(artifacts, "text", model, report, text_generator.version)
 
 
+def briefs_of(frame: pd.DataFrame) -> list[tuple[str, str | None]]:
+    """(category, prompt) of each row of a frame of samples (a missing prompt: None)."""
+    prompts = frame["prompt"] if "prompt" in frame else [None] * len(frame)
+    return [(str(c), p if isinstance(p, str) else None) for c, p in zip(frame["category"], prompts)]
+
+
 class TunedGeneratorConfig(dg.Config):
-    candidates_per_category: int = Field(default=200, description="samples generated and scored per category")
+    candidates_per_category: int = Field(default=200, description="images and the from-scratch GPT: samples "
+                                         "generated and scored per category")
+    candidates_per_brief: int = Field(default=4, description="pretrained text generators: samples written and "
+                                      "scored per brief of the train split")
     top_fraction: float = Field(default=0.1, description="share of the best-scored candidates that are targets")
-    steps: int = Field(default=300, description="fine-tuning batches")
+    steps: int | None = Field(default=None, description="fine-tuning batches (None: 300; 24 for a pretrained text "
+                              "generator, whose LoRA steps are slower and need fewer)")
+    batch_size: int | None = Field(default=None, description="None: 64 images, 12 GPT windows, 8 pretrained-text examples")
     mix: float = Field(default=0.5, description="share of real training data in every batch")
     min_confidence: float = Field(default=0.9, description="images: evaluator confidence a target needs")
     blocklist: list[str] = Field(default=[], description="texts: words a target must not contain")
@@ -184,8 +194,9 @@ def tuned_image_generator(
     key = stable_key(image_generator.version, image_reward_model.version, config.model_dump(),
                      code_fingerprint(*TUNED_IMAGE_GENERATOR_CODE))
     tuned = finetune_image_generator(
-        base.cpu(), real_x, torch.from_numpy(train_y), cand_x[keep_t], cand_y[keep_t], weights, steps=config.steps,
-        mix=config.mix, real_weights=real_w, seed=config.seed, run_dir=artifacts.paths.training / "tuned_image_generator" / key,
+        base.cpu(), real_x, torch.from_numpy(train_y), cand_x[keep_t], cand_y[keep_t], weights,
+        steps=config.steps or 300, batch_size=config.batch_size or 64, mix=config.mix, real_weights=real_w,
+        seed=config.seed, run_dir=artifacts.paths.training / "tuned_image_generator" / key,
         log=context.log.info, **trainer.fit_kwargs(),
     )
     return register_tuned(context, warehouse, artifacts, modality="image", base=image_generator,
@@ -201,46 +212,63 @@ def tuned_text_generator(
     text_reward_model: ModelRef, feedback: FeedbackRef, clean_texts: CleanTable,
     warehouse: DuckDBResource, artifacts: ArtifactStore, trainer: TrainerResource,
 ) -> dg.Output[ModelRef]:
-    """The text generator fine-tuned towards what people rate highly, mixed with real text.
+    """The text generator fine-tuned towards what people rate highly, mixed with the company's own texts.
 
     Targets: fresh candidates the reward model scores best (no blocklisted words, no copies of the
-    training split), plus real passages weighted by the same reward model. Without a reward model: the
-    base model.
+    training split), plus the real texts weighted by the same reward model. A pretrained generator trains
+    its LoRA adapters further on (brief -> text) examples; the from-scratch GPT its weights on
+    category-conditioned documents. Without a reward model: the base model.
     """
     if not text_reward_model.details.get("fitted"):
         return untuned(text_generator, text_reward_model)
-    base = load_model(text_generator.path, inference_device())
-    tokenizer = tokenizer_from_dict(base.extra["tokenizer"])
+    writer = load_writer(text_generator.path, inference_device())
     reward = load_model(text_reward_model.path)
     with warehouse.get_connection() as con:
-        train_docs = text_cleaning.load_texts(con, split="train", table=clean_texts.table)
-    cats = [c for c in clean_texts.categories for _ in range(config.candidates_per_category)]
-    texts = generate_texts(base, tokenizer, cats, max_new_tokens=300, temperature=0.8, top_k=50, top_p=0.95, seed=config.seed)
-    index = NgramIndex([t for _, t in train_docs])
-    frame = pd.DataFrame({"sample_id": np.arange(len(texts)), "category": cats,
-                          "reward": reward.predict(text_features(texts, base, tokenizer, categories=cats)).numpy(),
+        train = text_cleaning.load_briefs(con, split="train", table=clean_texts.table)
+    real = [(b.category, b.prompt, b.text) for b in train if b.text]
+    index = NgramIndex([t for _, _, t in real])
+    if text_generator.arch == "hf":
+        briefs = text_cleaning.distinct_briefs(train) or [(c, None) for c in clean_texts.categories]
+        wanted = [b for b in briefs for _ in range(config.candidates_per_brief)]
+        max_new = 48
+    else:
+        wanted = [(c, None) for c in clean_texts.categories for _ in range(config.candidates_per_category)]
+        max_new = 300
+    texts = writer.write(wanted, max_new_tokens=max_new, temperature=0.8, top_p=0.95, seed=config.seed)
+    context.log.info(f"wrote {len(texts)} candidates for {len(set(wanted))} briefs")
+    frame = pd.DataFrame({"sample_id": np.arange(len(texts)), "category": [c for c, _ in wanted],
+                          "reward": reward.predict(writer_features(writer, wanted, texts)).numpy(),
                           "reason": text_flags(texts, blocklist=config.blocklist, train_ngrams=index)})
     keep = ~frame["sample_id"].isin(curate(frame, k_per_category=1).dropped["sample_id"]).to_numpy()
     no_targets(keep, frame, "text", "pass the blocklist and copy checks on",
-               "check the blocklist, or generate more candidates_per_category")
+               "check the blocklist, or generate more candidates")
     weights = preference_weights(frame["reward"].to_numpy()[keep], top_fraction=config.top_fraction)
-    rng = np.random.default_rng(config.seed)
-    real_docs = []
-    for i in rng.choice(len(train_docs), size=min(config.real_passages, len(train_docs) * 4)):
-        cat, text = train_docs[i]
-        start = int(rng.integers(0, max(1, len(text) - 600)))
-        real_docs.append((cat, text[start : start + 600]))
-    real_w = preference_weights(reward.predict(text_features([t for _, t in real_docs], base, tokenizer,
-                                                             categories=[c for c, _ in real_docs])))
+    rated = [(c, p, t) for (c, p), t, k in zip(wanted, texts, keep) if k]
     key = stable_key(text_generator.version, text_reward_model.version, config.model_dump(),
                      code_fingerprint(*TUNED_TEXT_GENERATOR_CODE))
-    rated_docs = [(c, t) for c, t, k in zip(cats, texts, keep) if k]
-    tuned = finetune_text_generator(
-        base.cpu(), tokenizer, real_docs, rated_docs, weights, steps=config.steps, mix=config.mix, real_weights=real_w,
-        seed=config.seed, run_dir=artifacts.paths.training / "tuned_text_generator" / key, log=context.log.info,
-        **trainer.fit_kwargs(),
-    )
-    tuned.extra = base.extra
+    run_dir = artifacts.paths.training / "tuned_text_generator" / key
+    module = writer.module.cpu()
+    if text_generator.arch == "hf":
+        real_w = preference_weights(reward.predict(writer_features(writer, [(c, p) for c, p, _ in real],
+                                                                   [t for _, _, t in real])))
+        tuned = finetune_pretrained_text_generator(
+            module, real, rated, weights, steps=config.steps or 24, batch_size=config.batch_size or 8, mix=config.mix,
+            real_weights=real_w, seed=config.seed, run_dir=run_dir, log=context.log.info, **trainer.fit_kwargs())
+    else:
+        # real passages: windows of the training documents, as long as a generated sample
+        rng = np.random.default_rng(config.seed)
+        real_docs = []
+        for i in rng.choice(len(real), size=min(config.real_passages, len(real) * 4)):
+            category, _, text = real[i]
+            start = int(rng.integers(0, max(1, len(text) - 600)))
+            real_docs.append((category, text[start : start + 600]))
+        real_w = preference_weights(reward.predict(writer_features(writer, [(c, None) for c, _ in real_docs],
+                                                                   [t for _, t in real_docs])))
+        tuned = finetune_text_generator(
+            module, writer.tokenizer, real_docs, [(c, t) for c, _, t in rated], weights, steps=config.steps or 300,
+            batch_size=config.batch_size or 12, mix=config.mix, real_weights=real_w, seed=config.seed,
+            run_dir=run_dir, log=context.log.info, **trainer.fit_kwargs())
+        tuned.extra = module.extra
     return register_tuned(context, warehouse, artifacts, modality="text", base=text_generator,
                           reward=text_reward_model, feedback=feedback, model=tuned, key=key,
                           code=code_fingerprint(*TUNED_TEXT_GENERATOR_CODE))
