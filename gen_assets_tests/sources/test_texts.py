@@ -29,7 +29,7 @@ def rows_by_id(table: pa.Table) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def plays() -> pa.Table:
-    return collect_texts()  # ~1 s: read once for the module
+    return collect_texts("builtin:shakespeare")  # ~1 s: read once for the module
 
 
 def test_builtin_shakespeare_documents_categories_titles_sections(plays):
@@ -499,3 +499,184 @@ def test_folder_with_an_unreadable_file_after_ten_good_ones_lands_nothing(tmp_pa
         write_snapshot(iter_texts(str(root), batch_rows=3), snapshots, hash_columns=TEXT_SNAPSHOT_HASH_COLUMNS,
                        source=str(root), schema=TEXT_SCHEMA)
     assert not snapshots.exists() or list(snapshots.iterdir()) == []
+
+
+# ---- prompts: the bundled product briefs and a prompt column in table files -------------------------------
+
+
+@pytest.fixture(scope="module")
+def briefs() -> pa.Table:
+    return collect_texts("builtin:product_briefs")
+
+
+def _letters(text: str) -> str:
+    return "".join(c for c in text.lower() if c.isalnum())
+
+
+def test_builtin_product_briefs_is_the_default_catalog(briefs):
+    assert briefs.schema == TEXT_SCHEMA
+    assert collect_texts().equals(briefs)  # the default source
+    rows = briefs.to_pylist()
+    assert len(rows) == 96 and {r["source"] for r in rows} == {"builtin:product_briefs"}
+    assert {r["category"] for r in rows} == {"kitchen", "outdoor", "skincare", "audio", "home_office", "pets"}
+    assert len({r["row_id"] for r in rows}) == 96
+    assert all(r["row_id"].startswith(f"{r['category']}/") and r["row_id"].count("/") == 2 for r in rows)
+    assert all(r["decode_error"] is None and r["section"] is None and r["title"] for r in rows)
+    prompts = {r["prompt"] for r in rows}
+    assert len(prompts) == 36 and all(p and len(p) >= 20 for p in prompts)
+    # one instruction framing for every brief, the product's name in it
+    assert all(r["prompt"].startswith("Write one short line of ad copy (under 20 words) for the ") for r in rows)
+    assert all(f" the {r['title']}: " in r["prompt"] for r in rows)
+    for category in {r["category"] for r in rows}:
+        of_category = [r for r in rows if r["category"] == category]
+        assert len({r["prompt"] for r in of_category}) == 6 and len({r["title"] for r in of_category}) == 6
+        assert sum(r["text"] is not None for r in of_category) == 15
+    only_briefs = [r for r in rows if r["text"] is None]
+    assert len(only_briefs) == 6 and len({r["category"] for r in only_briefs}) == 6
+    assert all(r["raw_bytes"] == 0 for r in only_briefs)
+    texts = [r["text"] for r in rows if r["text"] is not None]
+    assert len(texts) == 90 and len({_letters(t) for t in texts}) == 90  # no two equal or near-equal
+    for text in texts:
+        assert len(text) >= 20 and 6 <= len(text.split()) <= 20, text
+        assert not text.startswith(('"', "“")) and "#" not in text and text.isascii(), text
+    # three reference lines for each product that has any, one row for each that has none
+    per_brief = {p: sum(r["prompt"] == p for r in rows) for p in prompts}
+    assert sorted(per_brief.values()) == [1] * 6 + [3] * 30
+    for r in rows:
+        raw = (r["text"] or "").encode("utf-8")
+        assert r["raw_bytes"] == len(raw) and r["content_hash"] == hashlib.sha256(raw).hexdigest()
+
+
+def test_sources_without_prompts_have_null_prompts(plays, folder):
+    assert plays.column("prompt").null_count == plays.num_rows
+    table = collect_texts(str(folder))
+    assert table.column("prompt").null_count == table.num_rows
+
+
+def test_jsonl_with_a_prompt_field(tmp_path):
+    f = tmp_path / "briefs.jsonl"
+    lines = [
+        {"prompt": "Write a line for the red kettle.", "text": "A red kettle that sings.", "category": "k"},
+        {"prompt": "Write a line for the blue kettle.", "category": "k"},  # no text key: a brief alone
+        {"prompt": "Write a line for the green kettle.", "text": None, "category": "k"},
+        {"prompt": "Write a line for the white kettle.", "text": "", "category": "k"},
+        {"prompt": None, "text": "Copy without a brief, on its own.", "category": "k"},
+        {"prompt": "", "text": "Copy with an empty brief, on its own.", "category": "k"},
+        {"category": "k"},  # neither
+        {"prompt": None, "text": None, "category": "k"},  # neither
+        {"prompt": 3, "text": "A brief that is not a string.", "category": "k"},
+        {"prompt": "Write a line for the black kettle.", "text": 7, "category": "k"},
+    ]
+    f.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    rows = collect_texts(str(f)).to_pylist()
+    got = [(r["prompt"], r["text"], r["decode_error"]) for r in rows]
+    assert got == [
+        ("Write a line for the red kettle.", "A red kettle that sings.", None),
+        ("Write a line for the blue kettle.", None, None),
+        ("Write a line for the green kettle.", None, None),
+        ("Write a line for the white kettle.", None, None),
+        (None, "Copy without a brief, on its own.", None),
+        (None, "Copy with an empty brief, on its own.", None),
+        (None, None, "line 7: no field 'text'"),
+        (None, None, "line 8: field 'text' is null, not a string"),
+        (None, None, "line 9: field 'prompt' is int, not a string"),
+        (None, None, "line 10: field 'text' is int, not a string"),
+    ]
+    assert rows[1]["category"] == "k" and rows[1]["raw_bytes"] == 0
+    # the same file read with another prompt field: every prompt null, the brief-only records back to "no text"
+    other = collect_texts(str(f), prompt_column="brief").to_pylist()
+    assert all(r["prompt"] is None for r in other)
+    assert other[1]["decode_error"] == "line 2: no field 'text'"
+    assert other[3]["text"] == "" and other[8]["text"] == "A brief that is not a string."
+
+
+def test_jsonl_of_briefs_alone_needs_no_text_field(tmp_path):
+    f = tmp_path / "todo.jsonl"
+    f.write_text("".join(json.dumps({"prompt": f"Write a line for product {i}.", "category": "c"}) + "\n"
+                         for i in range(3)), encoding="utf-8")
+    rows = collect_texts(str(f)).to_pylist()
+    assert [(r["text"], r["decode_error"]) for r in rows] == [(None, None)] * 3
+    assert [r["prompt"] for r in rows] == [f"Write a line for product {i}." for i in range(3)]
+    with pytest.raises(SourceError, match=r"no column 'text' \(columns present: 'prompt', 'category'\)"):
+        collect_texts(str(f), prompt_column="brief")
+
+
+def test_csv_with_a_prompt_column(tmp_path):
+    f = tmp_path / "briefs.csv"
+    f.write_bytes(
+        b"category,prompt,text\n"
+        b"k,Write a line for the red kettle.,A red kettle that sings.\n"
+        b"k,Write a line for the blue kettle.,\n"
+        b"k,,Copy without a brief.\n"
+        b"k,,\n"
+        b"k,Caf\xe9 brief,Some text.\n"
+    )
+    rows = collect_texts(str(f)).to_pylist()
+    got = [(r["prompt"], r["text"], r["decode_error"]) for r in rows]
+    assert got == [
+        ("Write a line for the red kettle.", "A red kettle that sings.", None),
+        ("Write a line for the blue kettle.", None, None),  # a brief without reference copy
+        (None, "Copy without a brief.", None),
+        (None, "", None),  # neither: an empty text, as without prompts (cleaning: too short)
+        (None, None, "record 5: column 'prompt' not UTF-8: byte 0xe9 at offset 3"),
+    ]
+    assert rows[1]["raw_bytes"] == 0 and rows[1]["category"] == "k"
+    without = tmp_path / "plain.csv"
+    without.write_text("category,text\nk,Copy without a brief.\nk,\n", encoding="utf-8")
+    assert [(r["prompt"], r["text"]) for r in collect_texts(str(without)).to_pylist()] == [
+        (None, "Copy without a brief."), (None, "")]
+    only = tmp_path / "only.csv"  # briefs alone: no text column
+    only.write_text("category,brief\nk,Write a line for the kettle.\nk,\n", encoding="utf-8")
+    rows = collect_texts(str(only), prompt_column="brief").to_pylist()
+    assert [(r["prompt"], r["text"], r["decode_error"]) for r in rows] == [
+        ("Write a line for the kettle.", None, None),
+        (None, None, "record 2: no text (no column 'text') and an empty 'brief'"),
+    ]
+    with pytest.raises(SourceError, match=r"no column 'text' \(columns present: 'category', 'brief'\)"):
+        collect_texts(str(only))
+
+
+def test_parquet_with_a_prompt_column(tmp_path):
+    f = tmp_path / "briefs.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "text": ["A red kettle that sings.", None, "", None, "Copy.", "Fine text here."],
+                "brief": pa.array([b"Red kettle brief.", b"Blue kettle brief.", b"White kettle brief.", None,
+                                   None, b"bad \xff brief"], pa.binary()),
+                "category": ["k"] * 6,
+            }
+        ),
+        f,
+    )
+    rows = collect_texts(str(f), prompt_column="brief").to_pylist()
+    assert [(r["prompt"], r["text"], r["decode_error"]) for r in rows] == [
+        ("Red kettle brief.", "A red kettle that sings.", None),
+        ("Blue kettle brief.", None, None),
+        ("White kettle brief.", None, None),
+        (None, None, "'text' is null"),
+        (None, "Copy.", None),
+        (None, None, "column 'brief' not UTF-8: byte 0xff at offset 4"),
+    ]
+    assert all(r["prompt"] is None for r in collect_texts(str(f)).to_pylist())  # no "prompt" column: all null
+    numbers = tmp_path / "numbers.parquet"
+    pq.write_table(pa.table({"text": ["x"], "prompt": [1], "category": ["k"]}), numbers)
+    with pytest.raises(SourceError, match=r"column 'prompt' has type int64, expected a string column"):
+        collect_texts(str(numbers))
+
+
+def test_prompt_and_text_columns_must_differ(tmp_path):
+    with pytest.raises(ValueError, match="prompt_column and text_column must differ"):
+        collect_texts(str(_write_stream_sources(tmp_path)["csv"]), prompt_column="text")
+
+
+def test_a_changed_brief_is_a_new_snapshot_version(tmp_path):
+    def version(prompt: str, name: str) -> str:
+        f = tmp_path / f"{name}.jsonl"
+        f.write_text(json.dumps({"prompt": prompt, "text": "The same copy.", "category": "k"}) + "\n", "utf-8")
+        table = collect_texts(str(f)).set_column(0, "source", pa.array(["same"], pa.string()))
+        return write_snapshot(table, tmp_path / name, hash_columns=TEXT_SNAPSHOT_HASH_COLUMNS, source="same").version
+
+    assert "prompt" in TEXT_SNAPSHOT_HASH_COLUMNS
+    assert version("Write for the red kettle.", "a") != version("Write for the blue kettle.", "b")
+    assert version("Write for the red kettle.", "c") == version("Write for the red kettle.", "a")

@@ -106,6 +106,7 @@ class RawTextsConfig(DownloadConfig):
     )
     text_column: str = "text"
     category_column: str = "category"
+    prompt_column: str = "prompt"
 
 
 @dg.asset(**lane("text", "collection"), kinds={"parquet"}, code_version="1")
@@ -113,6 +114,6 @@ def raw_texts(context: dg.AssetExecutionContext, config: RawTextsConfig, artifac
     """Text documents from the configured source, landed as an immutable snapshot named by its content hash."""
     t0 = time.perf_counter()
     batches = iter_texts(config.source, text_column=config.text_column, category_column=config.category_column,
-                         download_limits=config.download_limits())
+                         prompt_column=config.prompt_column, download_limits=config.download_limits())
     return land(context, batches, "raw_texts", TEXT_SNAPSHOT_HASH_COLUMNS, config.source, artifacts, t0,
                 schema=TEXT_SCHEMA, sum_column="raw_bytes")
