@@ -100,9 +100,9 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig, artif
 
 class RawTextsConfig(DownloadConfig):
     source: str = Field(
-        default="builtin:shakespeare",
-        description="builtin:shakespeare, a folder of .txt/.md files (category = sub-folder), a CSV / JSONL / "
-        "Parquet file, or an http(s) URL to a text file",
+        default="builtin:product_briefs",
+        description="builtin:product_briefs (product briefs with reference ad copy), builtin:shakespeare, a "
+        "folder of .txt/.md files (category = sub-folder), a CSV / JSONL / Parquet file, or an http(s) URL to a text file",
     )
     text_column: str = "text"
     category_column: str = "category"
