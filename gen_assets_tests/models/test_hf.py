@@ -27,6 +27,8 @@ BRIEFS = [  # prompts of different lengths: batches need left padding
     ("note", "Tell me about the red fox near the river."),
     ("note", ""),
 ]
+# peft asks transformers a question transformers has renamed: nothing for these tests to act on
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 LORA = dict(lora_r=8, lora_alpha=16, learning_rate=1e-2, warmup_iters=2, lr_decay_iters=30, min_lr=1e-3)
 
 
