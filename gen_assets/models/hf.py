@@ -249,7 +249,8 @@ class HFCausalLM(L.LightningModule):
                 for r, i in enumerate(rows):  # left padding: every row's next token is at the same column
                     input_ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
                     mask[r, width - len(prompts[i]):] = 1
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                # forked only when seeded: an unseeded call draws from (and moves on) the global generator
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
                     if seed is not None:
                         torch.manual_seed(seed + b)
                     sequences = self.model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
