@@ -22,3 +22,20 @@ def pytest_unconfigure(config):
 
 def pytest_sessionfinish(session, exitstatus):
     session.config._gen_assets_exitstatus = exitstatus
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_text_base(tmp_path_factory):
+    """The smoke profile's text generator on a tiny random Llama (gen_assets_tests/tiny_lm.py) instead of the
+    pretrained default: the tests download nothing and the smoke graph stays fast. Every test that runs the
+    smoke profile in this process (cli.main) sees it; the profile is restored at the end of the session."""
+    from gen_assets.settings import PROFILES
+    from gen_assets_tests.tiny_lm import save_tiny_llama
+
+    folder = save_tiny_llama(tmp_path_factory.mktemp("tiny-base") / "tiny-llama")
+    smoke = PROFILES["smoke"]["text_generator"]
+    before = dict(smoke)
+    smoke["base_model"] = str(folder)
+    yield folder
+    smoke.clear()
+    smoke.update(before)

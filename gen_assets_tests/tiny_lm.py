@@ -58,16 +58,30 @@ def sentences(n: int = 400) -> list[str]:
     return out
 
 
+def _byte_level(b: int) -> str:
+    """The character GPT-2's byte-level pre-tokenizer writes for byte b."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    if b in printable:
+        return chr(b)
+    return chr(256 + [x for x in range(256) if x not in printable].index(b))
+
+
+ASCII_ALPHABET = [_byte_level(b) for b in (9, 10, *range(32, 127))]
+
+
 @functools.lru_cache(maxsize=1)
 def _tokenizer_json() -> str:
-    """A byte-level BPE (GPT-2's pre-tokenizer) with SmolLM2's special tokens at ids 0-2."""
+    """A byte-level BPE (GPT-2's pre-tokenizer) with SmolLM2's special tokens at ids 0-2.
+
+    Its alphabet is the printable ASCII bytes, newline and tab only: any sequence of its tokens decodes to
+    valid text, so even the random model's samples hold no broken characters (which curation would drop)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=[ENDOFTEXT, IM_START, IM_END],
-                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+                                  show_progress=False, initial_alphabet=ASCII_ALPHABET)
     tok.train_from_iterator(sentences(), trainer=trainer)
     return tok.to_str()
 

@@ -44,14 +44,6 @@ _WORD = re.compile(r"\w+")
 _ROUGE_TOKEN = re.compile(r"[a-z0-9]+")  # torchmetrics ROUGE: lower-case, non-alphanumerics are spaces
 
 
-def perplexity(val_loss: float) -> float:
-    """exp(mean cross-entropy in nats per token); inf when the loss is too large to exponentiate."""
-    try:
-        return math.exp(val_loss)
-    except OverflowError:
-        return math.inf
-
-
 def text_metrics(
     generated: Sequence[tuple[str, str]],
     references: Sequence[tuple[str, str]],

@@ -28,8 +28,6 @@ from gen_assets.training.text_data import generate_texts
 
 
 class TextWriter(Protocol):
-    module: torch.nn.Module
-
     def write(self, briefs: Sequence[Brief], *, max_new_tokens: int, temperature: float = 0.8,
               top_k: int | None = None, top_p: float | None = 0.95, stop: Sequence[str] = (),
               seed: int | None = None, batch_size: int = 32) -> list[str]: ...
@@ -86,6 +84,11 @@ class GPTWriter:
 
         feats = text_features(list(texts), self.module, self.tokenizer, categories=[c for c, _ in briefs])
         return feats[:, len(TEXT_STAT_NAMES):]
+
+
+def module_of(writer: TextWriter) -> torch.nn.Module:
+    """The LightningModule behind a TextWriter: what trains."""
+    return writer if isinstance(writer, HFCausalLM) else writer.module
 
 
 def writer_of(model: torch.nn.Module) -> TextWriter:

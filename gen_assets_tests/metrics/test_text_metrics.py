@@ -1,5 +1,5 @@
-"""Text metrics: the fast BLEU equals torchmetrics' BLEUScore, and each metric moves the right way on
-inputs crafted to pin it (identical text, copied training text, random words, repeated samples)."""
+"""Text metrics: each moves the right way on inputs crafted to pin it (identical text, copied training text,
+random words, repeated samples), and the degeneration guard counts what it names."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import math
 import random
 
 import pytest
-from torchmetrics.text import BLEUScore
-
-from gen_assets.metrics.texts import METRIC_KEYS, _bleu, distinct_n, novelty, perplexity, self_bleu, text_metrics
+from gen_assets.metrics.texts import (METRIC_KEYS, distinct_n, guard_stats, length_bounds, novelty, repetition_rate,
+                                      text_metrics, unfinished)
 
 SPEECH = (
     "Now is the winter of our discontent made glorious summer by this sun of York and all the clouds "
@@ -26,25 +25,14 @@ def sentence(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_bleu_and_self_bleu_equal_torchmetrics_bleuscore(seed):
-    rng = random.Random(seed)
-    preds = [sentence(rng, rng.randint(3, 25)) for _ in range(10)]
-    targets = [[sentence(rng, rng.randint(3, 25)) for _ in range(rng.randint(1, 4))] for _ in preds]
-    ours = _bleu([p.split() for p in preds], [[t.split() for t in ts] for ts in targets])
-    assert ours == pytest.approx(float(BLEUScore(smooth=True)(preds, targets)), abs=1e-6)
-    others = [[q for j, q in enumerate(preds) if j != i] for i in range(len(preds))]
-    assert self_bleu([p.split() for p in preds]) == pytest.approx(float(BLEUScore(smooth=True)(preds, others)), abs=1e-6)
-
-
-def test_identical_generation_scores_bleu_and_rouge_one():
+def test_identical_generation_scores_rouge_one():
     m = text_metrics([("history", SPEECH)], [("history", SPEECH), ("roman", OTHER)], [OTHER])
     assert set(m) == set(METRIC_KEYS)
-    for key in ("bleu", "rouge1", "rouge2", "rougeL"):
+    for key in ("rouge1", "rouge2", "rougeL"):
         assert m[key] == pytest.approx(1.0), key
     # scored against its own category only: the same text filed under "roman" shares nothing with OTHER
     m = text_metrics([("roman", SPEECH)], [("history", SPEECH), ("roman", OTHER)], [OTHER])
-    assert m["bleu"] == 0.0 and m["rouge2"] == 0.0
+    assert m["rouge2"] == 0.0
 
 
 def test_a_short_generation_is_scored_against_passages_of_its_length():
@@ -52,7 +40,7 @@ def test_a_short_generation_is_scored_against_passages_of_its_length():
     long_reference = " ".join([SPEECH, OTHER] * 5)
     excerpt = " ".join(long_reference.split()[:12])
     m = text_metrics([("a", excerpt)], [("a", long_reference)], [])
-    assert m["bleu"] == pytest.approx(1.0) and m["rouge1"] == pytest.approx(1.0)
+    assert m["rouge1"] == pytest.approx(1.0) and m["rougeL"] == pytest.approx(1.0)
 
 
 def test_novelty_is_zero_for_copied_training_text_and_one_for_random_words():
@@ -78,12 +66,6 @@ def test_distinct_n_on_crafted_inputs():
     assert (m["distinct_1"], m["distinct_2"]) == (pytest.approx(3 / 7), pytest.approx(3 / 5))
 
 
-def test_self_bleu_is_one_for_identical_samples_and_low_for_different_ones():
-    assert self_bleu([SPEECH.split()] * 5) == pytest.approx(1.0)
-    assert self_bleu([SPEECH.split(), OTHER.split()]) < 0.1
-    assert math.isnan(self_bleu([SPEECH.split()]))
-
-
 def test_missing_reference_category_and_empty_input_are_errors():
     with pytest.raises(ValueError, match=r"no held-out references for categories \['comedy'\]"):
         text_metrics([("comedy", SPEECH)], [("history", OTHER)], [])
@@ -91,7 +73,29 @@ def test_missing_reference_category_and_empty_input_are_errors():
         text_metrics([], [("history", OTHER)], [])
 
 
-def test_perplexity():
-    assert perplexity(0.0) == 1.0
-    assert perplexity(math.log(42.0)) == pytest.approx(42.0)
-    assert perplexity(1e6) == math.inf
+def test_repetition_rate_and_unfinished():
+    assert repetition_rate("fresh coffee for every morning of the week") == 0.0
+    assert repetition_rate("buy it now buy it now buy it now") == pytest.approx(1 - 3 / 7)
+    assert repetition_rate("two words") == 0.0
+    assert not unfinished("Cold water, all day.") and not unfinished('"Ready when you are!"')
+    assert unfinished("Cold water, all day and") and not unfinished("   ")
+
+
+def test_length_bounds_follow_the_references():
+    low, high = length_bounds(["x" * 40] * 10 + ["x" * 80] * 10)
+    assert (low, high) == (20, 160)
+    with pytest.raises(ValueError, match="no reference texts"):
+        length_bounds(["", "  "])
+
+
+def test_guard_stats_count_each_kind_of_degeneration():
+    texts = ["A skillet that sears.", "", "buy now buy now buy now buy now", "It keeps drinks cold for", "x" * 500 + "."]
+    stats = guard_stats(texts, (10, 100))
+    assert stats["empty_share"] == pytest.approx(1 / 5)
+    assert stats["repetitive_share"] == pytest.approx(1 / 5)
+    assert stats["unfinished_share"] == pytest.approx(2 / 5)  # the repeated one and the cut one end mid-sentence
+    assert stats["degenerate_share"] == pytest.approx(3 / 5)
+    assert stats["in_length_share"] == pytest.approx(3 / 5)  # the empty and the 501-character one are out
+    assert stats["mean_chars"] == pytest.approx(sum(len(t) for t in texts) / 5)
+    with pytest.raises(ValueError):
+        guard_stats([], (1, 2))

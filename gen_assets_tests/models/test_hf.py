@@ -194,7 +194,7 @@ def test_stop_strings_cut_the_text(lm):
     k = next(i for i in range(3, len(full) - 1) if not full[i:i + 2].isspace() and full.index(full[i:i + 2]) == i)
     stop = full[k:k + 2]
     assert lm.write([brief], temperature=0, max_new_tokens=16, stop=[stop]) == [full[:k].strip()]
-    assert lm.write([brief], temperature=0, max_new_tokens=16, stop=["never in the text \u2603"]) == [full]
+    assert lm.write([brief], temperature=0, max_new_tokens=16, stop=["never in the text"]) == [full]
     with pytest.raises(ValueError, match="temperature"):
         lm.write([brief], temperature=-1)
     with pytest.raises(ValueError, match="max_new_tokens"):

@@ -26,7 +26,7 @@ texts:
   text_column: body
 gate:
   image: {tolerance: 0.25, max_ratio_to_floor: 2.0}
-  text: {max_val_loss: 2.2}
+  text: {max_bits_per_byte: 2.2}
 feedback: {min_new_ratings: 7, max_age_seconds: 600}
 schedules: {nightly: true, prune: false, feedback_sensor: false}
 assets:
@@ -52,7 +52,7 @@ def test_the_file_becomes_each_assets_config(project_home):
     assert config["clean_images"] == {"channels": 3}
     assert config["raw_texts"] == {"source": "builtin:shakespeare", "text_column": "body"}
     assert config["image_champion"] == {"tolerance": 0.25, "max_ratio_to_floor": 2.0}
-    assert config["text_champion"] == {"max_val_loss": 2.2}
+    assert config["text_champion"] == {"max_bits_per_byte": 2.2}
     assert config["image_generator"] == {"max_epochs": 120}
 
 
@@ -125,20 +125,22 @@ def test_a_named_project_file_must_exist(tmp_path, monkeypatch, capsys):
 
 def test_a_profile_never_loosens_the_gate_of_an_existing_champion():
     defaults = {"image_champion": {"tolerance": 1.0, "max_ratio_to_floor": 3.0, "per_class": 100},
-                "text_champion": {"tolerance": 0.02, "max_val_loss": 2.5, "val_batches": 50}}
+                "text_champion": {"tolerance": 0.03, "max_bits_per_byte": 3.0, "guard_briefs": 8}}
     fresh = effective_config(defaults, {}, "smoke", champions=())
     assert fresh["image_champion"]["tolerance"].value == 10.0, "no champion yet: smoke crowns its first model"
     assert fresh["image_champion"]["max_ratio_to_floor"].value is None
 
-    settled = effective_config(defaults, {"text_champion": {"max_val_loss": 2.2}}, "smoke", champions=("image", "text"))
+    settled = effective_config(defaults, {"text_champion": {"max_bits_per_byte": 2.2}}, "smoke",
+                               champions=("image", "text"))
     image, text = settled["image_champion"], settled["text_champion"]
     assert (image["tolerance"].value, image["max_ratio_to_floor"].value) == (1.0, 3.0)
     assert image["tolerance"].origin.startswith("default; profile smoke would loosen the gate")
     assert image["per_class"].value == 20 and image["per_class"].origin == "profile smoke", "not a gate field"
-    assert (text["tolerance"].value, text["max_val_loss"].value) == (0.02, 2.2)
-    assert text["max_val_loss"].origin.startswith("project file; ")
-    assert ops_config(run_config(settled, {"text_champion"}), "text_champion") == {
-        "tolerance": 0.02, "max_val_loss": 2.2, "val_batches": 5}
+    assert (text["tolerance"].value, text["max_bits_per_byte"].value) == (0.03, 2.2)
+    assert text["max_bits_per_byte"].origin.startswith("project file; ")
+    settled_text = ops_config(run_config(settled, {"text_champion"}), "text_champion")
+    assert {k: settled_text[k] for k in ("tolerance", "max_bits_per_byte", "guard_briefs")} == {
+        "tolerance": 0.03, "max_bits_per_byte": 2.2, "guard_briefs": 2}
 
     # a profile may tighten it
     strict = effective_config({"image_champion": {"tolerance": 20.0, "max_ratio_to_floor": None}}, {}, "smoke",

@@ -17,7 +17,6 @@ from gen_assets.training.fingerprint import PACKAGE_ROOT, code_fingerprint, modu
 ASSET_CODE = {
     "image_evaluator": trained.IMAGE_EVALUATOR_CODE,
     "image_generator": trained.IMAGE_GENERATOR_CODE,
-    "text_tokenizer": trained.TEXT_TOKENIZER_CODE,
     "text_generator": trained.TEXT_GENERATOR_CODE,
     "image_reward_model": tuned.IMAGE_REWARD_CODE,
     "text_reward_model": tuned.TEXT_REWARD_CODE,
@@ -101,8 +100,8 @@ def test_an_edit_of_training_fit_changes_what_is_fitted_with_it(package):
     edit(package / "training" / "fit.py", 'return "bf16-mixed"', 'return "16-mixed"')
     before, after = fingerprints(), fingerprints(package)
     changed = {name for name in ASSET_CODE if before[name] != after[name]}
-    # the tokenizer is not fitted with Lightning; the reward models' fit is their own (models.reward)
-    assert changed == set(ASSET_CODE) - {"text_tokenizer", "image_reward_model", "text_reward_model"}
+    # the reward models' fit is their own (models.reward)
+    assert changed == set(ASSET_CODE) - {"image_reward_model", "text_reward_model"}
 
 
 def test_no_training_asset_depends_on_the_dagster_layer_or_the_web_app():

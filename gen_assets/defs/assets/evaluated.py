@@ -135,9 +135,14 @@ def text_metrics(
     generated = list(zip(table.column("category").to_pylist(), table.column("content").to_pylist()))
     train_texts = [b.text for b in train if b.text]
     metrics.update(guard_stats([t for _, t in generated], length_bounds(train_texts)))
-    references = [(c, t) for c, _, t in test_examples] or [(b.category, b.text) for b in train if b.text]
-    if {c for c, _ in generated} <= {c for c, _ in references}:
-        metrics.update(compute_text_metrics(generated, references, train_texts))
+    # ROUGE against the held-out copy of each category (val and test); a category with none held out is
+    # compared with its training copy (a small catalog may hold out a category entirely)
+    with warehouse.get_connection() as con:
+        val = text_cleaning.load_briefs(con, split="val", table=clean_texts.table)
+    references = [(b.category, b.text) for b in (*val, *test) if b.text]
+    held_out = {c for c, _ in references}
+    references += [(b.category, b.text) for b in train if b.text and b.category not in held_out]
+    metrics.update(compute_text_metrics(generated, references, train_texts))
     with warehouse.get_connection() as con:
         registry.record_metrics(con, model_version=generated_texts.model_version, modality="text", metrics=metrics,
                                 batch_id=generated_texts.batch_id)

@@ -28,7 +28,7 @@ from gen_assets.training.finetune import (finetune_image_generator, finetune_pre
                                          finetune_text_generator, preference_weights)
 from gen_assets.training.fingerprint import code_fingerprint
 from gen_assets.models.reward import fit_reward, image_features, writer_features
-from gen_assets.models.text_generators import load_writer
+from gen_assets.models.text_generators import load_writer, module_of
 from gen_assets.defs.resources import ArtifactStore, TrainerResource
 from gen_assets.store import registry
 from gen_assets.store.samples import rated_samples
@@ -247,7 +247,7 @@ def tuned_text_generator(
     key = stable_key(text_generator.version, text_reward_model.version, config.model_dump(),
                      code_fingerprint(*TUNED_TEXT_GENERATOR_CODE))
     run_dir = artifacts.paths.training / "tuned_text_generator" / key
-    module = writer.module.cpu()
+    module = module_of(writer).cpu()
     if text_generator.arch == "hf":
         real_w = preference_weights(reward.predict(writer_features(writer, [(c, p) for c, p, _ in real],
                                                                    [t for _, _, t in real])))
