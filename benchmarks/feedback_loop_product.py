@@ -7,21 +7,24 @@
     python benchmarks/feedback_loop_product.py [--modality image|text|all] [--profile demo] [--json]
 
 The rater is benchmarks/feedback_loop.py's: 1 to 5 stars from the percentile of a hidden property
-among real samples (images: ink; texts: '?' per character), plus noise; the stars are rounded to the
-integer ratings the feedback schema takes. Rows, each the mean stars of what it names:
+among real samples (images: ink; texts, the bundled product briefs' ad copy: how many numbers a line
+mentions, its product's concrete figures such as "24 hours" or "640 g"), plus noise; the stars are
+rounded to the integer ratings the feedback schema takes. Rows, each the mean stars of what it names:
 - generated before: the batch the first run generated (what was rated);
 - curated before: the `curated` view before any rating (ranked by evaluator confidence / length);
 - curation only: the same first batch, ranked by the reward model the retrain fitted (top k);
 - fine-tuning only: the batch the tuned generator made;
 - curation + fine-tuning: the `curated` view after the retrain: what the business now shows.
 Validity comes from the metrics the product recorded (class accuracy of generated images; the text
-model's validation loss on real data) and FID before and after for images. Each modality runs in its
-own temporary GEN_ASSETS_HOME.
+model's bits per byte on the held-out copy and its share of degenerate samples) and FID before and
+after for images. Each modality runs in its own temporary GEN_ASSETS_HOME. `--show N` prints N curated
+texts before and after the retrain, with their briefs.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import io
 import json
 import os
@@ -37,14 +40,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from feedback_loop import Rater, question_rate  # noqa: E402
+from feedback_loop import Rater  # noqa: E402
 
 from gen_assets import cli  # noqa: E402
 from gen_assets.rules.curation import curate  # noqa: E402
 from gen_assets.models.checkpoint import load_model  # noqa: E402
 from gen_assets.store.locations import resolve  # noqa: E402
-from gen_assets.models.reward import image_features, text_features  # noqa: E402
-from gen_assets.models.tokenizers import tokenizer_from_dict  # noqa: E402
+from gen_assets.models.reward import image_features, writer_features  # noqa: E402
+from gen_assets.models.text_generators import load_writer  # noqa: E402
 
 K = {"image": 10, "text": 5}  # the curated assets' default k per category
 
@@ -53,10 +56,13 @@ def pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32) / 255.0
 
 
+NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+
+
 def taste(modality: str, contents: list) -> np.ndarray:
     if modality == "image":
         return np.array([pixels(c).mean() for c in contents])
-    return question_rate(contents)
+    return np.array([len(NUMBER.findall(t or "")) for t in contents], dtype=float)
 
 
 def latest_batch(con, modality: str) -> tuple[str, list, list, list]:
@@ -64,14 +70,16 @@ def latest_batch(con, modality: str) -> tuple[str, list, list, list]:
         "SELECT batch_id, model_version FROM batches WHERE modality = ? ORDER BY created_at DESC LIMIT 1", [modality]
     ).fetchone()
     column = "content" if modality == "image" else "text"
-    rows = con.execute(f"SELECT sample_id, category, {column} FROM generated WHERE batch_id = ? ORDER BY sample_id",
-                       [batch_id]).fetchall()
-    return model_version, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    rows = con.execute(f"SELECT sample_id, category, {column}, prompt FROM generated WHERE batch_id = ? "
+                       "ORDER BY sample_id", [batch_id]).fetchall()
+    return model_version, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]
 
 
-def curated_now(con, modality: str) -> list:
+def curated_now(con, modality: str, with_prompts: bool = False) -> list:
     column = "content" if modality == "image" else "text"
-    return [r[0] for r in con.execute(f"SELECT {column} FROM curated WHERE modality = ?", [modality]).fetchall()]
+    rows = con.execute(f"SELECT {column}, prompt FROM curated WHERE modality = ? ORDER BY category, rank",
+                       [modality]).fetchall()
+    return rows if with_prompts else [r[0] for r in rows]
 
 
 def metric(con, model_version: str, name: str) -> float:
@@ -86,16 +94,12 @@ def real_values(con, modality: str, seed: int) -> np.ndarray:
     if modality == "image":
         images = [r[0] for r in con.execute("SELECT image FROM clean_images WHERE split = 'train'").fetchall()]
         return taste("image", images)
-    texts = [r[0] for r in con.execute("SELECT text FROM clean_texts WHERE split = 'train'").fetchall()]
-    rng = np.random.default_rng(seed)
-    passages = []
-    for i in rng.choice(len(texts), size=4000):
-        start = int(rng.integers(0, max(1, len(texts[i]) - 300)))
-        passages.append(texts[i][start : start + 300])
-    return question_rate(passages)
+    texts = [r[0] for r in con.execute("SELECT text FROM clean_texts WHERE split = 'train' AND text IS NOT NULL").fetchall()]
+    return taste("text", texts)
 
 
-def reward_rank(home: Path, con, modality: str, categories: list, contents: list, before_model: str) -> list:
+def reward_rank(home: Path, con, modality: str, categories: list, contents: list, prompts: list,
+                before_model: str) -> list:
     """The first batch ranked by the reward model the retrain fitted: curation alone."""
     models = home / "artifacts" / "models" / modality
     reward = load_model(max(models.glob("reward-*.pt"), key=os.path.getmtime))
@@ -105,8 +109,12 @@ def reward_rank(home: Path, con, modality: str, categories: list, contents: list
         feats = image_features(evaluator, images)
     else:
         path = con.execute("SELECT checkpoint_path FROM models WHERE model_version = ?", [before_model]).fetchone()[0]
-        gpt = load_model(resolve(path, str(home / "artifacts")))  # stored relative to the artifacts root
-        feats = text_features(contents, gpt, tokenizer_from_dict(gpt.extra["tokenizer"]), categories=categories)
+        # the features of the generator the reward model was fitted on: the first champion's base
+        base = con.execute("SELECT json_extract_string(input_versions, '$.base_model') FROM models "
+                           "WHERE model_version = ?", [before_model]).fetchone()[0] or before_model
+        path = con.execute("SELECT checkpoint_path FROM models WHERE model_version = ?", [base]).fetchone()[0]
+        writer = load_writer(resolve(path, str(home / "artifacts")))  # stored relative to the artifacts root
+        feats = writer_features(writer, list(zip(categories, prompts)), contents)
     scores = reward.predict(feats).numpy()
     frame = {"sample_id": list(range(len(contents))), "category": categories, "reward": scores}
     kept = curate([dict(zip(frame, v)) for v in zip(*frame.values())], k_per_category=K[modality]).curated
@@ -119,8 +127,9 @@ def run(modality: str, profile: str, seed: int, noise: float, log) -> dict:
     warehouse = str(home / "warehouse.duckdb")
     assert cli.main(["run", "--modality", modality, "--profile", profile]) == 0
     with duckdb.connect(warehouse, read_only=True) as con:
-        before_model, sample_ids, categories, contents = latest_batch(con, modality)
+        before_model, sample_ids, categories, contents, prompts = latest_batch(con, modality)
         curated_before = curated_now(con, modality)
+        shown_before = curated_now(con, modality, with_prompts=True)
         rater = Rater(real_values(con, modality, seed), noise, seed)
         fid_before = metric(con, before_model, "fid")
     stars = np.clip(np.rint(rater(taste(modality, contents))), 1, 5).astype(int)
@@ -129,17 +138,20 @@ def run(modality: str, profile: str, seed: int, noise: float, log) -> dict:
     assert cli.main(["feedback", "import", str(ratings)]) == 0
     assert cli.main(["retrain", "--modality", modality, "--profile", profile]) == 0
     with duckdb.connect(warehouse, read_only=True) as con:
-        after_model, _, _, after_contents = latest_batch(con, modality)
+        after_model, _, _, after_contents, _ = latest_batch(con, modality)
         curated_after = curated_now(con, modality)
-        curation_only = reward_rank(home, con, modality, categories, contents, before_model)
+        shown_after = curated_now(con, modality, with_prompts=True)
+        curation_only = reward_rank(home, con, modality, categories, contents, prompts, before_model)
         if modality == "image":
             validity = {"class_accuracy_before": metric(con, before_model, "class_accuracy"),
                         "class_accuracy_after": metric(con, after_model, "class_accuracy"),
                         "fid_before": fid_before, "fid_after": metric(con, after_model, "fid"),
                         "fid_real_floor": metric(con, after_model, "fid_real_floor")}
         else:
-            validity = {"val_loss_before": metric(con, before_model, "val_loss"),
-                        "val_loss_after": metric(con, after_model, "val_loss")}
+            validity = {"bits_per_byte_before": metric(con, before_model, "bits_per_byte"),
+                        "bits_per_byte_after": metric(con, after_model, "bits_per_byte"),
+                        "degenerate_share_before": metric(con, before_model, "degenerate_share"),
+                        "degenerate_share_after": metric(con, after_model, "degenerate_share")}
     sets = {
         "generated before": contents,
         "curated before": curated_before,
@@ -155,6 +167,8 @@ def run(modality: str, profile: str, seed: int, noise: float, log) -> dict:
         "rows": {name: {"mean_rating": r, "uplift": r / base - 1.0, "n": len(sets[name])} for name, r in rows.items()},
         "validity": validity,
         "models": {"before": before_model, "after": after_model},
+        "shown": {"before": [list(r) for r in shown_before] if modality == "text" else [],
+                  "after": [list(r) for r in shown_after] if modality == "text" else []},
         "home": str(home),
     }
 
@@ -166,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise", type=float, default=0.4)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--show", type=int, default=0, help="print this many curated texts before and after")
     args = parser.parse_args(argv)
     modalities = ["image", "text"] if args.modality == "all" else [args.modality]
     results = [run(m, args.profile, args.seed, args.noise, print) for m in modalities]
@@ -178,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, row in r["rows"].items():
             print(f"{name:<26}{row['n']:>8}{row['mean_rating']:>9.3f}{100 * row['uplift']:>+8.1f}%")
         print("validity: " + ", ".join(f"{k} {v:.4g}" for k, v in r["validity"].items()))
+        print(f"models: {r['models']['before']} -> {r['models']['after']}")
+        for when in ("before", "after") if args.show and r["shown"]["before"] else ():
+            print(f"\ncurated texts {when} the retrain:")
+            for text, prompt in r["shown"][when][: args.show]:
+                print(f"  brief: {prompt}\n  copy:  {text}")
     return 0
 
 

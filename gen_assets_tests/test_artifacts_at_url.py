@@ -28,8 +28,7 @@ def url_run(tmp_path_factory):
 def test_artifacts_land_at_the_url_and_nothing_else_under_home(url_run):
     home, remote, url, _ = url_run
     assert list((remote / "snapshots" / "raw_texts").glob("*.parquet"))
-    assert list((remote / "models" / "text").glob("gpt-*.pt"))
-    assert list((remote / "models" / "text").glob("tokenizer-*.json"))
+    assert list((remote / "models" / "text").glob("hf-*.pt"))
     assert list((remote / "batches" / "text").glob("*.parquet"))
     local = sorted(p.name for p in (home / "artifacts").iterdir())
     assert local == ["training"], f"only Lightning's run folders stay local, found {local}"
@@ -40,13 +39,13 @@ def test_registry_and_batches_record_urls_that_duckdb_reads(url_run):
     home, remote, url, _ = url_run
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         # stored relative to the URL (store/locations.py) ...
-        (stored,) = con.execute("SELECT checkpoint_path FROM models WHERE arch = 'gpt' AND status = 'champion'").fetchone()
+        (stored,) = con.execute("SELECT checkpoint_path FROM models WHERE arch = 'hf' AND status = 'champion'").fetchone()
         assert stored.startswith("models/text/")
         batch_paths = [r[0] for r in con.execute("SELECT path FROM batches").fetchall()]
         assert batch_paths and all(p.startswith("batches/text/") for p in batch_paths)
         # a fresh connection reads the generated view over the batch files at the URL
-        assert con.execute("SELECT count(*) FROM generated WHERE modality = 'text'").fetchone()[0] == 24
-        assert con.execute("SELECT count(*) FROM clean_texts").fetchone()[0] > 1000
+        assert con.execute("SELECT count(*) FROM generated WHERE modality = 'text'").fetchone()[0] == 36  # 1 per brief
+        assert con.execute("SELECT count(*) FROM clean_texts").fetchone()[0] == 96
     with wh.connect(home / "warehouse.duckdb", read_only=True, artifacts=url) as con:
         # ... and read as URLs
         path = registry.champion(con, "text")["checkpoint_path"]

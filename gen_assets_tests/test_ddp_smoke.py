@@ -44,7 +44,7 @@ def one_trained_model(home, modality: str, arch: str, asset: str, registry_rows:
 
 def test_text_graph_trains_under_ddp_and_only_rank_zero_writes(ddp_home):
     assert cli.main(["run", "--modality", "text", "--profile", "smoke"]) == 0
-    history = one_trained_model(ddp_home, "text", "gpt", "text_generator", "modality = 'text'")
+    history = one_trained_model(ddp_home, "text", "hf", "text_generator", "modality = 'text'")
     assert history and all("val_loss" in row for row in history), "the ranks' history came back"
     with dg.DagsterInstance.from_config(str(ddp_home / "dagster_home")) as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey("text_generator"))

@@ -93,6 +93,15 @@ def split_fractions(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, flo
     return {s: (counts.get(s, 0) / total if total else 0.0) for s in SPLITS}
 
 
+def split_units(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    """How many independent draws the split rule made: one per row, or one per brief in a table with prompts
+    (all rows of a brief share its split)."""
+    ident = table_identifier(table)
+    columns = {r[0] for r in con.execute(f"DESCRIBE {ident}").fetchall()}
+    unit = "count(DISTINCT coalesce(prompt, text))" if {"prompt", "text"} <= columns else "count(*)"
+    return int(con.execute(f"SELECT {unit} FROM {ident}").fetchone()[0])
+
+
 def quarantine_rate(con: duckdb.DuckDBPyConnection, asset: str, snapshot_version: str) -> float:
     """Quarantined rows / input rows of the run that cleaned `snapshot_version` into table `asset`.
 
