@@ -318,7 +318,7 @@ def image_generator(
 # Training settings whose best value depends on the architecture: None in TextGeneratorConfig means this.
 TEXT_ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # LoRA on a pretrained model: a few dozen steps on the company's copy (a step is ~3-4 s on 2 CPU cores)
-    "hf": {"batch_size": 8, "max_iters": 24, "iters_per_epoch": 8, "learning_rate": 2e-4, "min_lr": 2e-5,
+    "hf": {"batch_size": 8, "max_iters": 16, "iters_per_epoch": 8, "learning_rate": 5e-4, "min_lr": 5e-5,
            "warmup_iters": 3, "patience": 2},
     # nanoGPT's shakespeare_char, scaled to a CPU
     "gpt": {"batch_size": 12, "max_iters": 2000, "iters_per_epoch": 250, "learning_rate": 1e-3, "min_lr": 1e-4,
