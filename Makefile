@@ -47,6 +47,8 @@ ui: install
 bench: install
 	$(BIN)/python benchmarks/lightning_vs_torch.py
 	$(BIN)/python benchmarks/cleaning_duckdb_vs_pandas.py
+	$(BIN)/python benchmarks/lora_finetune.py
+	$(BIN)/python benchmarks/text_generation.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,7 +1,6 @@
 """Fine-tuning throughput of a pretrained causal LM: HFCausalLM through our fit() vs peft + a plain PyTorch loop.
 
-    cd /work/wt-bench && GEN_ASSETS_HOME=/tmp/bench-home PYTHONPATH=/work/wt-bench \
-        /work/main/.venv/bin/python benchmarks/lora_finetune.py \
+    python benchmarks/lora_finetune.py \
         [--base-model HuggingFaceTB/SmolLM2-135M-Instruct] [--full] [--steps 6] [--warmup 2] [--repeats 2]
         [--batch-size 8] [--threads 1] [--peak-tflops T] [--json]
 

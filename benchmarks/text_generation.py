@@ -1,7 +1,6 @@
 """Batched generation throughput of a pretrained causal LM: HFCausalLM.write() vs transformers' generate.
 
-    cd /work/wt-bench && GEN_ASSETS_HOME=/tmp/bench-home PYTHONPATH=/work/wt-bench \
-        /work/main/.venv/bin/python benchmarks/text_generation.py \
+    python benchmarks/text_generation.py \
         [--base-model HuggingFaceTB/SmolLM2-135M-Instruct] [--briefs 32] [--max-new-tokens 48] [--repeats 2]
         [--dtype auto|float32|bfloat16] [--no-lora-row] [--threads 1] [--json]
 
