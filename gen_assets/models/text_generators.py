@@ -69,11 +69,17 @@ class GPTWriter:
         try:
             for i, ((category, _), ids) in enumerate(zip(briefs, self.tokenizer.encode_batch(list(texts)))):
                 stream = torch.tensor([self.tokenizer.category_id(category), *ids], dtype=torch.long)
-                # windows of block_size + 1 tokens overlapping by one: every text token is predicted once
-                for start in range(0, len(stream) - 1, block):
-                    window = stream[start : start + block + 1].to(model.device)
-                    logits, _ = model(window[None, :-1], window[None, 1:])
-                    nll = torch.nn.functional.cross_entropy(logits[0].float(), window[1:], reduction="sum")
+                # windows of block_size + 1 tokens overlapping by one: every text token is predicted once;
+                # the full windows of a text in one batch, the shorter last one on its own
+                full = (len(stream) - 1) // block
+                windows = [stream[: full * block + 1].unfold(0, block + 1, block)] if full else []
+                if (len(stream) - 1) % block:
+                    windows.append(stream[full * block :][None])
+                for w in windows:
+                    w = w.to(model.device)
+                    logits, _ = model(w[:, :-1], w[:, 1:])
+                    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), w[:, 1:].flatten(),
+                                                            reduction="sum")
                     nats[i] += float(nll)
         finally:
             model.train(was_training)

@@ -266,6 +266,7 @@ def fit(
     num_nodes: int = 1,
     precision: str | None = None,
     gradient_clip_val: float | None = None,
+    accumulate_grad_batches: int = 1,
     max_steps: int = -1,
     val_check_interval: int | float | None = None,
     check_val_every_n_epoch: int = 1,
@@ -279,7 +280,8 @@ def fit(
 ) -> FitResult:
     """Train `module`; resume from run_dir/last.ckpt when it exists (a killed run continues).
 
-    `logger` (one of LOGGERS) and `mlflow_tracking_uri`: see make_logger.
+    `logger` (one of LOGGERS) and `mlflow_tracking_uri`: see make_logger. `accumulate_grad_batches`
+    batches make one optimizer step (Lightning's gradient accumulation; max_steps counts optimizer steps).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -324,6 +326,7 @@ def fit(
             num_nodes=num_nodes,
             precision=precision,
             gradient_clip_val=gradient_clip_val,
+            accumulate_grad_batches=accumulate_grad_batches,
             callbacks=callbacks,
             logger=lightning_logger if lightning_logger is not None else False,
             enable_progress_bar=progress_bar,

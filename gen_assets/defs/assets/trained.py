@@ -342,6 +342,8 @@ class TextGeneratorConfig(dg.Config):
                                       "(None: the template's own)")
     max_length: int = Field(default=256, description="hf: longest training example in tokens (brief + text)")
     batch_size: int | None = Field(default=None, description="None: the architecture's default")
+    accumulate_grad_batches: int = Field(default=1, description="batches per optimizer step (gradient "
+                                         "accumulation: a larger effective batch in the same memory)")
     max_iters: int | None = Field(default=None, description="training steps (None: the architecture's default)")
     iters_per_epoch: int | None = Field(default=None, description="steps between validations (one Lightning epoch)")
     learning_rate: float | None = None
@@ -383,8 +385,10 @@ def examples_of(briefs) -> list[tuple[str, str | None, str]]:
 
 def text_fit_args(config: TextGeneratorConfig, monitor: str | None) -> dict[str, Any]:
     steps, per_epoch = config.training("max_iters"), config.training("iters_per_epoch")
+    # an epoch is per_epoch optimizer steps, each of accumulate_grad_batches batches (the loaders' unit)
     return {"max_epochs": max(1, -(-steps // per_epoch)), "max_steps": steps, "monitor": monitor,
-            "patience": config.training("patience") if monitor else None, "seed": config.seed}
+            "patience": config.training("patience") if monitor else None, "seed": config.seed,
+            "accumulate_grad_batches": config.accumulate_grad_batches}
 
 
 @dg.asset(**lane("text", "training"), kinds={"pytorch"},
@@ -421,7 +425,8 @@ def text_generator(
                          f"{module.trainable_parameters:,} trainable parameters")
         cfg = module.config
         loaders = sft_loaders(module, train, val, batch_size=config.training("batch_size"),
-                              batches_per_epoch=config.training("iters_per_epoch"), seed=config.seed)
+                              batches_per_epoch=config.training("iters_per_epoch") * config.accumulate_grad_batches,
+                              seed=config.seed)
         inputs.update(pretrained_base=base.name, pretrained_sha256=base.sha256, pretrained_source=base.source)
         key_parts["base_sha256"] = base.sha256
         size = {"parameters": sum(p.numel() for p in module.parameters()), "trainable_parameters": module.trainable_parameters}
@@ -440,7 +445,8 @@ def text_generator(
         torch.manual_seed(config.seed)
         module = model_class("gpt")(cfg)
         loaders = text_loaders(train_ids, val_ids, block_size=cfg.block_size, batch_size=config.training("batch_size"),
-                               seed=config.seed, iters_per_epoch=config.training("iters_per_epoch"),
+                               seed=config.seed,
+                               iters_per_epoch=config.training("iters_per_epoch") * config.accumulate_grad_batches,
                                val_batches=config.val_batches)
         extra = {"tokenizer": tokenizer.to_dict()}
         size = {"parameters": sum(p.numel() for p in module.parameters()), "vocab_size": tokenizer.vocab_size,
