@@ -87,6 +87,14 @@ def _weights(name: str, weights: Any, n: int) -> torch.Tensor:
     return w
 
 
+def _mixed(weights: Any, n_rated: int, real_weights: Any, n_real: int, mix: float) -> torch.Tensor:
+    """Per-item probabilities over the real items then the rated ones, from the caller's weights (checked;
+    real_weights None: uniform): `mix` of the mass on the real items."""
+    rated_w = _weights("weights", weights, n_rated)
+    real_w = _weights("real_weights", torch.ones(n_real) if real_weights is None else real_weights, n_real)
+    return _mixture(real_w, rated_w, mix)
+
+
 def _mixture(real_w: torch.Tensor, rated_w: torch.Tensor, mix: float) -> torch.Tensor:
     """Per-item probabilities: `mix` of the mass on the real items, the rest on the rated ones."""
     if not 0.0 <= mix <= 1.0:
@@ -203,9 +211,7 @@ def finetune_image_generator(
             raise ValueError(f"{name}: images are {tuple(x.shape[1:])} (C, H, W) but the model makes {shape}")
     real_y = _labels("real_y", real_y, len(real_x), c.num_classes)
     rated_y = _labels("rated_y", rated_y, len(rated_x), c.num_classes)
-    rated_w = _weights("weights", weights, len(rated_x))
-    real_w = _weights("real_weights", torch.ones(len(real_x)) if real_weights is None else real_weights, len(real_x))
-    p = _mixture(real_w, rated_w, mix)
+    p = _mixed(weights, len(rated_x), real_weights, len(real_x), mix)
 
     data = TensorDataset(torch.cat([real_x, rated_x]), torch.cat([real_y, rated_y]))
     sampler = WeightedRandomSampler(p, num_samples=steps * batch_size, replacement=True,
@@ -284,9 +290,7 @@ def finetune_text_generator(
     block = int(gpt.config.block_size)
     real = _documents(tokenizer, real_docs, "real_docs")
     rated = _documents(tokenizer, rated_docs, "rated_docs")
-    rated_w = _weights("weights", weights, len(rated))
-    real_w = _weights("real_weights", torch.ones(len(real)) if real_weights is None else real_weights, len(real))
-    doc_p = _mixture(real_w, rated_w, mix)
+    doc_p = _mixed(weights, len(rated), real_weights, len(real), mix)
     docs = real + rated
     stream = torch.cat(docs) if docs else torch.zeros(0, dtype=torch.long)
     if len(stream) <= block:
@@ -334,9 +338,7 @@ def finetune_pretrained_text_generator(
 
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
-    rated_w = _weights("weights", weights, len(rated))
-    real_w = _weights("real_weights", torch.ones(len(real)) if real_weights is None else real_weights, len(real))
-    p = _mixture(real_w, rated_w, mix)
+    p = _mixed(weights, len(rated), real_weights, len(real), mix)
     loader, _ = sft_loaders(model, [*real, *rated], batch_size=batch_size, batches_per_epoch=steps, seed=seed,
                             weights=p)
     c = model.config
