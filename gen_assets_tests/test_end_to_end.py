@@ -223,3 +223,21 @@ def test_prune_keeps_what_is_in_use(smoke_home, capsys, monkeypatch):
         assert con.execute("SELECT count(*) FROM feedback f ANTI JOIN generated g USING (sample_id)").fetchone()[0] == 0
     # the graph still runs after pruning (models it needs are retrained or kept)
     assert cli.main(["run", "--modality", "image", "--profile", "smoke"]) == 0
+
+
+def test_the_review_page_shows_each_text_with_its_brief(smoke_home):
+    from starlette.testclient import TestClient
+
+    from gen_assets.settings import Paths
+    from gen_assets.web.app import create_app
+    from gen_assets_tests.web.conftest import test_config
+
+    with duckdb.connect(str(smoke_home / "warehouse.duckdb"), read_only=True) as con:
+        category, prompt = con.execute(
+            "SELECT category, prompt FROM curated WHERE modality = 'text' ORDER BY category, rank LIMIT 1").fetchone()
+    with TestClient(create_app(Paths(smoke_home), test_config())) as client:
+        html = client.get("/gallery", params={"modality": "text", "category": category}).text
+        samples = client.get("/api/samples", params={"modality": "text", "category": category}).json()
+    assert prompt.startswith("Write one short line of ad copy")
+    assert '<p class="brief"><span>brief</span> ' + prompt.replace("'", "&#39;") in html
+    assert samples and all(s["prompt"] and s["text"] is not None for s in samples["samples"])

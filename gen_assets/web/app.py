@@ -414,6 +414,7 @@ class Review:
             out["image_url"] = str(request.url_for("sample_png", sample_id=s.sample_id))
         else:
             out["text"] = s.text
+            out["prompt"] = s.prompt  # the brief it was written for (None: conditioned on the category alone)
         return out
 
     async def api_rate(self, request: Request) -> Response:
