@@ -88,7 +88,9 @@ def plain_torch(loader, *, warmup: int, steps: int, seed: int, device: torch.dev
                 return time.perf_counter() - t0
 
 
-class _Clock(Callback):
+class StepClock(Callback):
+    """Times the batches after `warmup` batches, `steps` of them (t0 to t1), on the device's clock."""
+
     def __init__(self, warmup: int, steps: int):
         self.warmup, self.steps, self.done = warmup, steps, 0
         self.t0 = self.t1 = 0.0
@@ -105,7 +107,7 @@ class _Clock(Callback):
 
 def lightning(loader, *, warmup: int, steps: int, seed: int, precision: str) -> float:
     model = fresh_model(seed)
-    clock = _Clock(warmup, steps)
+    clock = StepClock(warmup, steps)
     trainer = L.Trainer(
         max_steps=2 * (warmup + steps),  # manual optimization: each batch steps two optimizers
         max_epochs=-1,

@@ -57,9 +57,11 @@ import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lightning_vs_torch import StepClock, sync  # noqa: E402
 
 from gen_assets.models.gpt import warmup_cosine_lr  # noqa: E402
 from gen_assets.models.hf import HFCausalLM, HFConfig  # noqa: E402
@@ -102,11 +104,6 @@ def ad_examples() -> list[tuple[str, str, str]]:
     """64 (category, prompt, text) ad-copy examples: 16 products x 4 kinds of copy."""
     return [(kind, f"A {kind} for {name}: {what}, {feature}.", make(name, what, feature))
             for name, what, feature in PRODUCTS for kind, make in KINDS.items()]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def lr_lambda(config: HFConfig):
@@ -160,12 +157,12 @@ def plain_torch(folder: Path, config: HFConfig, loader, *, warmup: int, steps: i
             "trainable": sum(p.numel() for p in params)}
 
 
-class _Clock(Callback):
-    """Times the batches after `warmup` (on_train_batch_end, as lightning_vs_torch.py) and counts their tokens."""
+class _Clock(StepClock):
+    """lightning_vs_torch.py's clock that also counts the timed batches' tokens and keeps the last loss."""
 
     def __init__(self, warmup: int, steps: int):
-        self.warmup, self.steps, self.done, self.tokens = warmup, steps, 0, 0
-        self.t0 = self.t1 = 0.0
+        super().__init__(warmup, steps)
+        self.tokens = 0
         self.loss = float("nan")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -173,14 +170,9 @@ class _Clock(Callback):
             self.tokens += int(batch["attention_mask"].sum())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.done += 1
-        if self.done in (self.warmup, self.warmup + self.steps):
-            sync(pl_module.device)
-            if self.done == self.warmup:
-                self.t0 = time.perf_counter()
-            else:
-                self.t1 = time.perf_counter()
-                self.loss = float(outputs["loss"])
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.done == self.warmup + self.steps:
+            self.loss = float(outputs["loss"])
 
 
 def ours(base, config: HFConfig, examples, *, batch_size: int, warmup: int, steps: int, seed: int,

@@ -60,6 +60,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lightning_vs_torch import sync  # noqa: E402
 
 from gen_assets.models.hf import HFCausalLM, HFConfig  # noqa: E402
 from gen_assets.models.pretrained import DEFAULT_BASE_MODEL, resolve_base  # noqa: E402
@@ -82,11 +85,6 @@ def ad_briefs(n: int) -> list[tuple[str, str]]:
     pairs = [(kind, name, what) for name, what in PRODUCTS for kind in KINDS]
     return [(kind, f"Write a short {kind} for {name}, a {what}.")
             for kind, name, what in (pairs[i % len(pairs)] for i in range(n))]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def generated_tokens(new: torch.Tensor, eos: int) -> int:

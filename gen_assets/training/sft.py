@@ -16,9 +16,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from gen_assets.training.image_data import seeded_generator
+from gen_assets.training.text_data import RandomStarts
 
 Example = tuple[str | None, str | None, str]  # (category, prompt, text)
 
@@ -41,18 +42,13 @@ class EncodedExamples(Dataset):
         return self.model.collate([self.encoded[int(i)] for i in rows])
 
 
-class WeightedBatches(Sampler):
-    """`batches` batches of `batch_size` example indices per epoch, drawn by weight, seeded by (seed, epoch)."""
+class WeightedBatches(RandomStarts):
+    """`batches` batches of `batch_size` example indices per epoch, drawn by weight, seeded by (seed, epoch)
+    (the text loaders' RandomStarts, with the indices drawn by weight instead of uniformly)."""
 
     def __init__(self, weights: torch.Tensor, batch_size: int, batches: int, seed: int):
-        self.weights, self.batch_size, self.batches, self.seed = weights.double(), batch_size, batches, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.batches
+        super().__init__(len(weights), batch_size, batches, seed)
+        self.weights = weights.double()
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         g = seeded_generator(self.seed, self.epoch)
