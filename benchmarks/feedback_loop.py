@@ -215,8 +215,8 @@ def run_images(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str
         ratings = rater(ink(rated))
         # 2. the reward model
         reward, report = fit_reward(image_features(evaluator, rated), torch.from_numpy(ratings), seed=args.seed)
-        log(f"reward model: val pearson {report.val_pearson:.3f}, spearman {report.val_spearman:.3f} "
-            f"(n_train {report.n_train}, n_val {report.n_val})")
+        log(f"reward model: cross-validated pearson {report.cv_pearson:.3f}, spearman {report.cv_spearman:.3f} "
+            f"on {report.n} ratings: {report.verdict}")
 
         def candidates(model, per_category: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, pd.DataFrame]:
             labels = torch.arange(n_cat).repeat_interleave(per_category)
@@ -382,8 +382,8 @@ def run_texts(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str,
         ratings = rater(question_rate(rated))
         features = lambda texts, cats: text_features(texts, base, tokenizer, categories=cats)  # noqa: E731
         reward, report = fit_reward(features(rated, rated_cats), torch.from_numpy(ratings), seed=args.seed)
-        log(f"reward model: val pearson {report.val_pearson:.3f}, spearman {report.val_spearman:.3f} "
-            f"(n_train {report.n_train}, n_val {report.n_val})")
+        log(f"reward model: cross-validated pearson {report.cv_pearson:.3f}, spearman {report.cv_spearman:.3f} "
+            f"on {report.n} ratings: {report.verdict}")
 
         def candidates(model, per_category: int, seed: int) -> tuple[list[str], pd.DataFrame]:
             texts, cats = generate(model, per_category, seed)
@@ -469,9 +469,9 @@ def run_texts(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str,
 def print_table(result: dict[str, Any]) -> None:
     r = result["reward_model"]
     print(f"\n== {result['modality']}: the rater likes {result['taste']} ==")
-    print(f"reward model: held-out pearson {r['val_pearson']:.3f}, spearman {r['val_spearman']:.3f}, "
-          f"MAE {r['val_mae']:.3f} (constant guess {r['val_mae_baseline']:.3f}), "
-          f"{r['n_train']} train / {r['n_val']} val ratings")
+    print(f"reward model: cross-validated pearson {r['cv_pearson']:.3f}, spearman {r['cv_spearman']:.3f}, "
+          f"MAE {r['cv_mae']:.3f} (constant guess {r['cv_mae_baseline']:.3f}), "
+          f"{r['n']} ratings, {r['folds']} folds x {r['repeats']}")
     rows = result["rows"]
     keys = list(rows[0]["validity"]) + list(rows[0]["quality"])
     head = f"{'':24s} {'rating':>7s} {'uplift':>8s} {'taste':>7s} " + " ".join(f"{k:>18s}" for k in keys)

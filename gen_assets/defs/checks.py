@@ -16,6 +16,7 @@ from gen_assets.defs.assets.champions import image_champion, text_champion
 from gen_assets.defs.handles import ModelRef
 from gen_assets.defs.assets.evaluated import image_metrics, text_metrics
 from gen_assets.defs.assets.human_feedback import feedback
+from gen_assets.defs.assets.tuned import image_reward_model, text_reward_model
 from gen_assets.cleaning import images as image_cleaning
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.feedback.ingest import quarantine_share_by_file, unknown_sample_count
@@ -201,6 +202,38 @@ def text_champion_quality_bar(text_champion: ModelRef) -> dg.AssetCheckResult:
     return quality_bar(text_champion)
 
 
+def reward_model_predicts(reward: ModelRef) -> dg.AssetCheckResult:
+    """Passes while there is no reward model (the ranking before any rating is used, as stated) or when the
+    model predicts people's ratings; fails, with the verdict and the ratings it needs, when it does not."""
+    details = reward.details
+    if not details.get("fitted"):
+        return dg.AssetCheckResult(passed=True, description=f"no reward model yet: {details.get('reason', '')}; the "
+                                   "ranking before any rating is used", metadata={"fitted": False})
+    meta = {"fitted": True, "reward_model": reward.version, "ratings": int(details.get("ratings", 0)),
+            "ratings_needed": int(details.get("ratings_needed", 0)),
+            "cv_spearman": dg.MetadataValue.float(float(details.get("cv_spearman", math.nan))),
+            "cv_spearman_low": dg.MetadataValue.float(float(details.get("cv_spearman_low", math.nan))),
+            "min_rank_correlation": dg.MetadataValue.float(float(details.get("min_rank_correlation", math.nan)))}
+    verdict = details.get("verdict", "predicts" if details.get("predicts") else "does not predict")
+    return dg.AssetCheckResult(passed=bool(details.get("predicts")), severity=dg.AssetCheckSeverity.ERROR,
+                               description=f"{reward.version} {verdict}", metadata=meta)
+
+
+PREDICTS_DESCRIPTION = ("the reward model orders held-out ratings as people do (the low end of its cross-validated "
+                        "rank correlation's band at the bar); blocking: when it does not, nothing downstream of it "
+                        "changes (curation, tuning, promotion) and the check says how many more ratings it needs")
+
+
+@dg.asset_check(asset=image_reward_model, name="predicts", blocking=True, description=PREDICTS_DESCRIPTION)
+def image_reward_model_predicts(image_reward_model: ModelRef) -> dg.AssetCheckResult:
+    return reward_model_predicts(image_reward_model)
+
+
+@dg.asset_check(asset=text_reward_model, name="predicts", blocking=True, description=PREDICTS_DESCRIPTION)
+def text_reward_model_predicts(text_reward_model: ModelRef) -> dg.AssetCheckResult:
+    return reward_model_predicts(text_reward_model)
+
+
 checks = [
     *clean_table_checks(clean_images, image_cleaning),
     *clean_table_checks(clean_texts, text_cleaning),
@@ -210,4 +243,6 @@ checks = [
     feedback_known_samples,
     image_champion_quality_bar,
     text_champion_quality_bar,
+    image_reward_model_predicts,
+    text_reward_model_predicts,
 ]

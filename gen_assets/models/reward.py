@@ -5,8 +5,12 @@ that plus a small MLP, fitted on the ratings collected so far (`fit_reward`). Th
 closed form by scikit-learn's RidgeCV, which also picks its penalty by efficient leave-one-out
 cross-validation, and lands in the torch module's parameters; the MLP is trained with torch. It ranks
 candidates for curation (gen_assets.rules.curation) and weights the fine-tuning targets
-(gen_assets.training.finetune), so what matters is that it orders samples the way the ratings do: `fit_reward` reports Pearson and Spearman correlation and the mean absolute
-error on ratings it never saw.
+(gen_assets.training.finetune), so what matters is that it orders samples the way the ratings do.
+`fit_reward` cross-validates that (rank correlation with ratings it never saw, with an uncertainty
+band) and says whether the model `predicts`: a model below the bar must not be used, since ranking by
+noise, or worse by an inverted taste, moves the content away from what people like. `uncertainty`
+gives each prediction's standard deviation (a Bayesian reading of the ridge), which exploration uses to
+choose what people should rate next.
 
 Features per modality:
 - images (`image_features`): the evaluator's penultimate features plus a few pixel statistics. The
@@ -28,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from statistics import NormalDist
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +97,10 @@ class RewardModel(nn.Module):
         self.register_buffer("feature_std", torch.ones(c.in_features))
         self.register_buffer("rating_mean", torch.zeros(()))
         self.register_buffer("rating_std", torch.ones(()))
+        # the linear read-out's posterior covariance (Bayesian ridge, standardised units) and the
+        # standardised features' mean over the fitted rows: `uncertainty` reads them
+        self.register_buffer("posterior_cov", torch.zeros(c.in_features, c.in_features))
+        self.register_buffer("fitted_mean", torch.zeros(c.in_features))
         # The linear read-out carries a preference that is (nearly) linear in the features, the common
         # case, with few ratings; the MLP adds what is not.
         self.linear = nn.Linear(c.in_features, 1)
@@ -119,6 +128,21 @@ class RewardModel(nn.Module):
         return self._raw(self.standardise(features.float())) * self.rating_std + self.rating_mean
 
     @torch.no_grad()
+    def uncertainty(self, features: torch.Tensor) -> torch.Tensor:
+        """(N,) the standard deviation of each predicted rating, in rating units: how unsure the linear read-out
+        is about a sample (Bayesian ridge: sqrt(x' S x) with S the weights' posterior covariance). High for a
+        sample unlike the rated ones; what exploration shows people next."""
+        z = self.standardise(features.to(self.feature_mean.device).float()) - self.fitted_mean
+        var = ((z @ self.posterior_cov) * z).sum(1).clamp_min(0.0)
+        return (var.sqrt() * self.rating_std).cpu()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a model file from before the uncertainty was kept: zero uncertainty, every other figure exact
+        for name in ("posterior_cov", "fitted_mean"):
+            state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """Predicted ratings in eval mode (no dropout), on the CPU."""
         was_training = self.training
@@ -131,20 +155,79 @@ class RewardModel(nn.Module):
 
 @dataclass
 class RewardReport:
-    """How well a fitted reward model predicts ratings it was not trained on (NaN without a val split)."""
+    """How well a fitted reward model orders ratings it was not fitted on, and whether it may be used.
+
+    The figures are cross-validated: `folds`-fold, repeated `repeats` times on reshuffled rows; every rating
+    is predicted by a model that never saw it (the penalty chosen inside each fold, as for the final
+    model), and the final model is fitted on all ratings. `cv_spearman` is the rank correlation between
+    those out-of-fold predictions and the ratings (averaged over the repeats); the band is its
+    `confidence` interval (Fisher's z with Bonett and Wright's variance for Spearman's rho). The model
+    `predicts` when the band's low end reaches `min_rank_correlation`: then ranking by it agrees with the
+    people with that confidence. When it does not, `ratings_needed` is about how many ratings in all would
+    bring the band's low end to the bar if the agreement stayed as measured (or, when none is measured
+    yet, for a modest taste of rho = 0.3); `verdict` says it in a sentence.
+    """
 
     n: int
-    n_train: int
-    n_val: int
-    val_pearson: float
-    val_spearman: float
-    val_mae: float
-    val_mae_baseline: float  # MAE of always predicting the mean training rating: the bar to beat
+    folds: int
+    repeats: int
+    cv_pearson: float
+    cv_spearman: float
+    cv_spearman_low: float
+    cv_spearman_high: float
+    cv_mae: float
+    cv_mae_baseline: float  # MAE of always predicting the mean training rating: the bar to beat
     train_pearson: float
-    l2: float  # the ridge penalty the model was fitted with (RewardConfig.l2): the CV's choice when hidden = 0
+    l2: float  # the ridge penalty the final model was fitted with (RewardConfig.l2): the CV's choice when hidden = 0
+    min_rank_correlation: float
+    confidence: float
+    predicts: bool
+    ratings_needed: int
+    verdict: str
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+ASSUMED_TASTE = 0.3  # the agreement `ratings_needed` assumes when the ratings so far show none
+
+
+def rank_correlation_band(rho: float, n: int, confidence: float) -> tuple[float, float]:
+    """The `confidence` interval of a Spearman correlation `rho` measured on n pairs: Fisher's z transform
+    with Bonett and Wright's (2000) variance (1 + rho^2 / 2) / (n - 3). NaN when n < 4 or rho is NaN."""
+    if n < 4 or not math.isfinite(rho):
+        return math.nan, math.nan
+    z = math.atanh(max(min(rho, 0.999999), -0.999999))
+    half = NormalDist().inv_cdf(0.5 + confidence / 2) * math.sqrt((1 + rho * rho / 2) / (n - 3))
+    return math.tanh(z - half), math.tanh(z + half)
+
+
+def ratings_needed_for(rho: float, bar: float, confidence: float) -> int:
+    """About how many ratings make the band of an agreement `rho` start at `bar` (rho <= bar: ASSUMED_TASTE)."""
+    rho = rho if math.isfinite(rho) and rho > bar + 0.05 else max(ASSUMED_TASTE, bar + 0.1)
+    q = NormalDist().inv_cdf(0.5 + confidence / 2)
+    gap = math.atanh(min(rho, 0.999)) - math.atanh(bar)
+    return int(math.ceil(3 + (1 + rho * rho / 2) * (q / gap) ** 2))
+
+
+def _verdict(report_n: int, rho: float, low: float, high: float, bar: float, needed: int, constant: bool) -> str:
+    if constant:
+        return (f"all {report_n} ratings are equal: there is no preference to learn yet; about {needed} ratings "
+                f"that differ are needed")
+    band = f"rank correlation with held-out ratings {rho:+.2f} ({low:+.2f} to {high:+.2f})"
+    if low >= bar:
+        return f"predicts: {band}, at or above the bar {bar:g}, on {report_n} ratings"
+    if needed > report_n and math.isfinite(rho) and rho > bar + 0.05:
+        return (f"does not predict yet: {band}, below the bar {bar:g} on {report_n} ratings; the previous ranking "
+                f"stays. About {needed - report_n} more ratings are needed (about {needed} in all)")
+    if needed > report_n:
+        return (f"does not predict: {band}, below the bar {bar:g} on {report_n} ratings; the previous ranking "
+                f"stays. If the ratings carry a modest taste (rank correlation {ASSUMED_TASTE}), about "
+                f"{needed - report_n} more would show it (about {needed} in all)")
+    return (f"does not predict: {band}, below the bar {bar:g} on {report_n} ratings, enough to show a modest "
+            f"taste (rank correlation {ASSUMED_TASTE}) if there were one; the previous ranking stays. The ratings "
+            f"may not follow what the features see, or the raters disagree: more of the same ratings are unlikely "
+            f"to help")
 
 
 def _check_fit_inputs(features: Any, ratings: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,19 +258,47 @@ def _correlations(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, floa
     return float(pearson_corrcoef(pred, target)), float(spearman_corrcoef(pred, target))
 
 
+def _fit(x: torch.Tensor, y: torch.Tensor, cfg: RewardConfig, choose_l2: bool, seed: int) -> RewardModel:
+    """A reward model fitted on (x, y): standardisation from these rows, then the ridge (or the MLP)."""
+    cfg = dataclasses.replace(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # initial weights and dropout masks: one seed, one model
+        model = RewardModel(cfg)
+        std = x.std(0, unbiased=False)
+        model.feature_mean.copy_(x.mean(0))
+        # a constant feature carries nothing; scale 1 keeps it at 0 instead of dividing by zero
+        model.feature_std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
+        r_std = float(y.std(unbiased=False))
+        model.rating_mean.fill_(float(y.mean()))
+        model.rating_std.fill_(r_std if r_std > 1e-8 else 1.0)
+        xs = model.standardise(x)
+        ys = (y - model.rating_mean) / model.rating_std
+        if cfg.hidden == 0:
+            cfg.l2 = _fit_ridge(model.linear, xs, ys, None if choose_l2 else cfg.l2)
+        else:
+            _fit_mlp(model, xs, ys)
+    return model.eval()
+
+
 def fit_reward(
     features: torch.Tensor,
     ratings: torch.Tensor,
     *,
     seed: int,
-    val_fraction: float = 0.2,
+    folds: int = 5,
+    repeats: int | None = None,
+    min_rank_correlation: float = 0.1,
+    confidence: float = 0.9,
     **config: Any,
 ) -> tuple[RewardModel, RewardReport]:
-    """Fit a reward model on (N, D) features and (N,) ratings; report it on a held-out share of them.
+    """Fit a reward model on (N, D) features and (N,) ratings; cross-validate it; say whether it predicts.
 
-    The rows are shuffled with `seed`; `val_fraction` of them (at least 2) are held out, the rest train
-    the model, and the returned model is the one the report describes (it never saw the val rows).
-    `config` overrides RewardConfig's defaults (hidden, dropout, lr, l2, steps).
+    The returned model is fitted on every rating; the report's figures come from `folds`-fold
+    cross-validation repeated `repeats` times (None: 3 below 200 ratings, else 1) on rows shuffled with
+    `seed`, so that 30 ratings give an estimate, not the luck of six held-out ones. `config` overrides
+    RewardConfig's defaults (hidden, dropout, lr, l2, steps). The model `predicts` (RewardReport) when
+    the low end of the `confidence` band of the cross-validated rank correlation reaches
+    `min_rank_correlation`; callers use it only then.
 
     hidden = 0 (the default) is a ridge regression, solved exactly: scikit-learn's RidgeCV tries every
     penalty of L2_GRID with efficient leave-one-out cross-validation on the training rows (one
@@ -200,47 +311,59 @@ def fit_reward(
     """
     features, ratings = _check_fit_inputs(features, ratings)
     n = len(features)
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    n_val = 0 if val_fraction == 0 else max(2, int(round(n * val_fraction)))
-    if n - n_val < 2:
-        raise ValueError(f"need at least {n_val + 2} rated samples to train on 2 and validate on {n_val}, got {n}")
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=g)
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    x, y = features[train_idx], ratings[train_idx]
+    if n < 4:
+        raise ValueError(f"need at least 4 rated samples to fit and cross-validate a reward model, got {n}")
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    folds = min(folds, n)
+    repeats = (3 if n < 200 else 1) if repeats is None else repeats
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
 
     cfg = RewardConfig(in_features=features.shape[1], **config)
     choose_l2 = cfg.hidden == 0 and "l2" not in config
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # initial weights and dropout masks: one seed, one model
-        model = RewardModel(cfg)
-        std = x.std(0, unbiased=False)
-        model.feature_mean.copy_(x.mean(0))
-        # a constant feature carries nothing; scale 1 keeps it at 0 instead of dividing by zero
-        model.feature_std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
-        r_std = float(y.std(unbiased=False))
-        model.rating_mean.fill_(float(y.mean()))
-        model.rating_std.fill_(r_std if r_std > 1e-8 else 1.0)
+    model = _fit(features, ratings, cfg, choose_l2, seed)
+    train_pearson, _ = _correlations(model.predict(features), ratings)
 
-        xs = model.standardise(x)
-        ys = (y - model.rating_mean) / model.rating_std
-        if cfg.hidden == 0:
-            cfg.l2 = _fit_ridge(model.linear, xs, ys, None if choose_l2 else cfg.l2)
-        else:
-            _fit_mlp(model, xs, ys)
-    model.eval()
-
-    train_pearson, _ = _correlations(model.predict(x), y)
-    if n_val:
-        pred, target = model.predict(features[val_idx]), ratings[val_idx]
-        val_pearson, val_spearman = _correlations(pred, target)
-        val_mae = float((pred - target).abs().mean())
-        val_mae_baseline = float((target - y.mean()).abs().mean())
-    else:
-        val_pearson = val_spearman = val_mae = val_mae_baseline = math.nan
+    g = torch.Generator().manual_seed(seed)
+    pearsons, spearmans, maes, baselines, sq_errors = [], [], [], [], []
+    for _ in range(repeats):
+        order = torch.randperm(n, generator=g)
+        oof, base = torch.empty(n), torch.empty(n)
+        for k in range(folds):
+            held = order[k::folds]
+            keep = torch.ones(n, dtype=torch.bool)
+            keep[held] = False
+            fold_model = _fit(features[keep], ratings[keep], cfg, choose_l2, seed)
+            oof[held] = fold_model.predict(features[held])
+            base[held] = ratings[keep].mean()
+        # correlated as offsets from each fold's mean training rating: a fold that holds out high ratings
+        # trains on a lower mean, so the raw out-of-fold predictions of a model that learnt nothing
+        # anti-correlate with the ratings; the offsets are what the model says about each sample
+        p, s = _correlations(oof - base, ratings)
+        pearsons.append(p)
+        spearmans.append(s)
+        maes.append(float((oof - ratings).abs().mean()))
+        sq_errors.append(float((oof - ratings).square().mean()))
+        baselines.append(float((base - ratings).abs().mean()))
+    # the noise the uncertainty assumes is the out-of-fold error, not the training residual: with fewer
+    # ratings than features the ridge may fit every training rating exactly
+    cv_mse = float(np.mean(sq_errors)) / float(model.rating_std) ** 2
+    _fit_uncertainty(model, model.standardise(features), cv_mse)
+    rho = float(np.mean(spearmans))  # NaN when a repeat's predictions or the ratings are constant
+    low, high = rank_correlation_band(rho, n, confidence)
+    predicts = math.isfinite(low) and low >= min_rank_correlation
+    needed = n if predicts else ratings_needed_for(rho, min_rank_correlation, confidence)
+    constant = float(ratings.std()) == 0.0
     report = RewardReport(
-        n, n - n_val, n_val, val_pearson, val_spearman, val_mae, val_mae_baseline, train_pearson, cfg.l2
+        n=n, folds=folds, repeats=repeats, cv_pearson=float(np.mean(pearsons)), cv_spearman=rho,
+        cv_spearman_low=low, cv_spearman_high=high, cv_mae=float(np.mean(maes)),
+        cv_mae_baseline=float(np.mean(baselines)), train_pearson=train_pearson, l2=model.config.l2,
+        min_rank_correlation=min_rank_correlation, confidence=confidence, predicts=predicts,
+        ratings_needed=needed,
+        verdict=_verdict(n, rho, low, high, min_rank_correlation, needed, constant),
     )
     return model, report
 
@@ -270,6 +393,19 @@ def _fit_ridge(linear: nn.Linear, xs: torch.Tensor, ys: torch.Tensor, l2: float 
     linear.weight.copy_(torch.from_numpy(np.asarray(ridge.coef_, dtype=np.float64)).reshape(linear.weight.shape))
     linear.bias.fill_(float(ridge.intercept_))
     return l2
+
+
+@torch.no_grad()
+def _fit_uncertainty(model: RewardModel, xs: torch.Tensor, noise: float) -> None:
+    """The linear read-out's posterior covariance: noise x (Xc'Xc + n l2 I)^-1 on the centred standardised
+    features (the bias is not penalised, so centring takes it out); `noise` the variance of a rating
+    around the prediction, in standardised units."""
+    n, d = xs.shape
+    mean = xs.double().mean(0)
+    xc = xs.double() - mean
+    precision = xc.T @ xc + max(n * model.config.l2, 1e-6) * torch.eye(d, dtype=torch.float64)
+    model.posterior_cov.copy_((noise * torch.linalg.inv(precision)).float())
+    model.fitted_mean.copy_(mean.float())
 
 
 def _fit_mlp(model: RewardModel, xs: torch.Tensor, ys: torch.Tensor) -> None:

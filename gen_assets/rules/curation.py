@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -186,8 +187,17 @@ def curate(
     *,
     k_per_category: int,
     min_confidence: float | None = None,
+    explore_per_category: int = 0,
 ) -> Curation:
     """Rank candidates by reward within each category, keep the top `k_per_category`, drop the bad ones.
+
+    With `explore_per_category`, each category also shows that many exploratory samples beside its top k
+    (`exploratory` True, ranked after them): of the valid candidates not in the top k, those with the
+    largest `uncertainty` (a column, e.g. RewardModel.uncertainty: what the reward model is least sure
+    about, so a rating of it teaches the most), or, without that column, a fixed pseudo-random choice
+    (by a hash of the sample_id: the same candidates always give the same choice). People rate what the
+    review page shows; without exploration they would only ever rate what the current ranking already
+    likes.
 
     `candidates` (a DataFrame or a list of dicts) needs sample_id (unique), category and reward; any other
     column is carried through. Dropped, with a reason, before ranking:
@@ -199,6 +209,8 @@ def curate(
     """
     if not isinstance(k_per_category, int) or isinstance(k_per_category, bool) or k_per_category < 1:
         raise ValueError(f"k_per_category must be an int >= 1, got {k_per_category!r}")
+    if not isinstance(explore_per_category, int) or isinstance(explore_per_category, bool) or explore_per_category < 0:
+        raise ValueError(f"explore_per_category must be an int >= 0, got {explore_per_category!r}")
     frame = _as_frame(candidates)
     if min_confidence is not None and "confidence" not in frame.columns:
         raise ValueError("min_confidence was given but the candidates have no 'confidence' column")
@@ -232,7 +244,23 @@ def curate(
     # one stable sort: category, then reward (best first), then sample_id for ties
     kept = kept.sort_values(["category", "reward", "sample_id"], ascending=[True, False, True], kind="mergesort")
     kept["rank"] = kept.groupby("category", sort=False).cumcount() + 1
-    curated = kept[kept["rank"] <= k_per_category].reset_index(drop=True)
+    curated = kept[kept["rank"] <= k_per_category].copy()
+    curated["exploratory"] = False
+    if explore_per_category:
+        rest = kept[kept["rank"] > k_per_category].copy()
+        if "uncertainty" in rest.columns:
+            rest["_order"] = -pd.to_numeric(rest["uncertainty"], errors="coerce").fillna(-np.inf).astype(float)
+        else:
+            rest["_order"] = [zlib.crc32(str(sid).encode()) for sid in rest["sample_id"]]
+        rest = rest.sort_values(["category", "_order", "sample_id"], kind="mergesort")
+        picked = rest[rest.groupby("category", sort=False).cumcount() < explore_per_category].drop(columns="_order")
+        picked = picked.sort_values(["category", "reward", "sample_id"], ascending=[True, False, True], kind="mergesort")
+        # ranked after the category's curated samples, so rank stays unique within a category
+        top = curated.groupby("category")["rank"].max()
+        picked["rank"] = picked["category"].map(top).fillna(0).astype(int) + picked.groupby("category").cumcount() + 1
+        picked["exploratory"] = True
+        curated = pd.concat([curated, picked]).sort_values(["category", "rank"], kind="mergesort")
+    curated = curated.reset_index(drop=True)
     if "reason" in curated.columns:
         curated = curated.drop(columns="reason")
     return Curation(curated, dropped.reset_index(drop=True))

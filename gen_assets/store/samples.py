@@ -25,17 +25,20 @@ def rated_samples(con: duckdb.DuckDBPyConnection, ratings: list[tuple[str, float
 
 
 def replace_curated(con: duckdb.DuckDBPyConnection, modality: str, batch_id: str, curated: pd.DataFrame) -> None:
-    """Make `curated` (sample_id, category, reward, rank) the current curated set of `modality`, atomically."""
+    """Make `curated` (sample_id, category, reward, rank, optional exploratory) the current curated set of
+    `modality`, atomically."""
     ensure_schema(con)
     rows = [
-        (str(r.sample_id), modality, batch_id, str(r.category), float(r.reward), int(r.rank), now())
+        (str(r.sample_id), modality, batch_id, str(r.category), float(r.reward), int(r.rank), now(),
+         bool(getattr(r, "exploratory", False)))
         for r in curated.itertuples()
     ]
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("DELETE FROM curated_samples WHERE modality = ?", [modality])
         if rows:
-            con.executemany("INSERT INTO curated_samples VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            con.executemany("INSERT INTO curated_samples (sample_id, modality, batch_id, category, reward, rank, "
+                            "curated_at, exploratory) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         define_curated_view(con)
         con.execute("COMMIT")
     except BaseException:

@@ -14,7 +14,8 @@ by `define_generated_view` and `define_curated_view`). Columns added after the f
                    (content BLOB: PNG bytes or UTF-8 text; text VARCHAR for text samples; prompt: the
                    brief a text was written for)
 - curated_samples: the current curated set of each modality (gen_assets.store.samples)
-- curated (view):  the columns of `generated` plus reward and rank, for the curated samples
+- curated (view):  the columns of `generated` plus reward, rank and exploratory, for the curated samples
+                   and the exploratory ones shown beside them to be rated
 - feedback:        one accepted rating per row (gen_assets.feedback.ingest)
 - feedback_files:  one row per ingested rating file content
 - feedback_versions: one row per feedback version (the feedback asset's data version): exactly which
@@ -102,6 +103,8 @@ CREATE TABLE IF NOT EXISTS curated_samples (
     rank       INTEGER NOT NULL,
     curated_at TIMESTAMP NOT NULL
 );
+-- shown to be rated, beside the curated set: what the reward model is least sure about (rules.curation)
+ALTER TABLE curated_samples ADD COLUMN IF NOT EXISTS exploratory BOOLEAN DEFAULT false;
 CREATE TABLE IF NOT EXISTS feedback (
     sample_id   VARCHAR NOT NULL,
     rating      INTEGER NOT NULL CHECK (rating BETWEEN 1 AND 5),
@@ -136,7 +139,8 @@ CREATE TABLE IF NOT EXISTS feedback_versions (
 """
 
 CURATED_VIEW = (
-    "CREATE OR REPLACE VIEW curated AS SELECT g.*, c.reward, c.rank FROM curated_samples c "
+    "CREATE OR REPLACE VIEW curated AS SELECT g.*, c.reward, c.rank, coalesce(c.exploratory, false) AS exploratory "
+    "FROM curated_samples c "
     "JOIN generated g USING (sample_id) ORDER BY g.modality, g.category, c.rank"
 )
 

@@ -409,7 +409,7 @@ class Review:
     def sample_json(request: Request, s: CuratedSample) -> dict:
         out = {"sample_id": s.sample_id, "modality": s.modality, "category": s.category,
                "model_version": s.model_version, "batch_id": s.batch_id, "reward": s.reward, "rank": s.rank,
-               "created_at": s.created_at}
+               "created_at": s.created_at, "exploratory": s.exploratory}
         if s.modality == "image":
             out["image_url"] = str(request.url_for("sample_png", sample_id=s.sample_id))
         else:

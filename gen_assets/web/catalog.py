@@ -56,6 +56,7 @@ class CuratedSample:
     created_at: str
     text: str | None  # texts only; images are served by id
     prompt: str | None = None  # the brief a text was written for
+    exploratory: bool = False  # shown beside the curated set to be rated: the reward model is unsure of it
 
 
 @dataclass(frozen=True)
@@ -264,14 +265,18 @@ def read_snapshot(con: duckdb.DuckDBPyConnection, signature: tuple = ()) -> Snap
 
 
 def _curated(con: duckdb.DuckDBPyConnection) -> tuple[tuple[CuratedSample, ...], dict[str, bytes]]:
+    # a warehouse whose view predates exploration reads as having none
+    columns = {row[0] for row in con.execute("DESCRIBE curated").fetchall()}
+    exploratory = "exploratory" if "exploratory" in columns else "false"
     rows = con.execute(
         "SELECT sample_id, modality, category, model_version, batch_id, reward, rank, created_at, text, prompt, "
-        "CASE WHEN modality = 'image' THEN content END FROM curated ORDER BY modality, category, rank, sample_id"
+        f"{exploratory}, CASE WHEN modality = 'image' THEN content END FROM curated "
+        "ORDER BY modality, category, rank, sample_id"
     ).fetchall()
     samples, images = [], {}
-    for sample_id, modality, category, version, batch_id, reward, rank, created_at, text, prompt, content in rows:
+    for sample_id, modality, category, version, batch_id, reward, rank, created_at, text, prompt, explore, content in rows:
         samples.append(CuratedSample(sample_id, modality, str(category), version, batch_id, float(reward), int(rank),
-                                     _iso(created_at), text, prompt))
+                                     _iso(created_at), text, prompt, bool(explore)))
         if content is not None:
             images[sample_id] = bytes(content)
     samples.sort(key=lambda s: (s.modality, category_key(s.category), s.rank, s.sample_id))

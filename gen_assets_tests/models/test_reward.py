@@ -35,9 +35,11 @@ def planted(n: int = 500, d: int = 16, noise: float = 0.3, seed: int = 0):
 def test_learns_a_planted_preference_on_held_out_ratings():
     x, ratings = planted()
     model, report = fit_reward(x, ratings, seed=0)
-    assert report.n == 500 and report.n_val == 100 and report.n_train == 400
-    assert report.val_pearson > 0.9 and report.val_spearman > 0.9
-    assert report.val_mae < 0.5 * report.val_mae_baseline
+    assert report.n == 500 and report.folds == 5 and report.repeats == 1
+    assert report.cv_pearson > 0.9 and report.cv_spearman > 0.9
+    assert report.cv_spearman_low < report.cv_spearman < report.cv_spearman_high
+    assert report.cv_mae < 0.5 * report.cv_mae_baseline
+    assert report.predicts and report.verdict.startswith("predicts")
     # predictions come back in rating units, not standardised ones
     pred = model.predict(x)
     assert abs(float(pred.mean()) - float(ratings.mean())) < 0.1
@@ -52,8 +54,8 @@ def test_the_mlp_learns_what_a_linear_model_cannot():
     ratings = x[:, 0].square() + 0.1 * torch.randn(800, generator=g)  # a taste for extremes
     _, linear = fit_reward(x, ratings, seed=0, hidden=0)
     _, mlp = fit_reward(x, ratings, seed=0, hidden=32)
-    assert linear.val_mae > 0.9 * linear.val_mae_baseline  # hardly better than a constant guess
-    assert mlp.val_pearson > 0.8 and mlp.val_mae < 0.5 * mlp.val_mae_baseline
+    assert linear.cv_mae > 0.9 * linear.cv_mae_baseline  # hardly better than a constant guess
+    assert mlp.cv_pearson > 0.8 and mlp.cv_mae < 0.5 * mlp.cv_mae_baseline
 
 
 def test_save_load_round_trip_keeps_the_normalisation(tmp_path, monkeypatch):
@@ -89,7 +91,8 @@ def test_bad_inputs_are_named():
 def test_constant_ratings_give_nan_correlation_not_a_crash():
     x, _ = planted(n=40)
     model, report = fit_reward(x, torch.full((40,), 4.0), seed=0)
-    assert math.isnan(report.val_pearson)
+    assert math.isnan(report.cv_pearson) and not report.predicts
+    assert "all 40 ratings are equal" in report.verdict
     torch.testing.assert_close(model.predict(x), torch.full((40,), 4.0), atol=0.02, rtol=0)
 
 
@@ -121,7 +124,7 @@ def test_a_taste_for_ink_is_learnable_from_image_features():
     ink = images.mean(dim=(1, 2, 3))
     ratings = 1 + 4 * (ink - ink.min()) / (ink.max() - ink.min()) + 0.2 * torch.randn(600, generator=g)
     _, report = fit_reward(feats, ratings, seed=0)
-    assert report.val_pearson > 0.85
+    assert report.cv_pearson > 0.85
     assert evaluator.training, "image_features leaves the evaluator's mode as it found it"
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         image_features(evaluator, images * 2)
@@ -174,7 +177,7 @@ def test_the_ridge_is_sklearns_ridge_at_the_penalty_leave_one_out_prefers():
     from sklearn.linear_model import Ridge
 
     x, ratings = planted(n=60, d=8, noise=1.0)
-    model, report = fit_reward(x, ratings, seed=0, val_fraction=0.0)  # every row trains
+    model, report = fit_reward(x, ratings, seed=0)  # the model is fitted on every row
     assert report.l2 in L2_GRID and model.config.l2 == report.l2
     # sklearn's alpha weighs the summed squared error, ours the mean one
     z, r = standardised(x), ratings.double().numpy()
@@ -201,7 +204,7 @@ def test_the_cross_validation_shrinks_more_on_noise_than_on_a_clean_taste():
     _, on_taste = fit_reward(x, clean, seed=0)
     model, on_noise = fit_reward(x, noise, seed=0)
     assert on_noise.l2 >= 100 * on_taste.l2
-    assert on_taste.val_pearson > 0.95
+    assert on_taste.cv_pearson > 0.95
     # ratings that carry no taste leave the model close to the mean rating, not fitted to the noise
     assert float(model.predict(x).std()) < 0.2 * float(noise.std())
     # a penalty that is given is used as it is
@@ -217,3 +220,65 @@ def test_save_load_round_trip_of_the_ridge_keeps_its_penalty(tmp_path):
     loaded = load_model(tmp_path / "reward.pt")
     assert loaded.config == model.config and loaded.config.l2 == report.l2
     torch.testing.assert_close(loaded.predict(x), model.predict(x))
+
+
+# ---- the guard: a reward model is used only when it predicts -----------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_ratings_do_not_make_a_model_that_predicts(seed):
+    """Ratings that follow nothing in the features, in the numbers a review page collects."""
+    x, _ = planted(n=40, d=64, seed=seed)
+    noise = torch.randint(1, 6, (40,), generator=torch.Generator().manual_seed(100 + seed)).float()
+    _, report = fit_reward(x, noise, seed=0)
+    assert not report.predicts
+    assert report.cv_spearman_low < report.min_rank_correlation
+    assert "the previous ranking stays" in report.verdict
+
+
+def test_a_taste_in_few_ratings_predicts_and_the_band_narrows_with_more():
+    x, ratings = planted(n=200, d=8, noise=1.0)
+    _, few = fit_reward(x[:40], ratings[:40], seed=0)
+    _, many = fit_reward(x, ratings, seed=0)
+    assert few.predicts and many.predicts
+    assert (many.cv_spearman_high - many.cv_spearman_low) < (few.cv_spearman_high - few.cv_spearman_low)
+    assert few.repeats == 3 and many.repeats == 1
+
+
+def test_a_weak_taste_says_how_many_more_ratings_it_needs():
+    x, ratings = planted(n=400, d=16, noise=2.0)  # a real but faint taste
+    _, small = fit_reward(x[:30], ratings[:30], seed=0)
+    _, large = fit_reward(x, ratings, seed=0)
+    assert not small.predicts and small.ratings_needed > 30
+    assert f"about {small.ratings_needed - 30} more" in small.verdict
+    assert large.predicts  # and given the ratings it asked for (and more), it does
+
+
+def test_the_band_and_the_ratings_needed_by_formula():
+    from gen_assets.models.reward import rank_correlation_band, ratings_needed_for
+
+    low, high = rank_correlation_band(0.5, 40, 0.9)
+    z, se = math.atanh(0.5), math.sqrt((1 + 0.125) / 37)
+    assert low == pytest.approx(math.tanh(z - 1.6448536 * se)) and high == pytest.approx(math.tanh(z + 1.6448536 * se))
+    n = ratings_needed_for(0.5, 0.1, 0.9)
+    assert rank_correlation_band(0.5, n, 0.9)[0] >= 0.1 > rank_correlation_band(0.5, n - 1, 0.9)[0]
+    assert math.isnan(rank_correlation_band(0.5, 3, 0.9)[0])
+
+
+def test_uncertainty_is_larger_far_from_the_rated_samples():
+    x, ratings = planted(n=80, d=8, noise=0.5)
+    model, _ = fit_reward(x, ratings, seed=0)
+    near = model.uncertainty(x[:20])
+    far = model.uncertainty(x[:20] * 3)
+    assert near.shape == (20,) and bool((near > 0).all())
+    assert float(far.mean()) > 2 * float(near.mean())
+
+
+def test_a_model_file_without_the_uncertainty_still_loads(tmp_path):
+    x, ratings = planted(n=60)
+    model, _ = fit_reward(x, ratings, seed=0)
+    state = {k: v for k, v in model.state_dict().items() if k not in ("posterior_cov", "fitted_mean")}
+    old = RewardModel(model.config)
+    old.load_state_dict(state)
+    torch.testing.assert_close(old.predict(x), model.predict(x))
+    assert float(old.uncertainty(x).abs().max()) == 0.0

@@ -140,3 +140,24 @@ def test_quarantine_reasons_carry_no_memory_address():
     dropped = curate(frame, k_per_category=1).dropped
     reason = dropped.set_index("sample_id").loc["a", "reason"]
     assert "no usable reward" in reason and not re.search(r"0x[0-9a-f]+", reason), reason
+
+
+def test_exploration_adds_the_least_certain_beside_the_top_k():
+    rows = candidates()
+    for r, u in zip(rows, [0.9, 0.1, 0.2, 0.3, 0.5, 0.4]):
+        r["uncertainty"] = u
+    rows[0]["reason"] = "blocklisted: 'x'"  # the most uncertain one is broken: never shown
+    curated, dropped = curate(rows, k_per_category=1, explore_per_category=1)
+    assert list(dropped["sample_id"]) == ["a0"]
+    assert list(curated["sample_id"]) == ["a1", "a3", "b0", "b1"]
+    assert list(curated["exploratory"]) == [False, True, False, True]
+    assert list(curated["rank"]) == [1, 2, 1, 2]
+    # without uncertainty: a fixed choice by sample_id, the same whatever the input order
+    plain = [{k: v for k, v in r.items() if k != "uncertainty"} for r in candidates()]
+    one, _ = curate(plain, k_per_category=1, explore_per_category=2)
+    two, _ = curate(plain[::-1], k_per_category=1, explore_per_category=2)
+    assert list(one["sample_id"]) == list(two["sample_id"]) and int(one["exploratory"].sum()) == 3
+    none, _ = curate(plain, k_per_category=2)
+    assert not none["exploratory"].any()
+    with pytest.raises(ValueError, match="explore_per_category"):
+        curate(plain, k_per_category=1, explore_per_category=-1)

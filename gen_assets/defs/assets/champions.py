@@ -15,6 +15,7 @@ from pydantic import Field
 
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.defs.assets.trained import load_image_split
+from gen_assets.defs.assets.tuned import predicts
 from gen_assets.defs.handles import CleanTable, ModelRef, inference_device, lane, uri_metadata
 from gen_assets.models.checkpoint import load_model
 from gen_assets.rules import promotion
@@ -212,7 +213,7 @@ def text_champion(
     briefs = briefs[: config.guard_briefs]
     bounds = length_bounds([b.text for b in train if b.text] or [t for _, _, t in references])
     scorer = None
-    if text_reward_model.details.get("fitted") and config.reward_tolerance is not None:
+    if predicts(text_reward_model) and config.reward_tolerance is not None:
         reward, features_from = load_model(text_reward_model.path), load_writer(text_generator.path, inference_device())
         scorer = lambda b, t: reward.predict(writer_features(features_from, b, t))  # noqa: E731
     measured: dict[str, dict] = {}

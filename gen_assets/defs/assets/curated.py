@@ -1,9 +1,13 @@
 """Content curation: of a generated batch, keep the reward model's top k per category, drop what is broken.
 
-The result is the DuckDB view `curated` (the columns of `generated` plus reward and rank): what the
-business application shows. Refused samples go to `quarantine` with their reason.
+The result is the DuckDB view `curated` (the columns of `generated` plus reward, rank and exploratory):
+what the business application shows, and beside it, marked `exploratory`, a share of samples the reward
+model is least sure about, for people to rate. A reward model ranks only when it predicts people's
+ratings (tuned.predicts); until then the ranking before any rating stays. Refused samples go to
+`quarantine` with their reason.
 """
 
+import math
 import time
 
 import dagster as dg
@@ -15,6 +19,7 @@ from pydantic import Field
 
 from gen_assets.defs.handles import Batch, CleanTable, ModelRef, frame_metadata, inference_device, lane
 from gen_assets.defs.assets.trained import label_indices
+from gen_assets.defs.assets.tuned import predicts
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.rules.curation import NgramIndex, curate, image_confidence, text_flags
 from gen_assets.media.png import decode_image
@@ -28,9 +33,34 @@ from gen_assets.store.files import read_table
 from gen_assets.store.samples import replace_curated
 
 
+EXPLORE_SHARE = Field(default=0.2, description="exploratory samples shown beside the curated ones, as a share of "
+                      "k_per_category (rounded up; 0: none): those the reward model is least sure about (at random "
+                      "before any reward model), marked 'exploring' on the review page, so ratings teach it the most")
+
+
+def explore_count(share: float, k: int) -> int:
+    if not 0.0 <= share <= 1.0:
+        raise dg.Failure(f"explore_share must be in [0, 1], got {share}")
+    return math.ceil(share * k - 1e-9)
+
+
+def ranking(reward_model: ModelRef, prior: np.ndarray, prior_label: str, features) -> tuple[np.ndarray, str, dict]:
+    """(reward per sample, what scored them, extra columns): the reward model's predictions when it predicts,
+    else the prior ranking; a fitted model's uncertainty either way (exploration shows the least certain)."""
+    if not reward_model.details.get("fitted"):
+        return prior, prior_label, {}
+    model = load_model(reward_model.path)
+    feats = features()
+    extra = {"uncertainty": model.uncertainty(feats).numpy()}
+    if predicts(reward_model):
+        return model.predict(feats).numpy(), reward_model.version, extra
+    return prior, f"{prior_label}: {reward_model.details.get('reason', 'the reward model does not predict')}", extra
+
+
 class CuratedImagesConfig(dg.Config):
     k_per_category: int = 10
     min_confidence: float = Field(default=0.9, description="evaluator probability of the conditioned category")
+    explore_share: float = EXPLORE_SHARE
 
 
 def prior_text_score(texts: list[str], bounds: tuple[int, int]) -> np.ndarray:
@@ -43,6 +73,7 @@ def prior_text_score(texts: list[str], bounds: tuple[int, int]) -> np.ndarray:
 
 class CuratedTextsConfig(dg.Config):
     k_per_category: int = 5
+    explore_share: float = EXPLORE_SHARE
     blocklist: list[str] = Field(default=[], description="words (whole words, any case) a curated text must not contain")
     max_copy_share: float = Field(default=0.5, description="largest share of a text's 8-grams found in the training split")
 
@@ -75,7 +106,9 @@ def record(context, warehouse: DuckDBResource, *, asset: str, modality: str, bat
             {"asset": asset, "snapshot_version": batch.batch_id, "source": batch.path, "row_id": r.sample_id,
              "reason": r.reason} for r in dropped.itertuples()
         ])
-    context.log.info(f"{asset}: kept {len(curated)} of {batch.n_samples}, dropped {len(dropped)} (scored by {scored_by})")
+    explore = curated["exploratory"].to_numpy(bool) if "exploratory" in curated else np.zeros(len(curated), bool)
+    context.log.info(f"{asset}: kept {int((~explore).sum())} of {batch.n_samples} (and {int(explore.sum())} "
+                     f"exploratory), dropped {len(dropped)} (scored by {scored_by})")
     # counted by kind: "evaluator confidence 0.279 < 0.9" and "... 0.281 < 0.9" are one kind
     reasons = {}
     if len(dropped):
@@ -93,10 +126,11 @@ def record(context, warehouse: DuckDBResource, *, asset: str, modality: str, bat
     return dg.Output(
         curated,
         data_version=dg.DataVersion(f"{batch.batch_id}-{len(curated)}"),
-        metadata={"curated": len(curated), "candidates": batch.n_samples, "dropped": len(dropped),
+        metadata={"curated": int((~explore).sum()), "exploratory": int(explore.sum()),
+                  "candidates": batch.n_samples, "dropped": len(dropped),
                   "dropped_by_reason": dg.MetadataValue.json({str(k): int(v) for k, v in reasons.items()}),
                   "scored_by": scored_by, "batch_id": batch.batch_id,
-                  "mean_reward": float(curated["reward"].mean()) if len(curated) else float("nan"),
+                  "mean_reward": float(curated["reward"][~explore].mean()) if (~explore).any() else float("nan"),
                   **frame_metadata(curated)},
     )
 
@@ -116,14 +150,12 @@ def curated_images(
     categories = table.column("category").to_pylist()
     labels = torch.from_numpy(label_indices(categories, clean_images.categories))
     confidence = image_confidence(evaluator, images, labels).numpy()
-    if image_reward_model.details.get("fitted"):
-        reward = load_model(image_reward_model.path).predict(image_features(evaluator, images)).numpy()
-        scored_by = image_reward_model.version
-    else:
-        reward, scored_by = confidence, "evaluator confidence (no reward model yet)"
+    reward, scored_by, extra = ranking(image_reward_model, confidence, "evaluator confidence (no usable reward model)",
+                                      lambda: image_features(evaluator, images))
     frame = pd.DataFrame({"sample_id": table.column("sample_id").to_pylist(), "category": categories,
-                          "reward": reward, "confidence": confidence})
-    result = curate(frame, k_per_category=config.k_per_category, min_confidence=config.min_confidence)
+                          "reward": reward, "confidence": confidence, **extra})
+    result = curate(frame, k_per_category=config.k_per_category, min_confidence=config.min_confidence,
+                    explore_per_category=explore_count(config.explore_share, config.k_per_category))
     out = record(context, warehouse, asset="curated_images", modality="image", batch=generated_images,
                  curated=result.curated, dropped=result.dropped, scored_by=scored_by, advice=IMAGE_ADVICE)
     out.metadata["seconds"] = dg.MetadataValue.float(round(time.perf_counter() - t0, 3))
@@ -144,16 +176,16 @@ def curated_texts(
     with warehouse.get_connection() as con:
         train = [b.text for b in text_cleaning.load_briefs(con, split="train", table=clean_texts.table) if b.text]
     flags = text_flags(texts, blocklist=config.blocklist, train_ngrams=NgramIndex(train), max_copy_share=config.max_copy_share)
-    if text_reward_model.details.get("fitted"):
-        writer = load_writer(text_generator.path, inference_device())
-        feats = writer_features(writer, list(zip(categories, prompts)), texts)
-        reward, scored_by = load_model(text_reward_model.path).predict(feats).numpy(), text_reward_model.version
-    else:
-        # before any rating: well-formed samples first (finished, of the company's length, not repetitive)
-        reward, scored_by = prior_text_score(texts, length_bounds(train)), "form: finished, in length, not repetitive (no reward model yet)"
+    # before any usable rating: well-formed samples first (finished, of the company's length, not repetitive)
+    reward, scored_by, extra = ranking(
+        text_reward_model, prior_text_score(texts, length_bounds(train)),
+        "form: finished, in length, not repetitive (no usable reward model)",
+        lambda: writer_features(load_writer(text_generator.path, inference_device()), list(zip(categories, prompts)),
+                                texts))
     frame = pd.DataFrame({"sample_id": table.column("sample_id").to_pylist(), "category": categories,
-                          "reward": reward, "reason": flags})
-    result = curate(frame, k_per_category=config.k_per_category)
+                          "reward": reward, "reason": flags, **extra})
+    result = curate(frame, k_per_category=config.k_per_category,
+                    explore_per_category=explore_count(config.explore_share, config.k_per_category))
     out = record(context, warehouse, asset="curated_texts", modality="text", batch=generated_texts,
                  curated=result.curated, dropped=result.dropped, scored_by=scored_by,
                  advice=TEXT_ADVICE.get(main_reason(result.dropped), TEXT_ADVICE[""]))

@@ -49,24 +49,47 @@ TUNED_TEXT_GENERATOR_CODE = ("gen_assets.training.finetune", "gen_assets.rules.c
 
 class RewardModelConfig(dg.Config):
     min_ratings: int = Field(default=20, description="fewer rated samples than this: no reward model yet")
+    min_rank_correlation: float = Field(
+        default=0.1, description="the bar: the model is used only when the low end of the uncertainty band of its "
+        "cross-validated rank correlation with people's ratings reaches this; below it the previous ranking stays")
+    confidence: float = Field(default=0.9, description="the width of that band (a two-sided confidence level)")
+    folds: int = Field(default=5, description="cross-validation folds")
     seed: int = 0
 
 
+def predicts(reward: ModelRef) -> bool:
+    """Whether curation, tuning and the guard may use this reward model: fitted, and it predicts people's
+    ratings (RewardReport.predicts). A model that does not is kept for inspection, never used."""
+    return bool(reward.details.get("fitted") and reward.details.get("predicts"))
+
+
 def no_reward_model(modality: str, reason: str) -> dg.Output[ModelRef]:
-    ref = ModelRef(modality, "reward", "none", "", "", {"fitted": False, "reason": reason})
-    return dg.Output(ref, data_version=dg.DataVersion("none"), metadata={"fitted": False, "reason": reason})
+    ref = ModelRef(modality, "reward", "none", "", "", {"fitted": False, "predicts": False, "reason": reason})
+    return dg.Output(ref, data_version=dg.DataVersion("none"),
+                     metadata={"fitted": False, "predicts": False, "reason": reason})
 
 
-def save_reward(artifacts: ArtifactStore, modality: str, model, report, feature_model: str) -> dg.Output[ModelRef]:
+def fit_and_save_reward(context, config: RewardModelConfig, artifacts: ArtifactStore, modality: str, features,
+                        ratings, feature_model: str) -> dg.Output[ModelRef]:
+    model, report = fit_reward(features, torch.tensor(ratings), seed=config.seed, folds=config.folds,
+                               min_rank_correlation=config.min_rank_correlation, confidence=config.confidence)
+    context.log.info(f"{modality} reward model on {report.n} ratings: {report.verdict}")
     version, final, sha = save_versioned_model(artifacts.paths.models / modality, "reward", "reward", model,
                                                extra={"feature_model": feature_model, "report": report.to_dict()})
-    ref = ModelRef(modality, "reward", version, str(final), sha, {"fitted": True, "feature_model": feature_model})
+    details = {"fitted": True, "predicts": report.predicts, "feature_model": feature_model, "verdict": report.verdict,
+               "ratings": report.n, "ratings_needed": report.ratings_needed,
+               "cv_spearman": report.cv_spearman, "cv_spearman_low": report.cv_spearman_low,
+               "min_rank_correlation": report.min_rank_correlation}
+    if not report.predicts:
+        details["reason"] = f"the reward model {report.verdict}"
+    ref = ModelRef(modality, "reward", version, str(final), sha, details)
+    numbers = {k: v for k, v in report.to_dict().items() if k not in ("predicts", "verdict")}
     return dg.Output(
         ref,
         data_version=dg.DataVersion(sha[:16]),
-        metadata={"fitted": True, "model_version": version, "feature_model": feature_model,
-                  "path": dg.MetadataValue.path(str(final)), **uri_metadata(final),
-                  **numeric_metadata(report.to_dict())},
+        metadata={"fitted": True, "predicts": report.predicts, "verdict": report.verdict, "model_version": version,
+                  "feature_model": feature_model, "path": dg.MetadataValue.path(str(final)), **uri_metadata(final),
+                  **numeric_metadata(numbers)},
     )
 
 
@@ -75,16 +98,16 @@ def image_reward_model(
     context: dg.AssetExecutionContext, config: RewardModelConfig, feedback: FeedbackRef, image_evaluator: ModelRef,
     warehouse: DuckDBResource, artifacts: ArtifactStore,
 ) -> dg.Output[ModelRef]:
-    """Predicts a rating from the evaluator's features and pixel statistics; held-out correlation reported."""
+    """Predicts a rating from the evaluator's features and pixel statistics; used only when it predicts
+    (cross-validated rank correlation with people's ratings, with its uncertainty band, at the bar)."""
     with warehouse.get_connection() as con:
         rated = rated_samples(con, ratings_for(con, "image"))
     if len(rated) < config.min_ratings:
         return no_reward_model("image", f"{len(rated)} rated images, fewer than min_ratings={config.min_ratings}")
     evaluator = load_model(image_evaluator.path, inference_device())
     images = images_to_tensor(np.stack([decode_image(b, evaluator.config.channels) for b in rated["content"]]))
-    model, report = fit_reward(image_features(evaluator, images), torch.tensor(rated["rating"].to_numpy()), seed=config.seed)
-    context.log.info(f"image reward model on {len(rated)} rated images: held-out pearson {report.val_pearson:.3f}")
-    return save_reward(artifacts, "image", model, report, image_evaluator.version)
+    return fit_and_save_reward(context, config, artifacts, "image", image_features(evaluator, images),
+                               rated["rating"].to_numpy(), image_evaluator.version)
 
 
 @dg.asset(**lane("text", "feedback"), kinds={"pytorch"}, code_version=code_fingerprint(*TEXT_REWARD_CODE))
@@ -93,16 +116,15 @@ def text_reward_model(
     warehouse: DuckDBResource, artifacts: ArtifactStore,
 ) -> dg.Output[ModelRef]:
     """Predicts a rating from the text generator's hidden states (each text read after its brief) and simple
-    text features."""
+    text features; used only when it predicts (as image_reward_model)."""
     with warehouse.get_connection() as con:
         rated = rated_samples(con, ratings_for(con, "text"))
     if len(rated) < config.min_ratings:
         return no_reward_model("text", f"{len(rated)} rated texts, fewer than min_ratings={config.min_ratings}")
     writer = load_writer(text_generator.path, inference_device())
     feats = writer_features(writer, briefs_of(rated), list(rated["text"]))
-    model, report = fit_reward(feats, torch.tensor(rated["rating"].to_numpy()), seed=config.seed)
-    context.log.info(f"text reward model on {len(rated)} rated texts: held-out pearson {report.val_pearson:.3f}")
-    return save_reward(artifacts, "text", model, report, text_generator.version)
+    return fit_and_save_reward(context, config, artifacts, "text", feats, rated["rating"].to_numpy(),
+                               text_generator.version)
 
 
 def briefs_of(frame: pd.DataFrame) -> list[tuple[str, str | None]]:
@@ -172,7 +194,7 @@ def tuned_image_generator(
     Targets: fresh candidates the reward model scores best (and the evaluator recognises), plus the
     real training images weighted by the same reward model. Without a reward model: the base model.
     """
-    if not image_reward_model.details.get("fitted"):
+    if not predicts(image_reward_model):
         return untuned(image_generator, image_reward_model)
     device = inference_device()
     base, reward = load_model(image_generator.path, device), load_model(image_reward_model.path)
@@ -219,7 +241,7 @@ def tuned_text_generator(
     its LoRA adapters further on (brief -> text) examples; the from-scratch GPT its weights on
     category-conditioned documents. Without a reward model: the base model.
     """
-    if not text_reward_model.details.get("fitted"):
+    if not predicts(text_reward_model):
         return untuned(text_generator, text_reward_model)
     writer = load_writer(text_generator.path, inference_device())
     reward = load_model(text_reward_model.path)
