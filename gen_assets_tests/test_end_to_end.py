@@ -126,6 +126,36 @@ def test_second_run_with_unchanged_inputs_reuses_the_models(smoke_home, capsys, 
             assert len(runs) == 1, f"{name}: same data and config, so one training run"
 
 
+def test_ratings_that_follow_no_taste_change_nothing_and_the_run_says_why(smoke_home, capsys, monkeypatch, tmp_path):
+    """Random ratings: the reward models do not predict, their blocking checks stop the retrain before it
+    curates, tunes or promotes anything, and the run says how many more ratings are needed."""
+    import random
+    import shutil
+
+    home = tmp_path / "home"
+    shutil.copytree(smoke_home, home)  # a home can be copied; the shared one stays as it was
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        ids = [r[0] for r in con.execute("SELECT sample_id FROM generated ORDER BY sample_id").fetchall()]
+        before = con.execute("SELECT modality, sample_id, rank FROM curated ORDER BY ALL").fetchall()
+        champions = con.execute("SELECT model_version FROM models WHERE status = 'champion' ORDER BY ALL").fetchall()
+    rng = random.Random(7)
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("sample_id,rating,user_id,ts,comment\n" +
+                       "".join(f"{sid},{rng.randint(1, 5)},rater,2026-11-22T10:00:00Z,\n" for sid in ids))
+    monkeypatch.setenv("GEN_ASSETS_HOME", str(home))
+    assert cli.main(["feedback", "import", str(ratings)]) == 0
+    capsys.readouterr()
+    assert cli.main(["retrain", "--modality", "all", "--profile", "smoke"]) == 1
+    err = capsys.readouterr().err
+    for modality in ("image", "text"):
+        assert f"check {modality}_reward_model:predicts failed (blocked the assets downstream)" in err
+    assert "does not predict" in err and "the previous ranking stays" in err and "more" in err
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM feedback").fetchone()[0] == len(ids)  # the ratings are kept
+        assert con.execute("SELECT modality, sample_id, rank FROM curated ORDER BY ALL").fetchall() == before
+        assert con.execute("SELECT model_version FROM models WHERE status = 'champion' ORDER BY ALL").fetchall() == champions
+
+
 def test_feedback_import_retrain_and_curation(smoke_home, capsys, monkeypatch, tmp_path, tiny_text_base):
     """Ratings with a planted taste -> `gen-assets feedback import` -> `gen-assets retrain` -> curated view."""
     import io
@@ -140,7 +170,9 @@ def test_feedback_import_retrain_and_curation(smoke_home, capsys, monkeypatch, t
     order = sorted(ink, key=ink.get)
     lines = ["sample_id,rating,user_id,ts,comment"]
     lines += [f"{sid},{1 + (4 * i) // len(order)},rater,2026-11-22T10:00:00Z,more ink please" for i, sid in enumerate(order)]
-    lines += [f"{sid},{5 if '?' in text else 2},rater,2026-11-22T10:00:00Z," for sid, text in texts]
+    # texts: the rater likes short copy (a taste the reward model's features carry)
+    by_length = sorted(texts, key=lambda t: (len(t[1]), t[0]))
+    lines += [f"{sid},{5 - (4 * i) // len(by_length)},rater,2026-11-22T10:00:00Z," for i, (sid, _) in enumerate(by_length)]
     lines += ["no-such-sample,5,rater,2026-11-22T10:00:00Z,", f"{order[0]},9,rater,2026-11-22T10:00:00Z,"]
     ratings_file = tmp_path / "ratings.csv"
     ratings_file.write_text("\n".join(lines) + "\n")
@@ -159,10 +191,17 @@ def test_feedback_import_retrain_and_curation(smoke_home, capsys, monkeypatch, t
             "SELECT modality, json_extract_string(input_versions, '$.feedback') FROM models WHERE status = 'champion'"
         ).fetchall()
         assert {m for m, fb in tuned if fb} == {"image", "text"}, "both champions were tuned on the feedback"
-        curated = dict(con.execute("SELECT modality, count(*) FROM curated GROUP BY modality").fetchall())
+        curated = dict(con.execute("SELECT modality, count(*) FROM curated WHERE NOT exploratory "
+                                   "GROUP BY modality").fetchall())
         assert curated["image"] <= 10 * 10 and curated["text"] <= 5 * 6 and min(curated.values()) > 0
         ranks = con.execute("SELECT min(rank), count(DISTINCT sample_id) = count(*) FROM curated").fetchone()
         assert ranks == (1, True)
+        # beside them, per category, the samples the reward model is least sure about, ranked after them
+        explore = con.execute("SELECT modality, category, max(rank) FILTER (NOT exploratory), "
+                              "min(rank) FILTER (exploratory), count(*) FILTER (exploratory) FROM curated "
+                              "GROUP BY ALL").fetchall()
+        assert all(n <= (2 if m == "image" else 1) and (n == 0 or lo > hi) for m, _, hi, lo, n in explore)
+        assert sum(n for *_, n in explore) > 0
         assert con.execute("SELECT count(*) FROM curated c ANTI JOIN generated g USING (sample_id)").fetchone()[0] == 0
 
     # lineage of a curated sample: tuned model -> base model -> data versions and raw source; the feedback file
