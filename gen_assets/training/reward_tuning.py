@@ -275,8 +275,9 @@ def reward_tune_image_generator(
 
     report: steps_kept (0: unchanged), fid_before / fid_after and reward_before / reward_after (mean
     predicted rating of the evaluation samples) of the returned model, fid_limit, stopped_early,
-    history: [(step, fid, reward), ...] (step 0: the starting model) and reason (a sentence). `run_dir`, `seed`, `log` and
-    `fit_kwargs` as for finetune.finetune_image_generator (a run_dir holding a finished run gives it back).
+    history: [(step, fid, reward), ...] (step 0: the starting model) and reason (a sentence).
+    `run_dir`, `seed`, `log` and `fit_kwargs` as for finetune.finetune_image_generator (a run_dir holding a
+    finished or stopped run gives it back).
     The given model, reward model and evaluator are left untouched; the copy comes back on the CPU in
     eval mode with the original's config. Deterministic for a seed on a given device.
     """
