@@ -109,7 +109,11 @@ class HFCausalLM(L.LightningModule):
         from peft import get_peft_model_state_dict
 
         adapter = get_peft_model_state_dict(self.model)
-        return {f"{prefix}{ADAPTER_PREFIX}{k}": (v if keep_vars else v.detach()) for k, v in adapter.items()}
+        out = {f"{prefix}{ADAPTER_PREFIX}{k}": (v if keep_vars else v.detach()) for k, v in adapter.items()}
+        if destination is not None:  # inside another module: its state_dict reads what we add to `destination`
+            destination.update(out)
+            return destination
+        return out
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         if not self.config.lora:

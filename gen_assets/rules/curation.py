@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gen_assets.metrics.texts import NOVELTY_N, _hashed_ngrams
+from gen_assets.metrics.texts import NOVELTY_N, _hashed_ngrams, repetition_rate, unfinished
 from gen_assets.models.tokenizers import UNK_TEXT
 
 REQUIRED_COLUMNS = ("sample_id", "category", "reward")
@@ -264,3 +264,11 @@ def curate(
     if "reason" in curated.columns:
         curated = curated.drop(columns="reason")
     return Curation(curated, dropped.reset_index(drop=True))
+
+
+def prior_text_score(texts: list[str], bounds: tuple[int, int]) -> np.ndarray:
+    """The ranking before any rating: one point for a finished text (sentence punctuation at its end), one for
+    a length within `bounds`, minus its repetition rate (metrics.texts); a neutral, documented prior."""
+    finished = np.array([bool(t.strip()) and not unfinished(t) for t in texts], dtype=float)
+    in_length = np.array([bounds[0] <= len(t.strip()) <= bounds[1] for t in texts], dtype=float)
+    return finished + in_length - np.array([repetition_rate(t) for t in texts])

@@ -21,11 +21,11 @@ from gen_assets.defs.handles import Batch, CleanTable, ModelRef, frame_metadata,
 from gen_assets.defs.assets.trained import label_indices
 from gen_assets.defs.assets.tuned import predicts
 from gen_assets.cleaning import texts as text_cleaning
-from gen_assets.rules.curation import NgramIndex, curate, image_confidence, text_flags
+from gen_assets.rules.curation import NgramIndex, curate, image_confidence, prior_text_score, text_flags
 from gen_assets.media.png import decode_image
 from gen_assets.models.checkpoint import load_model
 from gen_assets.training.image_data import images_to_tensor
-from gen_assets.metrics.texts import length_bounds, repetition_rate, unfinished
+from gen_assets.metrics.texts import length_bounds
 from gen_assets.models.reward import image_features, writer_features
 from gen_assets.models.text_generators import load_writer
 from gen_assets.store import warehouse as wh
@@ -61,14 +61,6 @@ class CuratedImagesConfig(dg.Config):
     k_per_category: int = 10
     min_confidence: float = Field(default=0.9, description="evaluator probability of the conditioned category")
     explore_share: float = EXPLORE_SHARE
-
-
-def prior_text_score(texts: list[str], bounds: tuple[int, int]) -> np.ndarray:
-    """The ranking before any rating: one point for a finished text (sentence punctuation at its end), one for
-    a length within `bounds`, minus its repetition rate (metrics.texts); a neutral, documented prior."""
-    finished = np.array([bool(t.strip()) and not unfinished(t) for t in texts], dtype=float)
-    in_length = np.array([bounds[0] <= len(t.strip()) <= bounds[1] for t in texts], dtype=float)
-    return finished + in_length - np.array([repetition_rate(t) for t in texts])
 
 
 class CuratedTextsConfig(dg.Config):

@@ -27,6 +27,7 @@ from gen_assets.training.image_data import images_to_tensor
 from gen_assets.training.finetune import (finetune_image_generator, finetune_pretrained_text_generator,
                                          finetune_text_generator, preference_weights)
 from gen_assets.training.fingerprint import code_fingerprint
+from gen_assets.training.preference import METHODS as PREFERENCE_METHODS, finetune_text_preferences
 from gen_assets.models.reward import fit_reward, image_features, writer_features
 from gen_assets.models.text_generators import load_writer, module_of
 from gen_assets.defs.resources import ArtifactStore, TrainerResource
@@ -43,7 +44,8 @@ IMAGE_REWARD_CODE = ("gen_assets.models.reward", "gen_assets.models.evaluator", 
 TEXT_REWARD_CODE = ("gen_assets.models.reward", "gen_assets.models.text_generators", "gen_assets.models.checkpoint")
 TUNED_IMAGE_GENERATOR_CODE = ("gen_assets.training.finetune", "gen_assets.training.sampling",
                               "gen_assets.rules.curation", *IMAGE_REWARD_CODE, *IMAGE_GENERATOR_CODE)
-TUNED_TEXT_GENERATOR_CODE = ("gen_assets.training.finetune", "gen_assets.rules.curation", *TEXT_REWARD_CODE,
+TUNED_TEXT_GENERATOR_CODE = ("gen_assets.training.finetune", "gen_assets.training.preference",
+                             "gen_assets.rules.curation", *TEXT_REWARD_CODE,
                              *TEXT_GENERATOR_CODE)
 
 
@@ -146,6 +148,10 @@ class TunedGeneratorConfig(dg.Config):
     min_confidence: float = Field(default=0.9, description="images: evaluator confidence a target needs")
     blocklist: list[str] = Field(default=[], description="texts: words a target must not contain")
     real_passages: int = Field(default=1500, description="texts: real passages scored to weight the real data")
+    method: str = Field(default="weighted", description="texts: 'weighted' (supervised fine-tuning on the best-scored "
+                        "candidates, drawn by reward, mixed with real copy), 'dpo' (pairs of candidates for one brief, "
+                        "the better-scored one preferred) or 'kto' (candidates liked or disliked on their own)")
+    beta: float = Field(default=0.1, description="dpo / kto: the pull towards the starting model (higher: closer)")
     seed: int = 0
 
 
@@ -270,7 +276,22 @@ def tuned_text_generator(
                      code_fingerprint(*TUNED_TEXT_GENERATOR_CODE))
     run_dir = artifacts.paths.training / "tuned_text_generator" / key
     module = module_of(writer).cpu()
-    if text_generator.arch == "hf":
+    if config.method not in ("weighted", *PREFERENCE_METHODS):
+        raise dg.Failure(f"tuned_text_generator: method {config.method!r} is not one of weighted, dpo, kto")
+    if config.method in PREFERENCE_METHODS:
+        # the reward model's scores of the fresh candidates, in units of their spread: DPO prefers the better of
+        # two candidates for one brief when they differ by at least one spread; KTO likes the top quarter and
+        # dislikes the bottom quarter
+        score = frame["reward"].to_numpy()[keep]
+        z = (score - score.mean()) / max(float(score.std()), 1e-8)
+        tuned = finetune_text_preferences(
+            module, rated, z, method=config.method, beta=config.beta, min_gap=1.0, liked=0.674, disliked=-0.674,
+            steps=config.steps or 24, batch_size=config.batch_size or 8,
+            tokenizer=None if text_generator.arch == "hf" else writer.tokenizer, seed=config.seed, run_dir=run_dir,
+            log=context.log.info, **trainer.fit_kwargs())
+        if text_generator.arch != "hf":
+            tuned.extra = module.extra
+    elif text_generator.arch == "hf":
         real_w = preference_weights(reward.predict(writer_features(writer, [(c, p) for c, p, _ in real],
                                                                    [t for _, _, t in real])))
         tuned = finetune_pretrained_text_generator(
