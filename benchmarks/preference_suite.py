@@ -9,12 +9,14 @@ later runs): the demo profile's champion, evaluator and clean splits are the sta
 the product makes. Then, for each planted taste, seed and method, starting from that champion:
 
 round r = 1 .. --rounds:
-1. the review page: the current champion's batch (images: 100 per category, texts: 4 per train brief),
+1. the review page: the current champion's batch (images: 100 per category, texts: 4 per brief, the
+   generated assets' defaults),
    curated as the product does (gen_assets.rules.curation.curate, k per category 10 / 5, the broken ones
    dropped), ranked by the reward model when it predicts and by the product's prior otherwise (images:
    evaluator confidence; texts: the form score), plus the product's exploratory share (20% of k per
    category: the samples the reward model is least sure about, at random before one exists);
-2. the rater rates every sample shown, and only those: 1 + 4 x the sample's percentile of the hidden
+2. the rater rates --ratings-per-round of the samples shown (80 of the 120 images, all 36 texts), and only
+   those: 1 + 4 x the sample's percentile of the hidden
    property among real samples (the train split), plus Gaussian noise (--noise stars), rounded to 1..5;
 3. the reward model is fitted on every rating so far with the product's features and guard
    (gen_assets.models.reward.fit_reward): used only when it predicts;
@@ -216,11 +218,11 @@ class Images:
             from gen_assets.training.reward_tuning import reward_tune_image_generator
 
             tuned, report = reward_tune_image_generator(
-                self.champion, reward, self.evaluator, reference_x=self.val_x, max_fid_increase=FID_TOLERANCE,
-                seed=seed, progress_bar=False)
+                self.champion, reward, self.evaluator, reference_x=self.val_x, max_fid_increase=0.25, steps=100,
+                eval_every=5, seed=seed, progress_bar=False)  # tuned_image_generator's defaults
             self.log(f"      anchored: kept {report['steps_kept']} steps, FID {report['fid_before']:.2f} -> "
                      f"{report['fid_after']:.2f}")
-            return tuned
+            return tuned if report["steps_kept"] else None  # as tuned_image_generator: no step kept, no candidate
         keep = pool["confidence"] >= 0.9
         scores = reward.predict(pool["features"]).numpy()[keep]
         keep_t = torch.from_numpy(keep)
@@ -239,8 +241,9 @@ class Texts:
         with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
             train = text_cleaning.load_briefs(con, split="train")
             val = text_cleaning.load_briefs(con, split="val")
+            every = text_cleaning.load_briefs(con)
         self.real = [(b.category, b.prompt, b.text) for b in train if b.text]
-        self.briefs = text_cleaning.distinct_briefs(train)
+        self.briefs = text_cleaning.distinct_briefs(every)  # generated_texts writes for every brief
         self.val = [((b.category, b.prompt), b.text) for b in val if b.text]
         self.index = NgramIndex([t for *_, t in self.real])
         self.bounds = length_bounds([t for *_, t in self.real])
@@ -320,7 +323,7 @@ def shown_set(world, pool, reward, usable: bool, explore: bool):
     return curated["sample_id"].to_numpy(), curated["exploratory"].to_numpy(bool)
 
 
-def play(world, taste_name: str, method: str, seed: int, rounds: int, noise: float) -> dict:
+def play(world, taste_name: str, method: str, seed: int, rounds: int, noise: float, per_round: int) -> dict:
     taste = (IMAGE_TASTES if world.modality == "image" else TEXT_TASTES)[taste_name]
     rater = Rater(world.real_values(taste), noise, seed)
     model = world.champion
@@ -331,6 +334,8 @@ def play(world, taste_name: str, method: str, seed: int, rounds: int, noise: flo
     promoted, cost = False, 0.0
     for r in range(1, rounds + 1):
         idx, _ = shown_set(world, pool, reward, usable, explore=True)
+        if len(idx) > per_round:  # people rate some of what the page shows, not all of it
+            idx = np.sort(np.random.default_rng([seed, r]).choice(idx, per_round, replace=False))
         features.append(pool["features"][torch.from_numpy(idx)])
         ratings.append(rater.rate(world.values(taste, pool, idx)))
         reward, report = fit_reward(torch.cat(features), torch.from_numpy(np.concatenate(ratings)), seed=seed)
@@ -338,7 +343,7 @@ def play(world, taste_name: str, method: str, seed: int, rounds: int, noise: flo
         if usable and method != "curation":
             t0 = time.perf_counter()
             candidate = world.tune(method, reward, pool, seed)
-            ok, delta = world.gate(candidate)
+            ok, delta = world.gate(candidate) if candidate is not None else (False, 0.0)
             world.log(f"    round {r}: tuned ({time.perf_counter() - t0:.0f} s), quality {100 * delta:+.1f}%, "
                       f"{'promoted' if ok else 'refused'}")
             if ok:
@@ -366,7 +371,10 @@ def summary(results: list[dict]) -> list[dict]:
                     "max_cost": float(max(r["quality_cost"] for r in rs)),
                     "promoted": sum(r["promoted"] for r in rs),
                     "worst_without_a_predicting_model": float(min(silent)) if silent else None,
-                    "ratings": int(np.median([r["history"][-1]["ratings"] for r in rs]))})
+                    "ratings": int(np.median([r["history"][-1]["ratings"] for r in rs])),
+                    # how many ratings the method needed: the first round whose curated set was +20% or more
+                    "ratings_to_20": float(np.median([next((h["ratings"] for h in r["history"] if h["uplift"] >= 0.2),
+                                                           np.inf) for r in rs]))})
     return out
 
 
@@ -381,11 +389,12 @@ def print_tables(modality: str, results: list[dict], start: float) -> None:
               f"{100 * r['quality_cost']:>+7.1f}%  {'yes' if r['promoted'] else 'no'}")
     print("(* the reward model did not predict that round: the previous ranking stayed)")
     print(f"\n{'method':<10}{'runs':>5}{'median uplift':>15}{'worst':>8}{'median cost':>13}{'max cost':>10}"
-          f"{'promoted':>10}  worst uplift without a predicting model")
+          f"{'promoted':>10}{'ratings to +20%':>17}  worst uplift without a predicting model")
     for s in summary(results):
         silent = "-" if s["worst_without_a_predicting_model"] is None else f"{100 * s['worst_without_a_predicting_model']:+.0f}%"
         print(f"{s['method']:<10}{s['runs']:>5}{100 * s['median_uplift']:>+14.0f}%{100 * s['worst_uplift']:>+7.0f}%"
-              f"{100 * s['median_cost']:>+12.1f}%{100 * s['max_cost']:>+9.1f}%{s['promoted']:>10}  {silent}")
+              f"{100 * s['median_cost']:>+12.1f}%{100 * s['max_cost']:>+9.1f}%{s['promoted']:>10}"
+              f"{s['ratings_to_20']:>17.0f}  {silent}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,12 +403,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--noise", type=float, default=0.5, help="the rater's noise, in stars (sd)")
+    parser.add_argument("--ratings-per-round", type=int, nargs=2, default=[80, 36], metavar=("IMAGES", "TEXTS"),
+                        help="how many of the samples shown the rater rates per round (at random)")
     parser.add_argument("--image-methods", nargs="+", default=["curation", "weighted", "anchored"])
     parser.add_argument("--text-methods", nargs="+", default=["curation", "weighted", "dpo", "kto"])
     parser.add_argument("--tastes", nargs="+", default=None, help="names of tastes to run (default: all)")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / "data" / "benchmarks" / "preference_suite")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--from-json", type=Path, default=None, help="print the tables of an earlier --json")
     args = parser.parse_args(argv)
+    if args.from_json:
+        for modality, part in json.loads(args.from_json.read_text()).items():
+            print_tables(modality, part["results"], part["start_quality"])
+        return 0
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     out: dict[str, Any] = {}
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -416,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 for method in methods:
                     log(f"{modality} | {name} | {method} | seed {seed}")
-                    results.append(play(world, name, method, seed, args.rounds, args.noise))
+                    results.append(play(world, name, method, seed, args.rounds, args.noise,
+                                        args.ratings_per_round[modality == "text"]))
         start = world.fid_start if modality == "image" else world.bpb_start
         print_tables(modality, results, start)
         print(f"({modality}: {time.perf_counter() - t0:.0f} s)")

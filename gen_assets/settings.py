@@ -103,7 +103,7 @@ PROFILES: dict[str, dict[str, dict]] = {
         "generated_images": {"samples_per_class": 20},
         "text_generator": {"max_iters": 4, "iters_per_epoch": 2, "batch_size": 4},
         "generated_texts": {"samples_per_brief": 1, "max_new_tokens": 16},
-        "tuned_image_generator": {"candidates_per_category": 20, "steps": 20},
+        "tuned_image_generator": {"candidates_per_category": 20, "steps": 20, "max_fid_increase": 10.0},
         "tuned_text_generator": {"candidates_per_brief": 1, "steps": 4, "batch_size": 4},
         "image_reward_model": {"min_ratings": 10},
         "text_reward_model": {"min_ratings": 10},

@@ -27,7 +27,7 @@ texts:                         # raw_texts and clean_texts
 
 gate:                          # when a tuned candidate replaces the champion
   image:                       # image_champion
-    # tolerance: 1.0           # FID at most this share above the champion's
+    # tolerance: 0.3           # FID at most this share above the champion's
     # max_ratio_to_floor: 3.0  # and at most this multiple of the real-data floor (null: no bar)
   text:                        # text_champion
     # tolerance: 0.03          # bits per byte of the val texts at most this share above the champion's
@@ -51,6 +51,10 @@ assets:                        # any asset's Config fields, by asset name; e.g.
   # image_generator: {{max_epochs: 120, arch: dcgan}}
   # text_generator: {{base_model: HuggingFaceTB/SmolLM2-135M-Instruct, lora_r: 16, max_iters: 24}}
   # text_generator: {{arch: gpt, n_layer: 6, max_iters: 5000}}   # a GPT trained from scratch instead
+  # text_reward_model: {{min_rank_correlation: 0.1}}  # used only when it orders held-out ratings at least this well
+  # curated_texts: {{k_per_category: 5, explore_share: 0.2}}     # beside the top k: samples to rate, to learn from
+  # tuned_image_generator: {{image_method: anchored, max_fid_increase: 0.25}}
+  # tuned_text_generator: {{method: weighted}}                   # or dpo, kto
 """
 
 

@@ -28,11 +28,35 @@ def test_samples_lists_the_curated_set_with_ids_scores_and_image_urls(client):
     assert first == {
         "sample_id": IMAGE, "modality": "image", "category": "0", "model_version": IMAGE_CHAMPION,
         "batch_id": IMAGE_BATCH, "reward": pytest.approx(0.8), "rank": 1, "created_at": first["created_at"],
-        "image_url": f"http://testserver/samples/{IMAGE}.png",
+        "exploratory": False, "image_url": f"http://testserver/samples/{IMAGE}.png",
     }
     texts = [s for s in body["samples"] if s["modality"] == "text"]
     assert texts[0]["text"].startswith("If music be the food of love") and "image_url" not in texts[0]
     assert NOT_CURATED not in {s["sample_id"] for s in body["samples"]}
+
+
+def test_exploratory_samples_are_marked_in_the_api_and_on_the_page(home, make_client):
+    """Curation shows, beside the curated set, samples the reward model is least sure about: marked as such."""
+    import duckdb
+    import pandas as pd
+
+    from gen_assets.store import samples
+
+    with duckdb.connect(str(home / "warehouse.duckdb")) as con:
+        rows = con.execute("SELECT sample_id, category, reward, rank, batch_id FROM curated "
+                           "WHERE modality = 'text' ORDER BY category, rank").fetchall()
+        extra = con.execute("SELECT sample_id, category FROM generated WHERE modality = 'text' AND sample_id NOT IN "
+                            "(SELECT sample_id FROM curated) ORDER BY sample_id LIMIT 1").fetchone()
+        frame = pd.DataFrame([{"sample_id": r[0], "category": r[1], "reward": r[2], "rank": r[3], "exploratory": False}
+                              for r in rows] + [{"sample_id": extra[0], "category": extra[1], "reward": 0.1,
+                                                 "rank": 99, "exploratory": True}])
+        samples.replace_curated(con, "text", rows[0][4], frame)
+    client = make_client()
+    body = client.get("/api/samples", params={"modality": "text", "per_page": 50}).json()
+    marked = {s["sample_id"]: s["exploratory"] for s in body["samples"]}
+    assert marked[extra[0]] is True and sum(marked.values()) == 1
+    html = client.get("/gallery", params={"modality": "text", "category": extra[1]}).text
+    assert html.count(">exploring</span>") == 1
 
 
 def test_samples_filter_by_modality_and_category_and_page(client):

@@ -50,10 +50,10 @@ class PersonDecision(dg.Config):
 
 class ImageChampionConfig(PersonDecision):
     tolerance: float = Field(
-        default=1.0,
+        default=0.3,
         description="a candidate whose FID is at most this share above the champion's is still promoted. Tuning "
-        "towards people's ratings moves samples away from the data's average, which FID counts as worse (the demo's "
-        "feedback rounds: FID on val +21% and +71% for ratings +66% and +76%), so the default lets FID double and no more",
+        "towards people's ratings moves samples away from the data's average, which FID counts as worse; the "
+        "anchored tuning (tuned_image_generator) stops within its max_fid_increase, below this bar",
     )
     max_ratio_to_floor: float | None = Field(
         default=3.0, description="and FID at most this multiple of the real-data floor (None: no absolute bar)"

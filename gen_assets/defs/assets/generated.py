@@ -95,8 +95,9 @@ def generated_images(
 
 
 class GeneratedTextsConfig(dg.Config):
-    samples_per_brief: int = Field(default=2, description="samples per brief (per category for a corpus "
-                                   "without prompts)")
+    samples_per_brief: int = Field(default=4, description="samples per brief (per category for a corpus "
+                                   "without prompts): curation picks the best k per category of them, so more "
+                                   "samples give it more to choose from")
     max_new_tokens: int = Field(default=48, description="longest sample, in tokens (characters for the char GPT)")
     temperature: float = 0.8
     top_k: int | None = None

@@ -28,6 +28,7 @@ from gen_assets.training.finetune import (finetune_image_generator, finetune_pre
                                          finetune_text_generator, preference_weights)
 from gen_assets.training.fingerprint import code_fingerprint
 from gen_assets.training.preference import METHODS as PREFERENCE_METHODS, finetune_text_preferences
+from gen_assets.training.reward_tuning import reward_tune_image_generator
 from gen_assets.models.reward import fit_reward, image_features, writer_features
 from gen_assets.models.text_generators import load_writer, module_of
 from gen_assets.defs.resources import ArtifactStore, TrainerResource
@@ -42,7 +43,8 @@ from gen_assets.store.samples import rated_samples
 IMAGE_REWARD_CODE = ("gen_assets.models.reward", "gen_assets.models.evaluator", "gen_assets.media.png",
                      "gen_assets.training.image_data", "gen_assets.models.checkpoint")
 TEXT_REWARD_CODE = ("gen_assets.models.reward", "gen_assets.models.text_generators", "gen_assets.models.checkpoint")
-TUNED_IMAGE_GENERATOR_CODE = ("gen_assets.training.finetune", "gen_assets.training.sampling",
+TUNED_IMAGE_GENERATOR_CODE = ("gen_assets.training.finetune", "gen_assets.training.reward_tuning",
+                              "gen_assets.training.sampling",
                               "gen_assets.rules.curation", *IMAGE_REWARD_CODE, *IMAGE_GENERATOR_CODE)
 TUNED_TEXT_GENERATOR_CODE = ("gen_assets.training.finetune", "gen_assets.training.preference",
                              "gen_assets.rules.curation", *TEXT_REWARD_CODE,
@@ -141,13 +143,24 @@ class TunedGeneratorConfig(dg.Config):
     candidates_per_brief: int = Field(default=4, description="pretrained text generators: samples written and "
                                       "scored per brief of the train split")
     top_fraction: float = Field(default=0.1, description="share of the best-scored candidates that are targets")
-    steps: int | None = Field(default=None, description="fine-tuning batches (None: 300; 24 for a pretrained text "
-                              "generator, whose LoRA steps are slower and need fewer)")
+    steps: int | None = Field(default=None, description="fine-tuning batches (None: at most 100 anchored image steps, 300 "
+                              "weighted image or GPT steps; 24 for a pretrained text generator, whose LoRA steps are "
+                              "slower and need fewer)")
     batch_size: int | None = Field(default=None, description="None: 64 images, 12 GPT windows, 8 pretrained-text examples")
     mix: float = Field(default=0.5, description="share of real training data in every batch")
     min_confidence: float = Field(default=0.9, description="images: evaluator confidence a target needs")
     blocklist: list[str] = Field(default=[], description="texts: words a target must not contain")
     real_passages: int = Field(default=1500, description="texts: real passages scored to weight the real data")
+    image_method: str = Field(default="anchored", description="images: 'anchored' (up the reward model's gradient, "
+                              "each sample anchored to the champion's for the same noise, the step count chosen so "
+                              "FID on the val split stays within max_fid_increase) or 'weighted' (the training data "
+                              "resampled towards the best-scored candidates)")
+    max_fid_increase: float = Field(default=0.25, description="images, anchored: the most FID may rise over the "
+                                    "starting model's while tuning (keep it below image_champion's tolerance)")
+    anchor: float = Field(default=1.0, description="images, anchored: the weight of the distance to the champion's "
+                          "samples (higher: closer to the champion, less reward)")
+    eval_every: int = Field(default=5, description="images, anchored: steps between two FID measurements; the last "
+                            "measured step within max_fid_increase is kept")
     method: str = Field(default="weighted", description="texts: 'weighted' (supervised fine-tuning on the best-scored "
                         "candidates, drawn by reward, mixed with real copy), 'dpo' (pairs of candidates for one brief, "
                         "the better-scored one preferred) or 'kto' (candidates liked or disliked on their own)")
@@ -180,8 +193,8 @@ def register_tuned(context, warehouse, artifacts, *, modality, base: ModelRef, r
                                **uri_metadata(final)})
 
 
-def untuned(base: ModelRef, reward: ModelRef) -> dg.Output[ModelRef]:
-    reason = reward.details.get("reason", "no reward model")
+def untuned(base: ModelRef, reward: ModelRef, reason: str | None = None) -> dg.Output[ModelRef]:
+    reason = reason or reward.details.get("reason", "no reward model")
     return dg.Output(base, data_version=dg.DataVersion(base.sha256[:16]),
                      metadata={"model_version": base.version, "tuned": False, "reason": f"the base model is used: {reason}",
                                **uri_metadata(base.path)})
@@ -195,16 +208,39 @@ def tuned_image_generator(
     image_reward_model: ModelRef, image_evaluator: ModelRef, feedback: FeedbackRef, clean_images: CleanTable,
     warehouse: DuckDBResource, artifacts: ArtifactStore, trainer: TrainerResource,
 ) -> dg.Output[ModelRef]:
-    """The image generator fine-tuned towards what people rate highly, mixed with real data.
+    """The image generator tuned towards what people rate highly, its quality kept.
 
-    Targets: fresh candidates the reward model scores best (and the evaluator recognises), plus the
-    real training images weighted by the same reward model. Without a reward model: the base model.
+    anchored (the default): up the reward model's gradient, each sample held near the champion's for the
+    same noise and category, for as many steps as keep FID on the val split within max_fid_increase
+    (training/reward_tuning.py). weighted: trained further on fresh candidates the reward model scores best
+    (and the evaluator recognises) mixed with the real training images weighted by the same reward model.
+    Without a reward model that predicts: the base model.
     """
     if not predicts(image_reward_model):
         return untuned(image_generator, image_reward_model)
     device = inference_device()
     base, reward = load_model(image_generator.path, device), load_model(image_reward_model.path)
     evaluator = load_model(image_evaluator.path, device)
+    key = stable_key(image_generator.version, image_reward_model.version, config.model_dump(),
+                     code_fingerprint(*TUNED_IMAGE_GENERATOR_CODE))
+    run_dir = artifacts.paths.training / "tuned_image_generator" / key
+    if config.image_method not in ("anchored", "weighted"):
+        raise dg.Failure(f"tuned_image_generator: image_method {config.image_method!r} is not one of anchored, weighted")
+    if config.image_method == "anchored":
+        with warehouse.get_connection() as con:
+            val_x, _ = load_image_split(con, clean_images, "val")
+        tuned, report = reward_tune_image_generator(
+            base.cpu(), reward, evaluator.cpu(), reference_x=images_to_tensor(val_x), steps=config.steps or 100,
+            eval_every=config.eval_every,
+            batch_size=config.batch_size or 64, anchor=config.anchor, max_fid_increase=config.max_fid_increase,
+            seed=config.seed, run_dir=run_dir, log=context.log.info, **trainer.fit_kwargs())
+        context.log.info(f"anchored reward tuning: {report['reason']}")
+        if report["steps_kept"] == 0:
+            return untuned(image_generator, image_reward_model,
+                           f"no tuning step kept FID within +{config.max_fid_increase:.0%}: {report['reason']}")
+        return register_tuned(context, warehouse, artifacts, modality="image", base=image_generator,
+                              reward=image_reward_model, feedback=feedback, model=tuned, key=key,
+                              code=code_fingerprint(*TUNED_IMAGE_GENERATOR_CODE))
     with warehouse.get_connection() as con:
         train_x, train_y = load_image_split(con, clean_images, "train")
     real_x = images_to_tensor(train_x)
@@ -219,13 +255,10 @@ def tuned_image_generator(
                "lower min_confidence in the tuned_image_generator config, or train the evaluator longer")
     weights = preference_weights(frame["reward"].to_numpy()[keep.to_numpy()], top_fraction=config.top_fraction)
     real_w = preference_weights(reward.predict(image_features(evaluator, real_x)))
-    key = stable_key(image_generator.version, image_reward_model.version, config.model_dump(),
-                     code_fingerprint(*TUNED_IMAGE_GENERATOR_CODE))
     tuned = finetune_image_generator(
         base.cpu(), real_x, torch.from_numpy(train_y), cand_x[keep_t], cand_y[keep_t], weights,
         steps=config.steps or 300, batch_size=config.batch_size or 64, mix=config.mix, real_weights=real_w,
-        seed=config.seed, run_dir=artifacts.paths.training / "tuned_image_generator" / key,
-        log=context.log.info, **trainer.fit_kwargs(),
+        seed=config.seed, run_dir=run_dir, log=context.log.info, **trainer.fit_kwargs(),
     )
     return register_tuned(context, warehouse, artifacts, modality="image", base=image_generator,
                           reward=image_reward_model, feedback=feedback, model=tuned, key=key,
