@@ -59,7 +59,8 @@ from gen_assets.cleaning import texts as text_cleaning  # noqa: E402
 from gen_assets.cleaning.images import categories as image_categories, load_images  # noqa: E402
 from gen_assets.metrics.texts import guard_stats, length_bounds  # noqa: E402
 from gen_assets.models.checkpoint import load_model  # noqa: E402
-from gen_assets.models.reward import fit_reward, image_features, pixel_statistics, writer_features  # noqa: E402
+from gen_assets.models.reward import (IMAGE_STAT_NAMES, TEXT_STAT_NAMES, fit_reward, image_features,  # noqa: E402
+                                     pixel_statistics, writer_features)
 from gen_assets.models.text_generators import load_writer, module_of, writer_bits_per_byte, writer_of  # noqa: E402
 from gen_assets.rules import promotion  # noqa: E402
 from gen_assets.rules.curation import NgramIndex, curate, image_confidence, prior_text_score, text_flags  # noqa: E402
@@ -181,6 +182,7 @@ class Images:
         self.champion = load_model(champion_path(home, "image"))
         self.evaluator = load_model(next((home / "artifacts" / "models" / "image").glob("evaluator-*.pt")))
         self.fid_start = self.quality(self.champion)
+        self.groups = [int(self.evaluator.config.num_features), len(IMAGE_STAT_NAMES)]  # as image_reward_model's
         self._pools: dict[int, Any] = {}
 
     def real_values(self, taste) -> np.ndarray:
@@ -219,7 +221,7 @@ class Images:
 
             tuned, report = reward_tune_image_generator(
                 self.champion, reward, self.evaluator, reference_x=self.val_x, max_fid_increase=0.25, steps=100,
-                eval_every=5, seed=seed, progress_bar=False)  # tuned_image_generator's defaults
+                eval_every=2, seed=seed, progress_bar=False)  # tuned_image_generator's defaults
             self.log(f"      anchored: kept {report['steps_kept']} steps, FID {report['fid_before']:.2f} -> "
                      f"{report['fid_after']:.2f}")
             return tuned if report["steps_kept"] else None  # as tuned_image_generator: no step kept, no candidate
@@ -249,6 +251,7 @@ class Texts:
         self.bounds = length_bounds([t for *_, t in self.real])
         self.champion = load_writer(champion_path(home, "text"))
         self.bpb_start = self.quality(self.champion)
+        self.groups = None  # set by the first pool: [text statistics, hidden states], as text_reward_model's
         self._pools: dict[int, Any] = {}
 
     def real_values(self, taste) -> np.ndarray:
@@ -266,6 +269,7 @@ class Texts:
                 "reason": text_flags(texts, train_ngrams=self.index),
                 # the reward model's features are always the starting model's, as text_reward_model's are
                 "features": writer_features(self.champion, wanted, texts)}
+        self.groups = [len(TEXT_STAT_NAMES), pool["features"].shape[1] - len(TEXT_STAT_NAMES)]
         if writer is self.champion:
             self._pools[seed] = pool
         return pool
@@ -338,7 +342,8 @@ def play(world, taste_name: str, method: str, seed: int, rounds: int, noise: flo
             idx = np.sort(np.random.default_rng([seed, r]).choice(idx, per_round, replace=False))
         features.append(pool["features"][torch.from_numpy(idx)])
         ratings.append(rater.rate(world.values(taste, pool, idx)))
-        reward, report = fit_reward(torch.cat(features), torch.from_numpy(np.concatenate(ratings)), seed=seed)
+        reward, report = fit_reward(torch.cat(features), torch.from_numpy(np.concatenate(ratings)), seed=seed,
+                                    groups=world.groups)
         usable = report.predicts
         if usable and method != "curation":
             t0 = time.perf_counter()

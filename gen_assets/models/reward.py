@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import Ridge, RidgeCV
 from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
-IMAGE_STAT_NAMES = ("ink", "coverage", "contrast", "sharpness", "center_y", "center_x")
+IMAGE_STAT_NAMES = ("ink", "coverage", "contrast", "sharpness", "center_y", "center_x", "spread")
 TEXT_STAT_NAMES = (
     "log_chars",
     "question_rate",
@@ -76,12 +76,20 @@ class RewardConfig:
     # ratings, such as '!' in texts that never exclaim, would otherwise reach z = 1000 on the first
     # sample that has it and swing the prediction by its barely-trained weight
     clip: float = 5.0
+    # the features' blocks, by width, in order (e.g. [9, 576]: text statistics, then a model's hidden states).
+    # A block of hundreds of hidden states outweighs nine statistics under one penalty; with groups, the
+    # ridge's cross-validation also chooses each block's weight (group_scales, stored here), so a taste that
+    # one statistic carries is found from a few dozen ratings
+    groups: list[int] | None = None
+    group_scales: list[float] | None = None
 
     def __post_init__(self):
         if self.in_features < 1:
             raise ValueError(f"in_features must be >= 1, got {self.in_features}")
         if self.hidden < 0:
             raise ValueError(f"hidden must be >= 0, got {self.hidden}")
+        if self.groups is not None and (sum(self.groups) != self.in_features or min(self.groups) < 1):
+            raise ValueError(f"groups {self.groups} must be positive widths summing to in_features={self.in_features}")
 
 
 class RewardModel(nn.Module):
@@ -99,6 +107,7 @@ class RewardModel(nn.Module):
         self.register_buffer("rating_std", torch.ones(()))
         # the linear read-out's posterior covariance (Bayesian ridge, standardised units) and the
         # standardised features' mean over the fitted rows: `uncertainty` reads them
+        self.register_buffer("feature_scale", torch.ones(c.in_features))  # each group's weight (RewardConfig.groups)
         self.register_buffer("posterior_cov", torch.zeros(c.in_features, c.in_features))
         self.register_buffer("fitted_mean", torch.zeros(c.in_features))
         # The linear read-out carries a preference that is (nearly) linear in the features, the common
@@ -112,7 +121,8 @@ class RewardModel(nn.Module):
 
     def standardise(self, features: torch.Tensor) -> torch.Tensor:
         z = (features - self.feature_mean) / self.feature_std
-        return z.clamp(-self.config.clip, self.config.clip) if self.config.clip > 0 else z
+        z = z.clamp(-self.config.clip, self.config.clip) if self.config.clip > 0 else z
+        return z * self.feature_scale
 
     def _raw(self, x: torch.Tensor) -> torch.Tensor:
         """Standardised features -> standardised rating."""
@@ -140,6 +150,7 @@ class RewardModel(nn.Module):
         # a model file from before the uncertainty was kept: zero uncertainty, every other figure exact
         for name in ("posterior_cov", "fitted_mean"):
             state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
+        state_dict.setdefault(prefix + "feature_scale", torch.ones_like(self.feature_scale))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
@@ -271,8 +282,12 @@ def _fit(x: torch.Tensor, y: torch.Tensor, cfg: RewardConfig, choose_l2: bool, s
         r_std = float(y.std(unbiased=False))
         model.rating_mean.fill_(float(y.mean()))
         model.rating_std.fill_(r_std if r_std > 1e-8 else 1.0)
-        xs = model.standardise(x)
         ys = (y - model.rating_mean) / model.rating_std
+        if cfg.groups is not None and len(cfg.groups) > 1 and cfg.hidden == 0 and choose_l2:
+            cfg.group_scales = _choose_group_scales(model.standardise(x), ys, cfg.groups)
+        if cfg.group_scales is not None:
+            model.feature_scale.copy_(torch.repeat_interleave(torch.tensor(cfg.group_scales), torch.tensor(cfg.groups)))
+        xs = model.standardise(x)
         if cfg.hidden == 0:
             cfg.l2 = _fit_ridge(model.linear, xs, ys, None if choose_l2 else cfg.l2)
         else:
@@ -373,6 +388,25 @@ def fit_reward(
 L2_GRID = tuple(float(v) for v in np.logspace(-5, 3, 17))
 
 
+GROUP_FACTORS = (0.0, 0.1, 0.3)  # a block's weight relative to the others' that the group CV tries, beside 1
+
+
+def _choose_group_scales(xs: torch.Tensor, ys: torch.Tensor, groups: Sequence[int]) -> list[float]:
+    """Each feature block's weight: of all weights 1 and one block at a time down-weighted by GROUP_FACTORS,
+    the one whose ridge (its penalty chosen among L2_GRID) has the least leave-one-out error."""
+    n = len(xs)
+    x, y = xs.double().numpy(), ys.double().numpy()
+    options = [[1.0] * len(groups)] + [[f if g == i else 1.0 for g in range(len(groups))]
+                                       for i in range(len(groups)) for f in GROUP_FACTORS]
+    best, best_score = options[0], -math.inf
+    for scales in options:
+        scaled = x * np.repeat(np.array(scales), groups)
+        score = float(RidgeCV(alphas=n * np.array(L2_GRID), fit_intercept=True).fit(scaled, y).best_score_)
+        if score > best_score + 1e-12:
+            best, best_score = scales, score
+    return best
+
+
 @torch.no_grad()
 def _fit_ridge(linear: nn.Linear, xs: torch.Tensor, ys: torch.Tensor, l2: float | None) -> float:
     """Solve min_w,b mean((xs w + b - ys)^2) + l2 |w|^2 into `linear`; l2 None: choose it from L2_GRID by
@@ -425,11 +459,13 @@ def _fit_mlp(model: RewardModel, xs: torch.Tensor, ys: torch.Tensor) -> None:
 
 
 def pixel_statistics(images: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) in [0, 1] -> (N, 6): the statistics of IMAGE_STAT_NAMES, on the channel mean.
+    """(N, C, H, W) in [0, 1] -> (N, 7): the statistics of IMAGE_STAT_NAMES, on the channel mean.
 
     ink: mean intensity; coverage: share of pixels above 0.5; contrast: pixel standard deviation;
     sharpness: mean absolute difference between neighbouring pixels; center_y / center_x: the
-    intensity-weighted centre of mass in [0, 1] (0.5 for a blank image).
+    intensity-weighted centre of mass in [0, 1] (0.5 for a blank image); spread: the intensity-weighted
+    distance from that centre (root mean square, in image widths; 0 for a blank image): how large the
+    drawn figure is.
     """
     grey = images.float().mean(1)
     n, h, w = grey.shape
@@ -446,12 +482,15 @@ def pixel_statistics(images: torch.Tensor) -> torch.Tensor:
     safe = mass.clamp_min(1e-8)
     center_y = torch.where(mass > 1e-8, (grey.sum(2) * ys).sum(1) / safe, torch.full_like(mass, 0.5))
     center_x = torch.where(mass > 1e-8, (grey.sum(1) * xs).sum(1) / safe, torch.full_like(mass, 0.5))
-    return torch.stack([ink, coverage, contrast, sharpness, center_y, center_x], dim=1)
+    dy2 = (grey.sum(2) * (ys[None, :] - center_y[:, None]) ** 2).sum(1)
+    dx2 = (grey.sum(1) * (xs[None, :] - center_x[:, None]) ** 2).sum(1)
+    spread = torch.where(mass > 1e-8, ((dy2 + dx2) / safe).clamp_min(0).sqrt(), torch.zeros_like(mass))
+    return torch.stack([ink, coverage, contrast, sharpness, center_y, center_x, spread], dim=1)
 
 
 @torch.no_grad()
 def image_features(evaluator: nn.Module, images: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
-    """(N, C, H, W) float images in [0, 1] -> (N, num_features + 6) float32 on the CPU.
+    """(N, C, H, W) float images in [0, 1] -> (N, num_features + 7) float32 on the CPU.
 
     The evaluator's penultimate features, then `pixel_statistics` (see the module doc for why both).
     """

@@ -64,7 +64,7 @@ __all__ = ["differentiable_image_features", "reward_tune_image_generator"]
 
 
 def differentiable_image_features(evaluator: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """reward.image_features with the graph kept: (N, C, H, W) in [0, 1] -> (N, num_features + 6), so a
+    """reward.image_features with the graph kept: (N, C, H, W) in [0, 1] -> (N, num_features + 7), so a
     loss on the reward model's prediction reaches the images. The evaluator is used in the mode it is in
     (put it in eval mode: dropout off, batch-norm statistics fixed); the features stay on its device."""
     return torch.cat([evaluator.features(images), pixel_statistics(images)], dim=1)

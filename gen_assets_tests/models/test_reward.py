@@ -282,3 +282,20 @@ def test_a_model_file_without_the_uncertainty_still_loads(tmp_path):
     old.load_state_dict(state)
     torch.testing.assert_close(old.predict(x), model.predict(x))
     assert float(old.uncertainty(x).abs().max()) == 0.0
+
+
+def test_feature_groups_find_a_taste_one_statistic_carries_beside_hundreds_of_hidden_states(tmp_path):
+    """Nine statistics and 576 hidden states, 40 ratings of a taste for the first statistic: under one
+    penalty the hidden states drown it; with groups the cross-validation weighs the blocks."""
+    g = torch.Generator().manual_seed(0)
+    stats, hidden = torch.randn(40, 9, generator=g), torch.randn(40, 576, generator=g)
+    x, ratings = torch.cat([stats, hidden], 1), 3 + stats[:, 0] + 0.5 * torch.randn(40, generator=g)
+    _, one = fit_reward(x, ratings, seed=0)
+    model, grouped = fit_reward(x, ratings, seed=0, groups=[9, 576])
+    assert not one.predicts and grouped.predicts and grouped.cv_spearman > 0.7
+    assert model.config.group_scales[0] == 1.0 and model.config.group_scales[1] < 1.0
+    save_model(tmp_path / "reward.pt", "reward", model)
+    loaded = load_model(tmp_path / "reward.pt")
+    torch.testing.assert_close(loaded.predict(x), model.predict(x))
+    with pytest.raises(ValueError, match="summing to in_features"):
+        fit_reward(x, ratings, seed=0, groups=[9, 500])

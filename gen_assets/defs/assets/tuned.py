@@ -29,7 +29,7 @@ from gen_assets.training.finetune import (finetune_image_generator, finetune_pre
 from gen_assets.training.fingerprint import code_fingerprint
 from gen_assets.training.preference import METHODS as PREFERENCE_METHODS, finetune_text_preferences
 from gen_assets.training.reward_tuning import reward_tune_image_generator
-from gen_assets.models.reward import fit_reward, image_features, writer_features
+from gen_assets.models.reward import IMAGE_STAT_NAMES, TEXT_STAT_NAMES, fit_reward, image_features, writer_features
 from gen_assets.models.text_generators import load_writer, module_of
 from gen_assets.defs.resources import ArtifactStore, TrainerResource
 from gen_assets.store import registry
@@ -74,9 +74,10 @@ def no_reward_model(modality: str, reason: str) -> dg.Output[ModelRef]:
 
 
 def fit_and_save_reward(context, config: RewardModelConfig, artifacts: ArtifactStore, modality: str, features,
-                        ratings, feature_model: str) -> dg.Output[ModelRef]:
+                        ratings, feature_model: str, groups: list[int]) -> dg.Output[ModelRef]:
     model, report = fit_reward(features, torch.tensor(ratings), seed=config.seed, folds=config.folds,
-                               min_rank_correlation=config.min_rank_correlation, confidence=config.confidence)
+                               min_rank_correlation=config.min_rank_correlation, confidence=config.confidence,
+                               groups=groups)
     context.log.info(f"{modality} reward model on {report.n} ratings: {report.verdict}")
     version, final, sha = save_versioned_model(artifacts.paths.models / modality, "reward", "reward", model,
                                                extra={"feature_model": feature_model, "report": report.to_dict()})
@@ -111,7 +112,8 @@ def image_reward_model(
     evaluator = load_model(image_evaluator.path, inference_device())
     images = images_to_tensor(np.stack([decode_image(b, evaluator.config.channels) for b in rated["content"]]))
     return fit_and_save_reward(context, config, artifacts, "image", image_features(evaluator, images),
-                               rated["rating"].to_numpy(), image_evaluator.version)
+                               rated["rating"].to_numpy(), image_evaluator.version,
+                               groups=[int(evaluator.config.num_features), len(IMAGE_STAT_NAMES)])
 
 
 @dg.asset(**lane("text", "feedback"), kinds={"pytorch"}, code_version=code_fingerprint(*TEXT_REWARD_CODE))
@@ -128,7 +130,7 @@ def text_reward_model(
     writer = load_writer(text_generator.path, inference_device())
     feats = writer_features(writer, briefs_of(rated), list(rated["text"]))
     return fit_and_save_reward(context, config, artifacts, "text", feats, rated["rating"].to_numpy(),
-                               text_generator.version)
+                               text_generator.version, groups=[len(TEXT_STAT_NAMES), feats.shape[1] - len(TEXT_STAT_NAMES)])
 
 
 def briefs_of(frame: pd.DataFrame) -> list[tuple[str, str | None]]:
@@ -159,7 +161,7 @@ class TunedGeneratorConfig(dg.Config):
                                     "starting model's while tuning (keep it below image_champion's tolerance)")
     anchor: float = Field(default=1.0, description="images, anchored: the weight of the distance to the champion's "
                           "samples (higher: closer to the champion, less reward)")
-    eval_every: int = Field(default=5, description="images, anchored: steps between two FID measurements; the last "
+    eval_every: int = Field(default=2, description="images, anchored: steps between two FID measurements; the last "
                             "measured step within max_fid_increase is kept")
     method: str = Field(default="weighted", description="texts: 'weighted' (supervised fine-tuning on the best-scored "
                         "candidates, drawn by reward, mixed with real copy), 'dpo' (pairs of candidates for one brief, "
