@@ -49,6 +49,7 @@ bench: install
 	$(BIN)/python benchmarks/cleaning_duckdb_vs_pandas.py
 	$(BIN)/python benchmarks/lora_finetune.py
 	$(BIN)/python benchmarks/text_generation.py
+	$(BIN)/python benchmarks/preference_suite.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -20,7 +20,8 @@ round r = 1 .. --rounds:
    property among real samples (the train split), plus Gaussian noise (--noise stars), rounded to 1..5;
 3. the reward model is fitted on every rating so far with the product's features and guard
    (gen_assets.models.reward.fit_reward): used only when it predicts;
-4. if it predicts and the method tunes, the champion's base is tuned toward it by the method and the
+4. if it predicts and the method tunes (texts: in the rounds of --text-tune-rounds, by default the
+   last), the champion's base is tuned toward it by the method and the
    gate decides (images: FID on the val split at most +30% over the starting champion's; texts: bits
    per byte on the val copy at most +3% and at most half the samples degenerate); a promoted
    candidate makes the next round's batch.
@@ -303,7 +304,8 @@ class Texts:
 
             z = (score - score.mean()) / max(float(score.std()), 1e-8)
             tuned = finetune_text_preferences(module, rated, z, method=method, min_gap=1.0, liked=0.674,
-                                              disliked=-0.674, steps=24, batch_size=8, seed=seed, progress_bar=False)
+                                              disliked=-0.674, steps=24, batch_size=4 if method == "dpo" else 8,
+                                              seed=seed, progress_bar=False)
         else:
             real_w = preference_weights(reward.predict(writer_features(
                 self.champion, [(c, p) for c, p, _ in self.real], [t for *_, t in self.real])))
@@ -327,7 +329,8 @@ def shown_set(world, pool, reward, usable: bool, explore: bool):
     return curated["sample_id"].to_numpy(), curated["exploratory"].to_numpy(bool)
 
 
-def play(world, taste_name: str, method: str, seed: int, rounds: int, noise: float, per_round: int) -> dict:
+def play(world, taste_name: str, method: str, seed: int, rounds: int, noise: float, per_round: int,
+         tune_rounds: list[int] | None = None) -> dict:
     taste = (IMAGE_TASTES if world.modality == "image" else TEXT_TASTES)[taste_name]
     rater = Rater(world.real_values(taste), noise, seed)
     model = world.champion
@@ -345,7 +348,7 @@ def play(world, taste_name: str, method: str, seed: int, rounds: int, noise: flo
         reward, report = fit_reward(torch.cat(features), torch.from_numpy(np.concatenate(ratings)), seed=seed,
                                     groups=world.groups)
         usable = report.predicts
-        if usable and method != "curation":
+        if usable and method != "curation" and (tune_rounds is None or r in tune_rounds):
             t0 = time.perf_counter()
             candidate = world.tune(method, reward, pool, seed)
             ok, delta = world.gate(candidate) if candidate is not None else (False, 0.0)
@@ -413,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-methods", nargs="+", default=["curation", "weighted", "anchored"])
     parser.add_argument("--text-methods", nargs="+", default=["curation", "weighted", "dpo", "kto"])
     parser.add_argument("--tastes", nargs="+", default=None, help="names of tastes to run (default: all)")
+    parser.add_argument("--text-tune-rounds", type=int, nargs="+", default=[2],
+                        help="the rounds in which texts are tuned (a LoRA run and a new batch cost minutes on a CPU; "
+                             "images are tuned every round)")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / "data" / "benchmarks" / "preference_suite")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--from-json", type=Path, default=None, help="print the tables of an earlier --json")
@@ -438,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
                 for method in methods:
                     log(f"{modality} | {name} | {method} | seed {seed}")
                     results.append(play(world, name, method, seed, args.rounds, args.noise,
-                                        args.ratings_per_round[modality == "text"]))
+                                        args.ratings_per_round[modality == "text"],
+                                        None if modality == "image" else args.text_tune_rounds))
         start = world.fid_start if modality == "image" else world.bpb_start
         print_tables(modality, results, start)
         print(f"({modality}: {time.perf_counter() - t0:.0f} s)")

@@ -148,7 +148,8 @@ class TunedGeneratorConfig(dg.Config):
     steps: int | None = Field(default=None, description="fine-tuning batches (None: at most 100 anchored image steps, 300 "
                               "weighted image or GPT steps; 24 for a pretrained text generator, whose LoRA steps are "
                               "slower and need fewer)")
-    batch_size: int | None = Field(default=None, description="None: 64 images, 12 GPT windows, 8 pretrained-text examples")
+    batch_size: int | None = Field(default=None, description="None: 64 images, 12 GPT windows, 8 pretrained-text "
+                                   "examples (4 DPO pairs)")
     mix: float = Field(default=0.5, description="share of real training data in every batch")
     min_confidence: float = Field(default=0.9, description="images: evaluator confidence a target needs")
     blocklist: list[str] = Field(default=[], description="texts: words a target must not contain")
@@ -321,7 +322,8 @@ def tuned_text_generator(
         z = (score - score.mean()) / max(float(score.std()), 1e-8)
         tuned = finetune_text_preferences(
             module, rated, z, method=config.method, beta=config.beta, min_gap=1.0, liked=0.674, disliked=-0.674,
-            steps=config.steps or 24, batch_size=config.batch_size or 8,
+            # a DPO pair is two texts: 4 pairs cost what 8 examples do
+            steps=config.steps or 24, batch_size=config.batch_size or (4 if config.method == "dpo" else 8),
             tokenizer=None if text_generator.arch == "hf" else writer.tokenizer, seed=config.seed, run_dir=run_dir,
             log=context.log.info, **trainer.fit_kwargs())
         if text_generator.arch != "hf":
