@@ -9,7 +9,7 @@ later runs): the demo profile's champion, evaluator and clean splits are the sta
 the product makes. Then, for each planted taste, seed and method, starting from that champion:
 
 round r = 1 .. --rounds:
-1. the review page: the current champion's batch (images: 100 per category, texts: 4 per brief, the
+1. the review page: the current champion's batch (images: 300 per category, texts: 4 per brief, the
    generated assets' defaults),
    curated as the product does (gen_assets.rules.curation.curate, k per category 10 / 5, the broken ones
    dropped), ranked by the reward model when it predicts and by the product's prior otherwise (images:
@@ -60,8 +60,8 @@ from gen_assets.cleaning import texts as text_cleaning  # noqa: E402
 from gen_assets.cleaning.images import categories as image_categories, load_images  # noqa: E402
 from gen_assets.metrics.texts import guard_stats, length_bounds  # noqa: E402
 from gen_assets.models.checkpoint import load_model  # noqa: E402
-from gen_assets.models.reward import (IMAGE_STAT_NAMES, TEXT_STAT_NAMES, fit_reward, image_features,  # noqa: E402
-                                     pixel_statistics, writer_features)
+from gen_assets.models.reward import (TEXT_STAT_NAMES, fit_reward, image_feature_groups,  # noqa: E402
+                                     image_features, pixel_statistics, writer_features)
 from gen_assets.models.text_generators import load_writer, module_of, writer_bits_per_byte, writer_of  # noqa: E402
 from gen_assets.rules import promotion  # noqa: E402
 from gen_assets.rules.curation import NgramIndex, curate, image_confidence, prior_text_score, text_flags  # noqa: E402
@@ -74,7 +74,7 @@ from gen_assets.training.sampling import generate_per_class  # noqa: E402
 K = {"image": 10, "text": 5}
 EXPLORE = {"image": 2, "text": 1}  # the curated assets' default explore_share 0.2 of k, rounded up
 FID_TOLERANCE, BPB_TOLERANCE, MAX_DEGENERATE = 0.30, 0.03, 0.5
-IMAGE_PER_CLASS, TEXT_PER_BRIEF = 100, 4
+IMAGE_PER_CLASS, TEXT_PER_BRIEF = 300, 4
 
 
 # ---- tastes: a hidden property per sample (higher is liked) ----------------------------------------------
@@ -155,8 +155,8 @@ class Rater:
 
 def product_home(cache: Path, modality: str) -> Path:
     home = cache / modality
+    os.environ["GEN_ASSETS_HOME"] = str(home)  # its base models' cache too
     if not (home / "warehouse.duckdb").is_file():
-        os.environ["GEN_ASSETS_HOME"] = str(home)
         assert cli.main(["run", "--modality", modality, "--profile", "demo"]) == 0, "gen-assets run failed"
     return home
 
@@ -183,7 +183,7 @@ class Images:
         self.champion = load_model(champion_path(home, "image"))
         self.evaluator = load_model(next((home / "artifacts" / "models" / "image").glob("evaluator-*.pt")))
         self.fid_start = self.quality(self.champion)
-        self.groups = [int(self.evaluator.config.num_features), len(IMAGE_STAT_NAMES)]  # as image_reward_model's
+        self.groups = image_feature_groups(self.evaluator)  # as image_reward_model's
         self._pools: dict[int, Any] = {}
 
     def real_values(self, taste) -> np.ndarray:
@@ -194,7 +194,7 @@ class Images:
         if model is self.champion and seed in self._pools:
             return self._pools[seed]
         x, y = generate_per_class(model, num_classes=len(self.categories), per_class=IMAGE_PER_CLASS, seed=seed)
-        pool = {"x": x, "y": y, "features": image_features(self.evaluator, x),
+        pool = {"x": x, "y": y, "features": image_features(self.evaluator, x, y),
                 "confidence": image_confidence(self.evaluator, x, y).numpy()}
         if model is self.champion:
             self._pools[seed] = pool
@@ -232,7 +232,8 @@ class Images:
         return finetune_image_generator(
             self.champion, self.train_x, self.train_y, pool["x"][keep_t], pool["y"][keep_t],
             preference_weights(scores, top_fraction=0.1), steps=300, batch_size=64, mix=0.5,
-            real_weights=preference_weights(reward.predict(image_features(self.evaluator, self.train_x))), seed=seed,
+            real_weights=preference_weights(reward.predict(image_features(self.evaluator, self.train_x, self.train_y))),
+            seed=seed,
             progress_bar=False)
 
 

@@ -118,7 +118,7 @@ PROFILES: dict[str, dict[str, dict]] = {
     "full": {
         "image_evaluator": {"max_epochs": 60, "patience": 10},
         "image_generator": {"max_epochs": 200, "patience": 50, "width": 32, "d_width": 32},
-        "generated_images": {"samples_per_class": 200},
+        "generated_images": {"samples_per_class": 500},
         "text_generator": {"max_iters": 60, "iters_per_epoch": 15, "patience": 3},
         "generated_texts": {"samples_per_brief": 8},
     },

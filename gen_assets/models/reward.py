@@ -488,11 +488,34 @@ def pixel_statistics(images: torch.Tensor) -> torch.Tensor:
     return torch.stack([ink, coverage, contrast, sharpness, center_y, center_x, spread], dim=1)
 
 
-@torch.no_grad()
-def image_features(evaluator: nn.Module, images: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
-    """(N, C, H, W) float images in [0, 1] -> (N, num_features + 7) float32 on the CPU.
+def category_statistics(stats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, S) statistics and (N,) category indices -> (N, num_classes * S): each sample's statistics in its
+    category's slot, zeros elsewhere. A linear read-out of them learns a taste per category ("bold 3s,
+    thin 7s"), which the statistics alone, one weight each for every category, cannot."""
+    labels = torch.as_tensor(labels).long().to(stats.device)
+    if labels.shape != (len(stats),):
+        raise ValueError(f"expected {len(stats)} category indices, got shape {tuple(labels.shape)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"category indices must lie in [0, {num_classes}), got [{int(labels.min())}, {int(labels.max())}]")
+    onehot = F.one_hot(labels, num_classes).to(stats.dtype)
+    return (onehot[:, :, None] * stats[:, None, :]).flatten(1)
 
-    The evaluator's penultimate features, then `pixel_statistics` (see the module doc for why both).
+
+def image_feature_groups(evaluator: nn.Module, *, by_category: bool = True) -> list[int]:
+    """The widths of image_features' blocks (RewardConfig.groups): learned features, pixel statistics and,
+    with categories, the per-category statistics."""
+    c = evaluator.config
+    groups = [int(c.num_features), len(IMAGE_STAT_NAMES)]
+    return groups + [int(c.num_classes) * len(IMAGE_STAT_NAMES)] if by_category else groups
+
+
+@torch.no_grad()
+def image_features(evaluator: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None, *,
+                   batch_size: int = 1024) -> torch.Tensor:
+    """(N, C, H, W) float images in [0, 1] -> (N, num_features + 7 [+ num_classes * 7]) float32 on the CPU.
+
+    The evaluator's penultimate features, then `pixel_statistics` (see the module doc for why both), then,
+    when the categories the images were made for are given (`labels`, indices), `category_statistics`.
     """
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
         got = getattr(images, "shape", type(images))
@@ -510,7 +533,10 @@ def image_features(evaluator: nn.Module, images: torch.Tensor, *, batch_size: in
         evaluator.train(was_training)
     width = int(evaluator.config.num_features)
     learned = torch.cat(feats) if feats else torch.zeros(0, width)
-    return torch.cat([learned, pixel_statistics(images.cpu())], dim=1)
+    stats = pixel_statistics(images.cpu())
+    if labels is None:
+        return torch.cat([learned, stats], dim=1)
+    return torch.cat([learned, stats, category_statistics(stats, labels, int(evaluator.config.num_classes))], dim=1)
 
 
 _WORDS = re.compile(r"\w+")

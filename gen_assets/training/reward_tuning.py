@@ -55,7 +55,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from gen_assets.metrics.images import frechet_distance
-from gen_assets.models.reward import IMAGE_STAT_NAMES, image_features, pixel_statistics
+from gen_assets.models.reward import IMAGE_STAT_NAMES, category_statistics, image_features, pixel_statistics
 from gen_assets.training.finetune import _clone, _image_tensor, _run_dir
 from gen_assets.training.fit import fit
 from gen_assets.training.sampling import generate_per_class
@@ -63,11 +63,20 @@ from gen_assets.training.sampling import generate_per_class
 __all__ = ["differentiable_image_features", "reward_tune_image_generator"]
 
 
-def differentiable_image_features(evaluator: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """reward.image_features with the graph kept: (N, C, H, W) in [0, 1] -> (N, num_features + 7), so a
-    loss on the reward model's prediction reaches the images. The evaluator is used in the mode it is in
-    (put it in eval mode: dropout off, batch-norm statistics fixed); the features stay on its device."""
-    return torch.cat([evaluator.features(images), pixel_statistics(images)], dim=1)
+def differentiable_image_features(evaluator: nn.Module, images: torch.Tensor,
+                                  labels: torch.Tensor | None = None) -> torch.Tensor:
+    """reward.image_features with the graph kept: (N, C, H, W) in [0, 1] -> (N, num_features + 7
+    [+ num_classes * 7 with labels]), so a loss on the reward model's prediction reaches the images. The
+    evaluator is used in the mode it is in (put it in eval mode: dropout off, batch-norm statistics fixed);
+    the features stay on its device."""
+    return _features(evaluator, evaluator.features(images), images, labels)
+
+
+def _features(evaluator: nn.Module, learned: torch.Tensor, images: torch.Tensor, labels: torch.Tensor | None):
+    stats = pixel_statistics(images)
+    if labels is None:
+        return torch.cat([learned, stats], dim=1)
+    return torch.cat([learned, stats, category_statistics(stats, labels, int(evaluator.config.num_classes))], dim=1)
 
 
 def _sampler_net(model: nn.Module) -> nn.Module:
@@ -98,6 +107,8 @@ class _RewardTuning(L.LightningModule):
         self.champion = copy.deepcopy(self.net).requires_grad_(False)
         self.evaluator = evaluator.requires_grad_(False)
         self.reward = reward.requires_grad_(False)
+        # a reward model fitted with the per-category statistics (reward.image_feature_groups) reads them here too
+        self.by_category = reward.config.in_features > int(evaluator.config.num_features) + len(IMAGE_STAT_NAMES)
         self.batch_size, self.lr = batch_size, lr
         self.anchor, self.class_weight = anchor, class_weight
         self.register_buffer("feature_var", torch.tensor(float(feature_var)))
@@ -126,7 +137,7 @@ class _RewardTuning(L.LightningModule):
             x0 = _images(self.champion, z, y, self.is_vae)
             f0 = self.evaluator.features(x0).float()
         f = self.evaluator.features(x).float()
-        r = self.reward(torch.cat([f, pixel_statistics(x)], dim=1))
+        r = self.reward(_features(self.evaluator, f, x, y if self.by_category else None))
         reward = ((r - self.reward.rating_mean) / self.reward.rating_std).mean()
         moved = ((f - f0).square().sum(1).mean() / self.feature_var
                  + (x - x0).square().flatten(1).sum(1).mean() / self.pixel_var)
@@ -166,10 +177,11 @@ class _Gate(Callback):
         evaluator, device = module.evaluator, module.device
         if self._reference_feats is None or self._reference_feats.device != device:
             self._reference_feats = evaluator.features(self.reference.to(device, torch.float32))
-        fake, _ = generate_per_class(module.model, num_classes=module.model.config.num_classes,
-                                     per_class=self.per_class, seed=self.seed)
+        fake, labels = generate_per_class(module.model, num_classes=module.model.config.num_classes,
+                                          per_class=self.per_class, seed=self.seed)
         fid = frechet_distance(self._reference_feats, evaluator.features(fake.to(device, torch.float32)))
-        reward = float(module.reward.predict(image_features(evaluator, fake)).mean())
+        reward = float(module.reward.predict(image_features(evaluator, fake, labels if module.by_category
+                                                            else None)).mean())
         return fid, reward
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -227,10 +239,11 @@ def _check(model: nn.Module, reward: nn.Module, evaluator: nn.Module, reference_
     if e.num_classes != c.num_classes:
         raise ValueError(f"the model has {c.num_classes} categories, the evaluator {e.num_classes}")
     width = int(e.num_features) + len(IMAGE_STAT_NAMES)
-    if reward.config.in_features != width:
+    if reward.config.in_features not in (width, width + int(e.num_classes) * len(IMAGE_STAT_NAMES)):
         raise ValueError(f"the reward model reads {reward.config.in_features} features, but image features of this "
                          f"evaluator are {width} wide ({e.num_features} learned + {len(IMAGE_STAT_NAMES)} pixel "
-                         f"statistics): was it fitted on another evaluator's features?")
+                         f"statistics), or {width + int(e.num_classes) * len(IMAGE_STAT_NAMES)} with the per-category "
+                         f"statistics: was it fitted on another evaluator's features?")
     reference = _image_tensor("reference_x", reference_x)
     if tuple(reference.shape[1:]) != shape:
         raise ValueError(f"reference_x: images are {tuple(reference.shape[1:])} (C, H, W) but the model makes {shape}")

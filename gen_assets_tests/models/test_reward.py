@@ -111,6 +111,41 @@ def test_pixel_statistics_on_known_images():
     torch.testing.assert_close(s["center_x"], torch.tensor([0.5, 0.5, 0.0]))
     torch.testing.assert_close(s["center_y"], torch.tensor([0.5, 0.5, 0.5]))
     assert s["sharpness"][0] == 0 and s["sharpness"][1] == 0 and s["sharpness"][2] > 0
+    # spread: 0 for a blank image; a single column sits closer to its centre than a full image's pixels do
+    assert s["spread"][0] == 0 and 0 < s["spread"][2] < s["spread"][1]
+
+
+def test_a_taste_per_category_needs_the_per_category_statistics():
+    """Ratings that like ink in categories 0-4 and dislike it in 5-9: one ink weight for all categories
+    cannot learn it; the per-category statistics can."""
+    from gen_assets.models.reward import category_statistics, image_feature_groups
+
+    d = load_digits()
+    images = torch.from_numpy(d.images[:800] / 16.0).float()[:, None]
+    labels = torch.from_numpy(d.target[:800])
+    torch.manual_seed(0)
+    evaluator = ImageEvaluator(EvaluatorConfig(8, 1, 10))
+    ink = images.mean(dim=(1, 2, 3))
+    sign = torch.where(labels < 5, 1.0, -1.0)
+    ratings = 3 + sign * (ink - ink.mean()) / ink.std() + 0.3 * torch.randn(800, generator=torch.Generator().manual_seed(0))
+    plain, with_labels = image_features(evaluator, images), image_features(evaluator, images, labels)
+    groups = image_feature_groups(evaluator)
+    assert with_labels.shape[1] == sum(groups) == plain.shape[1] + 10 * len(IMAGE_STAT_NAMES)
+    stats = pixel_statistics(images)
+    torch.testing.assert_close(with_labels[:, plain.shape[1]:], category_statistics(stats, labels, 10))
+    row = category_statistics(stats[:1], labels[:1], 10).view(10, -1)
+    assert row[int(labels[0])].abs().sum() > 0 and row.abs().sum() == row[int(labels[0])].abs().sum()
+
+    def within_category_rho(model, feats):
+        pred = model.predict(feats)
+        return float(np.mean([np.corrcoef(pred[labels == c], ratings[labels == c])[0, 1] for c in range(10)]))
+
+    without, _ = fit_reward(plain, ratings, seed=0, groups=image_feature_groups(evaluator, by_category=False))
+    model, _ = fit_reward(with_labels, ratings, seed=0, groups=groups)
+    with_rho, without_rho = within_category_rho(model, with_labels), within_category_rho(without, plain)
+    assert with_rho > 0.7 and with_rho > without_rho + 0.2, (with_rho, without_rho)
+    with pytest.raises(ValueError, match="category indices"):
+        category_statistics(stats, labels + 5, 10)
 
 
 def test_a_taste_for_ink_is_learnable_from_image_features():

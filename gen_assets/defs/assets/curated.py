@@ -143,7 +143,7 @@ def curated_images(
     labels = torch.from_numpy(label_indices(categories, clean_images.categories))
     confidence = image_confidence(evaluator, images, labels).numpy()
     reward, scored_by, extra = ranking(image_reward_model, confidence, "evaluator confidence (no usable reward model)",
-                                      lambda: image_features(evaluator, images))
+                                      lambda: image_features(evaluator, images, labels))
     frame = pd.DataFrame({"sample_id": table.column("sample_id").to_pylist(), "category": categories,
                           "reward": reward, "confidence": confidence, **extra})
     result = curate(frame, k_per_category=config.k_per_category, min_confidence=config.min_confidence,

@@ -21,7 +21,8 @@ from gen_assets.store.files import atomic_write_bytes
 
 
 class GeneratedImagesConfig(dg.Config):
-    samples_per_class: int = 100
+    samples_per_class: int = Field(default=300, description="images per category; curation keeps the best "
+                                   "k_per_category of them, so more give it more to choose from")
     seed: int = 0
     grid_per_class: int = Field(default=10, description="samples per category shown in the grid")
 

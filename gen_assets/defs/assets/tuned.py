@@ -16,7 +16,7 @@ from pydantic import Field
 from gen_assets.defs.handles import (TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, inference_device, lane,
                                      numeric_metadata, stable_key, uri_metadata)
 from gen_assets.defs.assets.human_feedback import FeedbackRef
-from gen_assets.defs.assets.trained import IMAGE_GENERATOR_CODE, TEXT_GENERATOR_CODE, load_image_split
+from gen_assets.defs.assets.trained import IMAGE_GENERATOR_CODE, TEXT_GENERATOR_CODE, label_indices, load_image_split
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.rules.curation import NgramIndex, curate, image_confidence, text_flags
 from gen_assets.feedback.ingest import ratings_for
@@ -29,7 +29,7 @@ from gen_assets.training.finetune import (finetune_image_generator, finetune_pre
 from gen_assets.training.fingerprint import code_fingerprint
 from gen_assets.training.preference import METHODS as PREFERENCE_METHODS, finetune_text_preferences
 from gen_assets.training.reward_tuning import reward_tune_image_generator
-from gen_assets.models.reward import IMAGE_STAT_NAMES, TEXT_STAT_NAMES, fit_reward, image_features, writer_features
+from gen_assets.models.reward import TEXT_STAT_NAMES, fit_reward, image_feature_groups, image_features, writer_features
 from gen_assets.models.text_generators import load_writer, module_of
 from gen_assets.defs.resources import ArtifactStore, TrainerResource
 from gen_assets.store import registry
@@ -101,9 +101,9 @@ def fit_and_save_reward(context, config: RewardModelConfig, artifacts: ArtifactS
 @dg.asset(**lane("image", "feedback"), kinds={"pytorch"}, code_version=code_fingerprint(*IMAGE_REWARD_CODE))
 def image_reward_model(
     context: dg.AssetExecutionContext, config: RewardModelConfig, feedback: FeedbackRef, image_evaluator: ModelRef,
-    warehouse: DuckDBResource, artifacts: ArtifactStore,
+    clean_images: CleanTable, warehouse: DuckDBResource, artifacts: ArtifactStore,
 ) -> dg.Output[ModelRef]:
-    """Predicts a rating from the evaluator's features and pixel statistics; used only when it predicts
+    """Predicts a rating from the evaluator's features and pixel statistics (overall and per category); used only when it predicts
     (cross-validated rank correlation with people's ratings, with its uncertainty band, at the bar)."""
     with warehouse.get_connection() as con:
         rated = rated_samples(con, ratings_for(con, "image"))
@@ -111,9 +111,10 @@ def image_reward_model(
         return no_reward_model("image", f"{len(rated)} rated images, fewer than min_ratings={config.min_ratings}")
     evaluator = load_model(image_evaluator.path, inference_device())
     images = images_to_tensor(np.stack([decode_image(b, evaluator.config.channels) for b in rated["content"]]))
-    return fit_and_save_reward(context, config, artifacts, "image", image_features(evaluator, images),
+    labels = torch.from_numpy(label_indices(list(rated["category"]), clean_images.categories))
+    return fit_and_save_reward(context, config, artifacts, "image", image_features(evaluator, images, labels),
                                rated["rating"].to_numpy(), image_evaluator.version,
-                               groups=[int(evaluator.config.num_features), len(IMAGE_STAT_NAMES)])
+                               groups=image_feature_groups(evaluator))
 
 
 @dg.asset(**lane("text", "feedback"), kinds={"pytorch"}, code_version=code_fingerprint(*TEXT_REWARD_CODE))
@@ -250,14 +251,14 @@ def tuned_image_generator(
     cand_x, cand_y = generate_per_class(base, num_classes=len(clean_images.categories),
                                         per_class=config.candidates_per_category, seed=config.seed)
     frame = pd.DataFrame({"sample_id": np.arange(len(cand_x)), "category": cand_y.numpy(),
-                          "reward": reward.predict(image_features(evaluator, cand_x)).numpy(),
+                          "reward": reward.predict(image_features(evaluator, cand_x, cand_y)).numpy(),
                           "confidence": image_confidence(evaluator, cand_x, cand_y).numpy()})
     keep = ~frame["sample_id"].isin(curate(frame, k_per_category=1, min_confidence=config.min_confidence).dropped["sample_id"])
     keep_t = torch.from_numpy(keep.to_numpy().copy())
     no_targets(keep.to_numpy(), frame, "image", f"the evaluator is at least {config.min_confidence:.0%} sure of",
                "lower min_confidence in the tuned_image_generator config, or train the evaluator longer")
     weights = preference_weights(frame["reward"].to_numpy()[keep.to_numpy()], top_fraction=config.top_fraction)
-    real_w = preference_weights(reward.predict(image_features(evaluator, real_x)))
+    real_w = preference_weights(reward.predict(image_features(evaluator, real_x, torch.from_numpy(train_y))))
     tuned = finetune_image_generator(
         base.cpu(), real_x, torch.from_numpy(train_y), cand_x[keep_t], cand_y[keep_t], weights,
         steps=config.steps or 300, batch_size=config.batch_size or 64, mix=config.mix, real_weights=real_w,
