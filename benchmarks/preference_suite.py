@@ -54,6 +54,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import feedback_loop  # noqa: E402
 
 from gen_assets import cli  # noqa: E402
 from gen_assets.cleaning import texts as text_cleaning  # noqa: E402
@@ -132,22 +135,15 @@ TEXT_TASTES: dict[str, Callable[[list, list[str]], np.ndarray]] = {
 }
 
 
-class Rater:
-    """1 + 4 x the mid-rank percentile of the hidden property among real samples, + noise, rounded to 1..5."""
-
-    def __init__(self, real_values: np.ndarray, noise: float, seed: int):
-        self.real = np.sort(np.asarray(real_values, dtype=np.float64))
-        self.noise = noise
-        self.rng = np.random.default_rng(seed)
+class Rater(feedback_loop.Rater):
+    """feedback_loop.py's rater: 1 + 4 x the mid-rank percentile of the hidden property among real samples,
+    + noise; here rounded to the integer stars people give."""
 
     def expected(self, values: np.ndarray) -> np.ndarray:
-        below = np.searchsorted(self.real, values, side="left")
-        upto = np.searchsorted(self.real, values, side="right")
-        return 1.0 + 4.0 * (below + upto) / (2.0 * len(self.real))
+        return 1.0 + 4.0 * self.percentile(values)
 
     def rate(self, values: np.ndarray) -> np.ndarray:
-        stars = self.expected(values) + self.rng.normal(0.0, self.noise, size=len(values))
-        return np.clip(np.rint(stars), 1, 5)
+        return np.clip(np.rint(self(values)), 1, 5)
 
 
 # ---- one modality's world: what the product made, and how to make, show and judge more ------------------
@@ -422,10 +418,16 @@ def main(argv: list[str] | None = None) -> int:
                              "images are tuned every round)")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / "data" / "benchmarks" / "preference_suite")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--from-json", type=Path, default=None, help="print the tables of an earlier --json")
+    parser.add_argument("--from-json", type=Path, nargs="+", default=None,
+                        help="print the tables of earlier --json files, merged")
     args = parser.parse_args(argv)
-    if args.from_json:
-        for modality, part in json.loads(args.from_json.read_text()).items():
+    if args.from_json:  # several files (e.g. runs of different tastes) are printed as one table per modality
+        merged: dict[str, Any] = {}
+        for path in args.from_json:
+            for modality, part in json.loads(path.read_text()).items():
+                merged.setdefault(modality, {"results": [], "start_quality": part["start_quality"]})
+                merged[modality]["results"] += part["results"]
+        for modality, part in merged.items():
             print_tables(modality, part["results"], part["start_quality"])
         return 0
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -447,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
                     results.append(play(world, name, method, seed, args.rounds, args.noise,
                                         args.ratings_per_round[modality == "text"],
                                         None if modality == "image" else args.text_tune_rounds))
+                    if args.json:  # after every run: a long suite stopped half-way keeps what it measured
+                        start = world.fid_start if modality == "image" else world.bpb_start
+                        out[modality] = {"results": results, "summary": summary(results), "start_quality": start}
+                        args.json.write_text(json.dumps(out, indent=1, default=float))
         start = world.fid_start if modality == "image" else world.bpb_start
         print_tables(modality, results, start)
         print(f"({modality}: {time.perf_counter() - t0:.0f} s)")

@@ -163,16 +163,7 @@ class HFCausalLM(L.LightningModule):
 
     def collate(self, examples: Sequence[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
         """Right-padded batch: input_ids, attention_mask, labels (IGNORE on padding)."""
-        width = max(len(ids) for ids, _ in examples)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(examples), width), pad, dtype=torch.long)
-        labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for row, (ids, lab) in enumerate(examples):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, : len(lab)] = torch.tensor(lab)
-            mask[row, : len(ids)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        return pad_examples(examples, self.tokenizer.pad_token_id)
 
     # --- training -----------------------------------------------------------------------------------
 
@@ -314,6 +305,19 @@ class HFCausalLM(L.LightningModule):
             on_text = (labels != IGNORE).float()[..., None]
             out[rows] = ((h * on_text).sum(1) / on_text.sum(1).clamp_min(1.0)).cpu()
         return out
+
+
+def pad_examples(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """(input ids, labels) pairs -> a right-padded batch: input_ids (pad_id), attention_mask, labels (IGNORE)."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (ids, lab) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
 def bits_per_byte(nats: np.ndarray, sizes: np.ndarray) -> float:

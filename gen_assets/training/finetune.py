@@ -140,14 +140,31 @@ def _fit_copy(
     fit_kwargs: dict[str, Any],
 ) -> torch.nn.Module:
     clone = _clone(model)
-    original = clone.config
-    clone.config = dataclasses.replace(original, **overrides)
+    fit_retargeted(clone, clone, loader, overrides, seed=seed, run_dir=run_dir, log=log, fit_kwargs=fit_kwargs)
+    return clone.cpu().eval()
+
+
+def fit_retargeted(module: torch.nn.Module, model: torch.nn.Module, loader: DataLoader, overrides: dict[str, Any], *,
+                   seed: int, run_dir: str | Path | None, log: Callable[[str], None] | None,
+                   fit_kwargs: dict[str, Any]) -> None:
+    """One epoch of `loader` through fit() for `module` (the model itself, or a LightningModule around it),
+    with `model`'s config overridden for the run (learning rate, schedule) and given back afterwards: the
+    model file describes the model, not the fine-tuning run."""
+    original = model.config
+    model.config = dataclasses.replace(original, **overrides)
     try:
         with _run_dir(run_dir) as directory:
-            fit(clone, loader, None, run_dir=directory, max_epochs=1, seed=seed, log=log, **fit_kwargs)
+            fit(module, loader, None, run_dir=directory, max_epochs=1, seed=seed, log=log, **fit_kwargs)
     finally:
-        clone.config = original  # the model file describes the model, not the fine-tuning run
-    return clone.cpu().eval()
+        model.config = original
+
+
+def schedule_overrides(config: Any, lr: float | None, steps: int) -> dict[str, Any]:
+    """A warmup + cosine schedule (models.gpt.warmup_cosine_lr's fields) re-targeted to a fine-tuning run of
+    `steps` batches from `lr` (None: half the model's learning rate) down to lr / 10."""
+    lr = config.learning_rate / 2 if lr is None else lr
+    return {"learning_rate": lr, "min_lr": lr / 10, "warmup_iters": min(config.warmup_iters, max(1, steps // 10)),
+            "lr_decay_iters": steps}
 
 
 def _image_tensor(name: str, x: Any) -> torch.Tensor:
@@ -341,8 +358,5 @@ def finetune_pretrained_text_generator(
     p = _mixed(weights, len(rated), real_weights, len(real), mix)
     loader, _ = sft_loaders(model, [*real, *rated], batch_size=batch_size, batches_per_epoch=steps, seed=seed,
                             weights=p)
-    c = model.config
-    lr = c.learning_rate / 2 if lr is None else lr
-    overrides = {"learning_rate": lr, "min_lr": lr / 10, "warmup_iters": min(c.warmup_iters, max(1, steps // 10)),
-                 "lr_decay_iters": steps}
-    return _fit_copy(model, loader, overrides, seed=seed, run_dir=run_dir, log=log, fit_kwargs=fit_kwargs)
+    return _fit_copy(model, loader, schedule_overrides(model.config, lr, steps), seed=seed, run_dir=run_dir, log=log,
+                     fit_kwargs=fit_kwargs)

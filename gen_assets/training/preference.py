@@ -35,7 +35,6 @@ Pure torch + Lightning: no dagster import.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -48,9 +47,9 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from gen_assets.models.gpt import GPT
-from gen_assets.models.hf import IGNORE, HFCausalLM
-from gen_assets.training.finetune import _clone, _run_dir
-from gen_assets.training.fit import default_precision, fit
+from gen_assets.models.hf import IGNORE, HFCausalLM, pad_examples
+from gen_assets.training.finetune import _clone, fit_retargeted, schedule_overrides
+from gen_assets.training.fit import default_precision
 from gen_assets.training.image_data import seeded_generator
 from gen_assets.training.text_data import RandomStarts
 
@@ -181,15 +180,7 @@ def _pad_id(model: torch.nn.Module, tokenizer: Any) -> int:
 
 def collate(encoded: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch (input_ids, attention_mask, labels), the layout of HFCausalLM.collate."""
-    width = max(len(ids) for ids, _ in encoded)
-    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, (ids, lab) in enumerate(encoded):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(lab)] = torch.tensor(lab)
-        mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    return pad_examples(encoded, pad_id)
 
 
 def sequence_log_probs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -487,17 +478,8 @@ def finetune_text_preferences(
                                 real_batch_size=batch_size)
     loader = DataLoader(data, sampler=sampler, batch_size=None)
 
-    c = policy.config
-    lr = c.learning_rate / 2 if lr is None else lr
-    overrides = {"learning_rate": lr, "min_lr": lr / 10, "warmup_iters": min(c.warmup_iters, max(1, steps // 10)),
-                 "lr_decay_iters": steps}
     tuning = PreferenceTuning(policy, method, beta=beta, desirable_weight=desirable_weight,
                               undesirable_weight=undesirable_weight, sft_weight=sft_weight)
-    original = policy.config
-    policy.config = dataclasses.replace(original, **overrides)
-    try:
-        with _run_dir(run_dir) as directory:
-            fit(tuning, loader, None, run_dir=directory, max_epochs=1, seed=seed, log=log, **fit_kwargs)
-    finally:
-        policy.config = original  # the model file describes the model, not the fine-tuning run
+    fit_retargeted(tuning, policy, loader, schedule_overrides(policy.config, lr, steps), seed=seed, run_dir=run_dir,
+                   log=log, fit_kwargs=fit_kwargs)
     return policy.cpu().eval()

@@ -346,7 +346,9 @@ def test_dpo_fine_tunes_every_weight_of_a_gpt(gpt, tmp_path):
 def test_reference_log_probs_are_computed_once_and_no_copy_is_held(gpt, monkeypatch):
     model, tokenizer = gpt
     calls: list[tuple[bool, int]] = []  # (grad enabled, rows) per call
-    real_log_probs, real_fit = preference.sequence_log_probs, preference.fit
+    from gen_assets.training import finetune
+
+    real_log_probs, real_fit = preference.sequence_log_probs, finetune.fit
     modules = []
 
     def counting(m, batch):
@@ -358,7 +360,7 @@ def test_reference_log_probs_are_computed_once_and_no_copy_is_held(gpt, monkeypa
         return real_fit(module, *args, **kwargs)
 
     monkeypatch.setattr(preference, "sequence_log_probs", counting)
-    monkeypatch.setattr(preference, "fit", capturing_fit)
+    monkeypatch.setattr(finetune, "fit", capturing_fit)  # preference trains through finetune.fit_retargeted
     examples, scores = gpt_examples()
     real = [("play", None, s) for s in statements(5, seed=3, end=".")]
     lines: list[str] = []
