@@ -335,7 +335,7 @@ def play(world, taste_name: str, method: str, seed: int, rounds: int, noise: flo
     before_idx, _ = shown_set(world, pool, None, False, False)
     before = float(rater.expected(world.values(taste, pool, before_idx)).mean())
     features, ratings, reward, usable, history = [], [], None, False, []
-    promoted, cost = False, 0.0
+    promoted, cost, candidate_cost = False, 0.0, None
     for r in range(1, rounds + 1):
         idx, _ = shown_set(world, pool, reward, usable, explore=True)
         if len(idx) > per_round:  # people rate some of what the page shows, not all of it
@@ -349,6 +349,7 @@ def play(world, taste_name: str, method: str, seed: int, rounds: int, noise: flo
             t0 = time.perf_counter()
             candidate = world.tune(method, reward, pool, seed)
             ok, delta = world.gate(candidate) if candidate is not None else (False, 0.0)
+            candidate_cost = delta if candidate is not None else candidate_cost
             world.log(f"    round {r}: tuned ({time.perf_counter() - t0:.0f} s), quality {100 * delta:+.1f}%, "
                       f"{'promoted' if ok else 'refused'}")
             if ok:
@@ -362,6 +363,7 @@ def play(world, taste_name: str, method: str, seed: int, rounds: int, noise: flo
                   f"uplift {100 * (after / before - 1):+.0f}%")
     return {"taste": taste_name, "method": method, "seed": seed, "before": before, "after": after,
             "uplift": after / before - 1, "quality_cost": cost, "promoted": promoted, "history": history,
+            "candidate_cost": candidate_cost,  # of the last tuned candidate, promoted or refused
             "predicted": any(h["predicts"] for h in history)}
 
 
@@ -387,11 +389,14 @@ def print_tables(modality: str, results: list[dict], start: float) -> None:
     unit = "FID" if modality == "image" else "bits/byte"
     print(f"\n== {modality}: uplift of the curated set on the hidden taste, quality cost ({unit} vs the starting "
           f"champion {start:.3f}) ==")
-    print(f"{'taste':<34}{'method':<10}{'seed':>5}{'ratings':>8}  {'uplift per round':<22}{'cost':>8}  promoted")
+    print(f"{'taste':<34}{'method':<10}{'seed':>5}{'ratings':>8}  {'uplift per round':<22}{'cost':>8}  "
+          f"promoted (last candidate's cost)")
     for r in results:
         rounds = " ".join(f"{100 * h['uplift']:+.0f}%{'' if h['predicts'] else '*'}" for h in r["history"])
+        last = r.get("candidate_cost")
         print(f"{r['taste']:<34}{r['method']:<10}{r['seed']:>5}{r['history'][-1]['ratings']:>8}  {rounds:<22}"
-              f"{100 * r['quality_cost']:>+7.1f}%  {'yes' if r['promoted'] else 'no'}")
+              f"{100 * r['quality_cost']:>+7.1f}%  {'yes' if r['promoted'] else 'no'}"
+              + ("" if last is None else f" ({100 * last:+.1f}%)"))
     print("(* the reward model did not predict that round: the previous ranking stayed)")
     print(f"\n{'method':<10}{'runs':>5}{'median uplift':>15}{'worst':>8}{'median cost':>13}{'max cost':>10}"
           f"{'promoted':>10}{'ratings to +20%':>17}  worst uplift without a predicting model")
