@@ -60,12 +60,14 @@ def test_the_projects_data_sticks_and_smoke_does_not_replace_its_champion(tmp_pa
         action, refused, reason = con.execute(
             "SELECT action, model_version, reason FROM promotions ORDER BY acted_at DESC LIMIT 1").fetchone()
         assert action == "refuse" and refused != first and "above the bar" in reason
-        samples = con.execute("SELECT sample_id FROM generated WHERE modality = 'image'").fetchall()
+        samples = con.execute("SELECT sample_id, category FROM generated WHERE modality = 'image'").fetchall()
         categories = {r[0] for r in con.execute(
             "SELECT DISTINCT category FROM generated WHERE modality = 'image'").fetchall()}
     assert categories == set(COLOURS)
 
-    lines = ["sample_id,rating,user_id"] + [f"{sid},{1 + i % 5},rater" for i, (sid,) in enumerate(samples)]
+    # a taste the reward model can learn (one colour over the others), so the retrain reaches the gate
+    stars = {c: 1 + 2 * i for i, c in enumerate(sorted(COLOURS))}
+    lines = ["sample_id,rating,user_id"] + [f"{sid},{stars[c]},rater" for sid, c in samples]
     (tmp_path / "ratings.csv").write_text("\n".join(lines) + "\n")
     assert cli.main(["feedback", "import", str(tmp_path / "ratings.csv")]) == 0
     assert cli.main(["retrain", "--modality", "image", "--profile", "smoke"]) == 0

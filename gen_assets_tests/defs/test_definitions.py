@@ -12,7 +12,7 @@ EXPECTED_ASSETS = {
     "clean_images": ("image", "cleaning", {"raw_images"}),
     "image_evaluator": ("image", "training", {"clean_images"}),
     "image_generator": ("image", "training", {"clean_images", "image_evaluator"}),
-    "image_reward_model": ("image", "feedback", {"feedback", "image_evaluator"}),
+    "image_reward_model": ("image", "feedback", {"feedback", "image_evaluator", "clean_images"}),
     "tuned_image_generator": ("image", "training", {"image_generator", "image_reward_model", "image_evaluator",
                                                     "feedback", "clean_images"}),
     "image_champion": ("image", "promotion", {"tuned_image_generator", "image_evaluator", "clean_images"}),
@@ -41,6 +41,8 @@ EXPECTED_CHECKS = {
     ("feedback", "feedback_known_samples"),
     ("image_champion", "quality_bar"),
     ("text_champion", "quality_bar"),
+    ("image_reward_model", "predicts"),
+    ("text_reward_model", "predicts"),
 }
 
 
@@ -63,8 +65,11 @@ def test_asset_graph_snapshot(tmp_path):
     assert got == EXPECTED_ASSETS
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == EXPECTED_CHECKS
-    # checks observe: none blocks, a refused candidate is the champion asset's normal outcome
-    assert not [k for k in graph.asset_check_keys if graph.get_check_spec(k).blocking]
+    # checks observe; only a reward model that does not predict blocks what follows it (a refused candidate is
+    # the champion asset's normal outcome)
+    blocking = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys
+                if graph.get_check_spec(k).blocking}
+    assert blocking == {("image_reward_model", "predicts"), ("text_reward_model", "predicts")}
 
 
 def test_every_asset_has_code_version_modality_tag_and_owners(tmp_path):
