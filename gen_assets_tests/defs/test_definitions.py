@@ -210,3 +210,12 @@ def test_inference_on_a_gpu_uses_tf32_matmuls(monkeypatch):
         assert inference_device() == "cuda" and torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_the_exploratory_share_is_a_share_of_k():
+    from gen_assets.defs.assets.curated import explore_count
+
+    assert [explore_count(s, 10) for s in (0.0, 0.2, 0.25, 1.0)] == [0, 2, 3, 10]
+    assert explore_count(0.2, 5) == 1
+    with pytest.raises(dg.Failure, match=r"explore_share must be in \[0, 1\], got 1.5"):
+        explore_count(1.5, 10)
