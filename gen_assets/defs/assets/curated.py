@@ -127,7 +127,7 @@ def record(context, warehouse: DuckDBResource, *, asset: str, modality: str, bat
     )
 
 
-@dg.asset(**lane("image", "curation"), kinds={"duckdb"}, code_version="1",
+@dg.asset(**lane("image", "curation"), kinds={"duckdb"}, code_version="2",
           automation_condition=dg.AutomationCondition.eager())
 def curated_images(
     context: dg.AssetExecutionContext, config: CuratedImagesConfig, generated_images: Batch,
@@ -154,7 +154,7 @@ def curated_images(
     return out
 
 
-@dg.asset(**lane("text", "curation"), kinds={"duckdb"}, code_version="1",
+@dg.asset(**lane("text", "curation"), kinds={"duckdb"}, code_version="2",
           automation_condition=dg.AutomationCondition.eager())
 def curated_texts(
     context: dg.AssetExecutionContext, config: CuratedTextsConfig, generated_texts: Batch,
