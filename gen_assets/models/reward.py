@@ -164,6 +164,28 @@ class RewardModel(nn.Module):
             self.train(was_training)
 
 
+def novelty(features: torch.Tensor, groups: Sequence[int] | None = None, *, clip: float = 5.0) -> torch.Tensor:
+    """(N,) how unusual each sample is among the N: what a reward model is least sure about before any rating.
+
+    It is the predictive standard deviation of a Bayesian linear read-out that has seen no rating yet
+    (its prior, the identity, on features standardised over the batch): sqrt(z'z), with each block of
+    `groups` (sizes, as RewardConfig.groups) scaled to weigh the same, so 9 statistics count as much as
+    576 hidden states. Exploration shows these first: a rare trait (a number, a long text, a bold
+    stroke) gets onto the review page and is rated, and a reward model can learn it.
+    """
+    x = torch.as_tensor(features).float()
+    if x.ndim != 2:
+        raise ValueError(f"expected features shaped (N, D), got {tuple(x.shape)}")
+    sizes = list(groups) if groups else [x.shape[1]]
+    if sum(sizes) != x.shape[1] or any(g < 1 for g in sizes):
+        raise ValueError(f"groups {sizes} do not add up to the {x.shape[1]} features")
+    if len(x) < 2:
+        return torch.zeros(len(x))
+    z = ((x - x.mean(0)) / x.std(0).clamp_min(1e-8)).clamp(-clip, clip)
+    parts = torch.split(z.square(), sizes, dim=1)
+    return torch.stack([p.mean(1) for p in parts], 1).sum(1).sqrt()
+
+
 @dataclass
 class RewardReport:
     """How well a fitted reward model orders ratings it was not fitted on, and whether it may be used.

@@ -17,6 +17,7 @@ from gen_assets.models.reward import (
     RewardModel,
     fit_reward,
     image_features,
+    novelty,
     pixel_statistics,
     text_features,
 )
@@ -334,3 +335,17 @@ def test_feature_groups_find_a_taste_one_statistic_carries_beside_hundreds_of_hi
     torch.testing.assert_close(loaded.predict(x), model.predict(x))
     with pytest.raises(ValueError, match="summing to in_features"):
         fit_reward(x, ratings, seed=0, groups=[9, 500])
+
+
+def test_novelty_puts_a_rare_trait_first_whatever_the_size_of_the_other_block():
+    g = torch.Generator().manual_seed(0)
+    stats = torch.randn(200, 9, generator=g) * 0.1
+    stats[7, 2] = 3.0  # one sample with a trait the others lack (e.g. an exclamation mark)
+    hidden = torch.randn(200, 576, generator=g)
+    features = torch.cat([stats, hidden], 1)
+    # without groups the 576 hidden states drown the rare statistic; with them each block weighs the same
+    assert int(novelty(features).argmax()) != 7
+    assert int(novelty(features, [9, 576]).argmax()) == 7
+    assert novelty(features[:1]).tolist() == [0.0]
+    with pytest.raises(ValueError, match="do not add up"):
+        novelty(features, [9, 500])
