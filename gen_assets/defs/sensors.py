@@ -50,7 +50,8 @@ def build_feedback_sensor(run_config_for: Callable[[list[str]], dict] | None = N
             groups = files_by_modality(con, decision.files)
         requests = []
         for modality, files in sorted(groups.items(), key=lambda kv: kv[0] or ""):
-            selection = RETRAIN_ASSETS.get(modality, ["feedback"])  # unknown samples only: ingest (and quarantine)
+            # unknown samples only: ingest (and quarantine), the waiting events with them
+            selection = RETRAIN_ASSETS.get(modality, ["feedback", "events"])
             requests.append(
                 dg.RunRequest(
                     run_key=run_key_for(files, modality),

@@ -6,4 +6,7 @@
   moves to processed/; the feedback data version (recorded with its exact set of files) and the
   queries the asset checks use.
 - pending.py: what the sensor sees (files waiting in incoming/) and its pure decision to request a run.
+- events.py:  what people do with served content (impressions, clicks, conversions): event files under
+  feedback/events/, ingested into `events` the same way, and the clicks as inverse-propensity weighted
+  labels for the reward models (`click_labels`).
 """

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import zlib
 from statistics import NormalDist
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from scipy.stats import rankdata
 from sklearn.linear_model import Ridge, RidgeCV
 from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
@@ -164,28 +166,6 @@ class RewardModel(nn.Module):
             self.train(was_training)
 
 
-def novelty(features: torch.Tensor, groups: Sequence[int] | None = None, *, clip: float = 5.0) -> torch.Tensor:
-    """(N,) how unusual each sample is among the N: what a reward model is least sure about before any rating.
-
-    It is the predictive standard deviation of a Bayesian linear read-out that has seen no rating yet
-    (its prior, the identity, on features standardised over the batch): sqrt(z'z), with each block of
-    `groups` (sizes, as RewardConfig.groups) scaled to weigh the same, so 9 statistics count as much as
-    576 hidden states. Exploration shows these first: a rare trait (a number, a long text, a bold
-    stroke) gets onto the review page and is rated, and a reward model can learn it.
-    """
-    x = torch.as_tensor(features).float()
-    if x.ndim != 2:
-        raise ValueError(f"expected features shaped (N, D), got {tuple(x.shape)}")
-    sizes = list(groups) if groups else [x.shape[1]]
-    if sum(sizes) != x.shape[1] or any(g < 1 for g in sizes):
-        raise ValueError(f"groups {sizes} do not add up to the {x.shape[1]} features")
-    if len(x) < 2:
-        return torch.zeros(len(x))
-    z = ((x - x.mean(0)) / x.std(0).clamp_min(1e-8)).clamp(-clip, clip)
-    parts = torch.split(z.square(), sizes, dim=1)
-    return torch.stack([p.mean(1) for p in parts], 1).sum(1).sqrt()
-
-
 @dataclass
 class RewardReport:
     """How well a fitted reward model orders ratings it was not fitted on, and whether it may be used.
@@ -283,37 +263,89 @@ def _check_fit_inputs(features: Any, ratings: Any) -> tuple[torch.Tensor, torch.
     return features.float(), ratings.float()
 
 
-def _correlations(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
-    """(Pearson, Spearman); NaN when either side is constant (no ordering to agree with)."""
+def _check_weights(weights: Any, n: int) -> torch.Tensor:
+    """Per-row weights as a float64 (N,) tensor; a ValueError naming the problem otherwise."""
+    w = torch.as_tensor(weights)
+    if w.ndim != 1 or len(w) != n:
+        raise ValueError(f"weights must be (N,) with N = {n} (one per rating), got shape {tuple(w.shape)}")
+    if w.dtype == torch.bool or w.is_complex():
+        raise ValueError(f"weights must be real numbers, got {w.dtype}")
+    w = w.double()
+    bad = (~torch.isfinite(w)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"weights hold NaN or inf at row(s) {bad[:10]}{' ...' if len(bad) > 10 else ''}")
+    negative = (w < 0).nonzero().flatten().tolist()
+    if negative:
+        raise ValueError(f"weights must be >= 0, got negative ones at row(s) {negative[:10]}"
+                         f"{' ...' if len(negative) > 10 else ''}")
+    return w
+
+
+def effective_count(weights: torch.Tensor | None, n: int) -> float:
+    """Kish's effective sample size (sum w)^2 / sum w^2 (n without weights): how many equally weighted
+    rows the weighted ones are worth to an estimate; the cross-validated band's n."""
+    if weights is None:
+        return float(n)
+    return float(weights.sum() ** 2 / weights.square().sum())
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return values.mean(0)
+    p = (weights / weights.sum()).to(values.dtype)
+    return (p.reshape(-1, *([1] * (values.ndim - 1))) * values).sum(0)
+
+
+def _weighted_std(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The population standard deviation (what repeating each row `weight` times gives)."""
+    if weights is None:
+        return values.std(0, unbiased=False)
+    return _weighted_mean((values - _weighted_mean(values, weights)).square(), weights).sqrt()
+
+
+def _correlations(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[float, float]:
+    """(Pearson, Spearman); NaN when either side is constant (no ordering to agree with). With weights: the
+    weighted Pearson correlation, and for Spearman the weighted Pearson correlation of the (average) ranks."""
     if len(pred) < 2 or float(pred.std()) == 0.0 or float(target.std()) == 0.0:
         return math.nan, math.nan
     pred, target = pred.double(), target.double()
-    return float(pearson_corrcoef(pred, target)), float(spearman_corrcoef(pred, target))
+    if weights is None:
+        return float(pearson_corrcoef(pred, target)), float(spearman_corrcoef(pred, target))
+    ranks = [torch.from_numpy(rankdata(v.numpy())).double() for v in (pred, target)]
+    return _weighted_pearson(pred, target, weights), _weighted_pearson(*ranks, weights)
 
 
-def _fit(x: torch.Tensor, y: torch.Tensor, cfg: RewardConfig, choose_l2: bool, seed: int) -> RewardModel:
-    """A reward model fitted on (x, y): standardisation from these rows, then the ridge (or the MLP)."""
+def _weighted_pearson(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) -> float:
+    a, b = a - _weighted_mean(a, weights), b - _weighted_mean(b, weights)
+    denominator = float((_weighted_mean(a * a, weights) * _weighted_mean(b * b, weights)).sqrt())
+    return float(_weighted_mean(a * b, weights)) / denominator if denominator > 0 else math.nan
+
+
+def _fit(x: torch.Tensor, y: torch.Tensor, cfg: RewardConfig, choose_l2: bool, seed: int,
+         w: torch.Tensor | None = None) -> RewardModel:
+    """A reward model fitted on (x, y): standardisation from these rows, then the ridge (or the MLP). With
+    weights `w`, every statistic and loss is weighted, so an integer weight is that many copies of the row."""
     cfg = dataclasses.replace(cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # initial weights and dropout masks: one seed, one model
         model = RewardModel(cfg)
-        std = x.std(0, unbiased=False)
-        model.feature_mean.copy_(x.mean(0))
+        std = _weighted_std(x, w)
+        model.feature_mean.copy_(_weighted_mean(x, w))
         # a constant feature carries nothing; scale 1 keeps it at 0 instead of dividing by zero
         model.feature_std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
-        r_std = float(y.std(unbiased=False))
-        model.rating_mean.fill_(float(y.mean()))
+        r_std = float(_weighted_std(y, w))
+        model.rating_mean.fill_(float(_weighted_mean(y, w)))
         model.rating_std.fill_(r_std if r_std > 1e-8 else 1.0)
         ys = (y - model.rating_mean) / model.rating_std
         if cfg.groups is not None and len(cfg.groups) > 1 and cfg.hidden == 0 and choose_l2:
-            cfg.group_scales = _choose_group_scales(model.standardise(x), ys, cfg.groups)
+            cfg.group_scales = _choose_group_scales(model.standardise(x), ys, cfg.groups, w)
         if cfg.group_scales is not None:
             model.feature_scale.copy_(torch.repeat_interleave(torch.tensor(cfg.group_scales), torch.tensor(cfg.groups)))
         xs = model.standardise(x)
         if cfg.hidden == 0:
-            cfg.l2 = _fit_ridge(model.linear, xs, ys, None if choose_l2 else cfg.l2)
+            cfg.l2 = _fit_ridge(model.linear, xs, ys, None if choose_l2 else cfg.l2, w)
         else:
-            _fit_mlp(model, xs, ys)
+            _fit_mlp(model, xs, ys, w)
     return model.eval()
 
 
@@ -326,6 +358,7 @@ def fit_reward(
     repeats: int | None = None,
     min_rank_correlation: float = 0.1,
     confidence: float = 0.9,
+    weights: Any = None,
     **config: Any,
 ) -> tuple[RewardModel, RewardReport]:
     """Fit a reward model on (N, D) features and (N,) ratings; cross-validate it; say whether it predicts.
@@ -345,8 +378,24 @@ def fit_reward(
     full-batch AdamW on the mean squared error in standardised units plus the ridge penalty at `l2`:
     a few hundred rows of a few dozen features take well under a second, and Lightning's machinery
     would cost more than the fit.
+
+    `weights` (N,), non-negative: how much each row counts (e.g. a click label less than a rating). The
+    fit minimises the weighted mean squared error (standardisation, the penalty's scale, the group and
+    penalty choices weighted alike), so an integer weight k is the row repeated k times, and the ridge is
+    still solved exactly (scikit-learn's sample_weight). A row of weight 0 is left out, as if not given,
+    and equal weights are no weights. The cross-validation fits each fold with its rows' weights and
+    weighs the held-out errors and correlations (Spearman: of the ranks) by them; its band takes Kish's
+    effective number of rows, (sum w)^2 / sum w^2, for n. None (the default): every row counts once.
     """
     features, ratings = _check_fit_inputs(features, ratings)
+    w = None if weights is None else _check_weights(weights, len(features))
+    if w is not None:
+        keep = w > 0
+        if not bool(keep.any()):
+            raise ValueError("weights are all 0: no row to fit")
+        features, ratings, w = features[keep], ratings[keep], w[keep]
+        if bool((w == w[0]).all()):
+            w = None  # equal weights: the same fit as none
     n = len(features)
     if n < 4:
         raise ValueError(f"need at least 4 rated samples to fit and cross-validate a reward model, got {n}")
@@ -361,8 +410,8 @@ def fit_reward(
 
     cfg = RewardConfig(in_features=features.shape[1], **config)
     choose_l2 = cfg.hidden == 0 and "l2" not in config
-    model = _fit(features, ratings, cfg, choose_l2, seed)
-    train_pearson, _ = _correlations(model.predict(features), ratings)
+    model = _fit(features, ratings, cfg, choose_l2, seed, w)
+    train_pearson, _ = _correlations(model.predict(features), ratings, w)
 
     g = torch.Generator().manual_seed(seed)
     pearsons, spearmans, maes, baselines, sq_errors = [], [], [], [], []
@@ -373,24 +422,33 @@ def fit_reward(
             held = order[k::folds]
             keep = torch.ones(n, dtype=torch.bool)
             keep[held] = False
-            fold_model = _fit(features[keep], ratings[keep], cfg, choose_l2, seed)
+            fold_w = None if w is None else w[keep]
+            fold_model = _fit(features[keep], ratings[keep], cfg, choose_l2, seed, fold_w)
             oof[held] = fold_model.predict(features[held])
-            base[held] = ratings[keep].mean()
+            if fold_w is None:
+                base[held] = ratings[keep].mean()
+            else:
+                base[held] = float(_weighted_mean(ratings[keep].double(), fold_w))
         # correlated as offsets from each fold's mean training rating: a fold that holds out high ratings
         # trains on a lower mean, so the raw out-of-fold predictions of a model that learnt nothing
         # anti-correlate with the ratings; the offsets are what the model says about each sample
-        p, s = _correlations(oof - base, ratings)
+        p, s = _correlations(oof - base, ratings, w)
         pearsons.append(p)
         spearmans.append(s)
-        maes.append(float((oof - ratings).abs().mean()))
-        sq_errors.append(float((oof - ratings).square().mean()))
-        baselines.append(float((base - ratings).abs().mean()))
+        if w is None:
+            maes.append(float((oof - ratings).abs().mean()))
+            sq_errors.append(float((oof - ratings).square().mean()))
+            baselines.append(float((base - ratings).abs().mean()))
+        else:
+            maes.append(float(_weighted_mean((oof - ratings).abs().double(), w)))
+            sq_errors.append(float(_weighted_mean((oof - ratings).square().double(), w)))
+            baselines.append(float(_weighted_mean((base - ratings).abs().double(), w)))
     # the noise the uncertainty assumes is the out-of-fold error, not the training residual: with fewer
     # ratings than features the ridge may fit every training rating exactly
     cv_mse = float(np.mean(sq_errors)) / float(model.rating_std) ** 2
-    _fit_uncertainty(model, model.standardise(features), cv_mse)
+    _fit_uncertainty(model, model.standardise(features), cv_mse, w)
     rho = float(np.mean(spearmans))  # NaN when a repeat's predictions or the ratings are constant
-    low, high = rank_correlation_band(rho, n, confidence)
+    low, high = rank_correlation_band(rho, effective_count(w, n), confidence)
     predicts = math.isfinite(low) and low >= min_rank_correlation
     needed = n if predicts else ratings_needed_for(rho, min_rank_correlation, confidence)
     constant = float(ratings.std()) == 0.0
@@ -413,65 +471,79 @@ L2_GRID = tuple(float(v) for v in np.logspace(-5, 3, 17))
 GROUP_FACTORS = (0.0, 0.1, 0.3)  # a block's weight relative to the others' that the group CV tries, beside 1
 
 
-def _choose_group_scales(xs: torch.Tensor, ys: torch.Tensor, groups: Sequence[int]) -> list[float]:
+def _choose_group_scales(xs: torch.Tensor, ys: torch.Tensor, groups: Sequence[int],
+                         w: torch.Tensor | None = None) -> list[float]:
     """Each feature block's weight: of all weights 1 and one block at a time down-weighted by GROUP_FACTORS,
-    the one whose ridge (its penalty chosen among L2_GRID) has the least leave-one-out error."""
-    n = len(xs)
+    the one whose ridge (its penalty chosen among L2_GRID) has the least leave-one-out error (weighted by
+    the rows' weights `w`, when given)."""
+    n = len(xs) if w is None else float(w.sum())
     x, y = xs.double().numpy(), ys.double().numpy()
+    sample_weight = None if w is None else w.double().numpy()
     options = [[1.0] * len(groups)] + [[f if g == i else 1.0 for g in range(len(groups))]
                                        for i in range(len(groups)) for f in GROUP_FACTORS]
     best, best_score = options[0], -math.inf
     for scales in options:
         scaled = x * np.repeat(np.array(scales), groups)
-        score = float(RidgeCV(alphas=n * np.array(L2_GRID), fit_intercept=True).fit(scaled, y).best_score_)
+        ridge = RidgeCV(alphas=n * np.array(L2_GRID), fit_intercept=True)
+        score = float(ridge.fit(scaled, y, sample_weight=sample_weight).best_score_)
         if score > best_score + 1e-12:
             best, best_score = scales, score
     return best
 
 
 @torch.no_grad()
-def _fit_ridge(linear: nn.Linear, xs: torch.Tensor, ys: torch.Tensor, l2: float | None) -> float:
+def _fit_ridge(linear: nn.Linear, xs: torch.Tensor, ys: torch.Tensor, l2: float | None,
+               w: torch.Tensor | None = None) -> float:
     """Solve min_w,b mean((xs w + b - ys)^2) + l2 |w|^2 into `linear`; l2 None: choose it from L2_GRID by
-    leave-one-out CV. Returns the l2 used.
+    leave-one-out CV. Returns the l2 used. With row weights `w` the mean is weighted: sum w_i e_i^2 / sum w.
 
-    scikit-learn's penalty `alpha` weighs the squared error summed, not averaged: alpha = n * l2. Its
-    intercept is left unpenalised, as our bias is.
+    scikit-learn's penalty `alpha` weighs the squared error summed, not averaged: alpha = n * l2 (with
+    weights, sum w * l2: its sample_weight multiplies each squared error, so the fit stays closed form and
+    an integer weight is a repeated row). Its intercept is left unpenalised, as our bias is.
     """
-    n = len(xs)
+    n = len(xs) if w is None else float(w.sum())
     x, y = xs.double().numpy(), ys.double().numpy()
+    sample_weight = None if w is None else w.double().numpy()
     if l2 is None:
         # gcv_mode="auto": leave-one-out errors for every alpha from one SVD (or eigendecomposition)
         alphas = n * np.array(L2_GRID)
-        ridge = RidgeCV(alphas=alphas, fit_intercept=True).fit(x, y)
+        ridge = RidgeCV(alphas=alphas, fit_intercept=True).fit(x, y, sample_weight=sample_weight)
         l2 = L2_GRID[int(np.argmin(np.abs(alphas - ridge.alpha_)))]
     else:
-        ridge = Ridge(alpha=n * l2, fit_intercept=True).fit(x, y)
+        ridge = Ridge(alpha=n * l2, fit_intercept=True).fit(x, y, sample_weight=sample_weight)
     linear.weight.copy_(torch.from_numpy(np.asarray(ridge.coef_, dtype=np.float64)).reshape(linear.weight.shape))
     linear.bias.fill_(float(ridge.intercept_))
     return l2
 
 
 @torch.no_grad()
-def _fit_uncertainty(model: RewardModel, xs: torch.Tensor, noise: float) -> None:
+def _fit_uncertainty(model: RewardModel, xs: torch.Tensor, noise: float, w: torch.Tensor | None = None) -> None:
     """The linear read-out's posterior covariance: noise x (Xc'Xc + n l2 I)^-1 on the centred standardised
     features (the bias is not penalised, so centring takes it out); `noise` the variance of a rating
-    around the prediction, in standardised units."""
+    around the prediction, in standardised units. With row weights: Xc'WXc and sum w for n."""
     n, d = xs.shape
-    mean = xs.double().mean(0)
+    mean = _weighted_mean(xs.double(), w)
     xc = xs.double() - mean
-    precision = xc.T @ xc + max(n * model.config.l2, 1e-6) * torch.eye(d, dtype=torch.float64)
+    if w is None:
+        precision = xc.T @ xc + max(n * model.config.l2, 1e-6) * torch.eye(d, dtype=torch.float64)
+    else:
+        precision = (xc * w[:, None]).T @ xc + max(float(w.sum()) * model.config.l2, 1e-6) * torch.eye(
+            d, dtype=torch.float64)
     model.posterior_cov.copy_((noise * torch.linalg.inv(precision)).float())
     model.fitted_mean.copy_(mean.float())
 
 
-def _fit_mlp(model: RewardModel, xs: torch.Tensor, ys: torch.Tensor) -> None:
-    """Full-batch AdamW on the mean squared error plus the ridge penalty on every weight matrix."""
+def _fit_mlp(model: RewardModel, xs: torch.Tensor, ys: torch.Tensor, w: torch.Tensor | None = None) -> None:
+    """Full-batch AdamW on the (row-weighted, with `w`) mean squared error plus the ridge penalty on every
+    weight matrix."""
     cfg = model.config
     weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    share = None if w is None else (w / w.sum()).float()
     model.train()
     for _ in range(cfg.steps):
-        loss = F.mse_loss(model._raw(xs), ys) + cfg.l2 * sum(w.square().sum() for w in weights)
+        error = F.mse_loss(model._raw(xs), ys) if share is None else (share * (model._raw(xs) - ys).square()).sum()
+        loss = error + cfg.l2 * sum(m.square().sum() for m in weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -589,6 +661,31 @@ def text_statistics(texts: Sequence[str]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), len(TEXT_STAT_NAMES))
 
 
+WORD_BUCKETS = 256
+
+
+def word_features(texts: Sequence[str], buckets: int = WORD_BUCKETS) -> torch.Tensor:
+    """(N, buckets): which words a text uses (lower-cased, each word hashed to a bucket, 1 when present).
+
+    Vocabulary is a taste of its own ("new", "easy", a brand's word): a handful of words moves a mean of
+    hidden states too little for a few dozen ratings to find, and one bucket per word makes it one
+    feature. Hashing (crc32, stable across runs and machines) needs no fitted vocabulary, so the features
+    of a text never change with the batch it comes in."""
+    out = torch.zeros(len(texts), buckets)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"text {i}: expected a str, got {type(t).__name__}")
+        for w in {w.lower() for w in _WORDS.findall(t)}:
+            out[i, zlib.crc32(w.encode()) % buckets] = 1.0
+    return out
+
+
+def text_feature_groups(width: int) -> list[int]:
+    """The widths of writer_features' blocks (RewardConfig.groups) for features `width` wide: statistics,
+    words, hidden states."""
+    return [len(TEXT_STAT_NAMES), WORD_BUCKETS, width - len(TEXT_STAT_NAMES) - WORD_BUCKETS]
+
+
 def gpt_hidden_states(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
     """(B, T) token ids -> (B, T, n_embd): the GPT's final hidden states (after ln_f, before lm_head).
 
@@ -665,8 +762,9 @@ def text_features(
 
 
 def writer_features(writer: Any, briefs: Sequence[tuple[str, str | None]], texts: Sequence[str]) -> torch.Tensor:
-    """(N, 9 + hidden size): surface statistics and a text generator's pooled hidden states of each text read
-    after its brief (models.text_generators.TextWriter.features): the reward model's text features for any
-    generator, pretrained or from scratch."""
+    """(N, 9 + 256 + hidden size): surface statistics, the words used and a text generator's pooled hidden
+    states of each text read after its brief (models.text_generators.TextWriter.features): the reward
+    model's text features for any generator, pretrained or from scratch (blocks: text_feature_groups)."""
     texts = list(texts)
-    return torch.cat([text_statistics(texts), writer.features(list(briefs), texts).float()], dim=1)
+    return torch.cat([text_statistics(texts), word_features(texts), writer.features(list(briefs), texts).float()],
+                     dim=1)

@@ -3,25 +3,35 @@
 
 from __future__ import annotations
 
+import uuid
+
 import duckdb
 import pandas as pd
 
 from gen_assets.store.warehouse import define_curated_view, ensure_schema, now, rollback_quietly
 
 
-def rated_samples(con: duckdb.DuckDBPyConnection, ratings: list[tuple[str, float]]) -> pd.DataFrame:
-    """sample_id, category, prompt, content (bytes), text, rating for the given (sample_id, mean rating) pairs."""
-    frame = pd.DataFrame(ratings, columns=["sample_id", "rating"])
+def rated_samples(con: duckdb.DuckDBPyConnection, ratings: list[tuple[str, float]] | pd.DataFrame) -> pd.DataFrame:
+    """sample_id, category, prompt, content (bytes), text, rating for the given (sample_id, mean rating) pairs.
+
+    `ratings` may also be a frame with sample_id, rating and more columns (a reward model's training rows:
+    weight, source), which are kept; a sample may then have several rows, kept in the frame's order."""
+    if isinstance(ratings, pd.DataFrame):
+        frame = ratings.reset_index(drop=True)
+    else:
+        frame = pd.DataFrame(ratings, columns=["sample_id", "rating"])
     if frame.empty:
         return frame.assign(category=[], prompt=[], content=[], text=[])
-    con.register("_rated", frame)
+    frame = frame.assign(_row=range(len(frame)))
+    view = f"_rated_{uuid.uuid4().hex}"
+    con.register(view, frame)
     try:
         return con.execute(
-            "SELECT g.sample_id, g.category, g.prompt, g.content, g.text, r.rating FROM generated g "
-            "JOIN _rated r USING (sample_id) ORDER BY g.sample_id"
+            "SELECT g.sample_id, g.category, g.prompt, g.content, g.text, r.* EXCLUDE (sample_id, _row) "
+            f"FROM generated g JOIN {view} r USING (sample_id) ORDER BY g.sample_id, r._row"
         ).df()
     finally:
-        con.unregister("_rated")
+        con.unregister(view)
 
 
 def replace_curated(con: duckdb.DuckDBPyConnection, modality: str, batch_id: str, curated: pd.DataFrame) -> None:

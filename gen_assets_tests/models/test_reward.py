@@ -13,13 +13,16 @@ from gen_assets.models.reward import (
     IMAGE_STAT_NAMES,
     L2_GRID,
     TEXT_STAT_NAMES,
+    WORD_BUCKETS,
     RewardConfig,
     RewardModel,
     fit_reward,
     image_features,
-    novelty,
     pixel_statistics,
+    text_feature_groups,
     text_features,
+    text_statistics,
+    word_features,
 )
 from gen_assets.models.tokenizers import CharTokenizer
 
@@ -337,15 +340,92 @@ def test_feature_groups_find_a_taste_one_statistic_carries_beside_hundreds_of_hi
         fit_reward(x, ratings, seed=0, groups=[9, 500])
 
 
-def test_novelty_puts_a_rare_trait_first_whatever_the_size_of_the_other_block():
-    g = torch.Generator().manual_seed(0)
-    stats = torch.randn(200, 9, generator=g) * 0.1
-    stats[7, 2] = 3.0  # one sample with a trait the others lack (e.g. an exclamation mark)
-    hidden = torch.randn(200, 576, generator=g)
-    features = torch.cat([stats, hidden], 1)
-    # without groups the 576 hidden states drown the rare statistic; with them each block weighs the same
-    assert int(novelty(features).argmax()) != 7
-    assert int(novelty(features, [9, 576]).argmax()) == 7
-    assert novelty(features[:1]).tolist() == [0.0]
-    with pytest.raises(ValueError, match="do not add up"):
-        novelty(features, [9, 500])
+def test_a_taste_for_a_few_words_is_learnt_from_the_word_block_beside_hundreds_of_hidden_states():
+    rng = np.random.default_rng(0)
+    vocabulary = ["sleek", "speaker", "desk", "lamp", "oak", "steel", "compact", "bright", "quiet", "fast"]
+    upbeat = ["great", "new", "easy"]
+    texts, liked = [], []
+    for i in range(90):
+        words = list(rng.choice(vocabulary, size=6))
+        hit = i % 6 == 0
+        if hit:  # one word swapped: the same number of words
+            words[int(rng.integers(0, 6))] = str(rng.choice(upbeat))
+        texts.append(" ".join(words) + ".")
+        liked.append(hit)
+    ratings = torch.tensor(np.clip(np.rint(3 + 2 * np.array(liked) + rng.normal(0, 0.5, 90)), 1, 5))
+    hidden = torch.randn(90, 576, generator=torch.Generator().manual_seed(1))
+    features = torch.cat([text_statistics(texts), word_features(texts), hidden], 1)
+    groups = text_feature_groups(features.shape[1])
+    assert groups == [len(TEXT_STAT_NAMES), WORD_BUCKETS, 576]
+    _, with_words = fit_reward(features, ratings, seed=0, groups=groups)
+    assert with_words.predicts and with_words.cv_spearman > 0.3
+    no_words = torch.cat([text_statistics(texts), hidden], 1)
+    _, without = fit_reward(no_words, ratings, seed=0, groups=[len(TEXT_STAT_NAMES), 576])
+    # the statistics carry a little of it (word lengths), the mean of hidden states (here noise) none
+    assert without.cv_spearman < with_words.cv_spearman - 0.15
+
+
+def test_word_features_are_stable_presence_per_bucket():
+    a = word_features(["New, NEW and new!", "old"])
+    assert a.shape == (2, WORD_BUCKETS) and a.sum(1).tolist() == [2.0, 1.0]  # {new, and}; {old}
+    assert torch.equal(word_features(["new and"]), a[:1])  # the same text, the same buckets, in any batch
+    with pytest.raises(TypeError, match="text 0"):
+        word_features([3])
+
+def test_a_row_of_weight_zero_is_ignored():
+    x, ratings = planted(n=60, d=8, noise=1.0)
+    w = torch.rand(60, generator=torch.Generator().manual_seed(3)) + 0.5  # uneven: the weighted path
+    outlier_x, outlier_r = torch.cat([x, x[:1] * 50]), torch.cat([ratings, torch.tensor([100.0])])
+    model, report = fit_reward(outlier_x, outlier_r, seed=0, weights=torch.cat([w, torch.zeros(1)]))
+    without, expected = fit_reward(x, ratings, seed=0, weights=w)
+    assert report == expected
+    torch.testing.assert_close(model.predict(outlier_x), without.predict(outlier_x))
+    # with any weight the outlier does move the fit
+    moved, _ = fit_reward(outlier_x, outlier_r, seed=0, weights=torch.cat([w, torch.ones(1)]))
+    assert float((moved.predict(x) - without.predict(x)).abs().max()) > 0.1
+
+
+def test_integer_weights_are_repeated_rows():
+    x, ratings = planted(n=50, d=8, noise=1.0)
+    counts = torch.randint(1, 4, (50,), generator=torch.Generator().manual_seed(1))
+    for hidden, extra in ((0, {}), (0, {"groups": [4, 4], "group_scales": [1.0, 0.3]})):
+        weighted, _ = fit_reward(x, ratings, seed=0, weights=counts, l2=0.05, hidden=hidden, **extra)
+        repeated, _ = fit_reward(x.repeat_interleave(counts, 0), ratings.repeat_interleave(counts), seed=0, l2=0.05,
+                                 hidden=hidden, **extra)
+        torch.testing.assert_close(weighted.feature_mean, repeated.feature_mean)
+        torch.testing.assert_close(weighted.feature_std, repeated.feature_std)
+        torch.testing.assert_close(weighted.predict(x), repeated.predict(x), atol=1e-4, rtol=1e-4)
+    # equal weights are no weights: the same model and report as without
+    model, report = fit_reward(x, ratings, seed=0, weights=torch.full((50,), 2.0))
+    plain, plain_report = fit_reward(x, ratings, seed=0)
+    assert report == plain_report
+    torch.testing.assert_close(model.predict(x), plain.predict(x))
+
+
+def test_weights_decide_between_two_tastes():
+    """Half the rows like the first feature, half dislike it: the fit follows the rows that weigh more."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(120, 4, generator=g)
+    ratings = 3 + torch.where(torch.arange(120) < 60, x[:, 0], -x[:, 0]) + 0.1 * torch.randn(120, generator=g)
+    first = torch.where(torch.arange(120) < 60, 1.0, 0.05)
+    likes, report = fit_reward(x, ratings, seed=0, weights=first)
+    dislikes, _ = fit_reward(x, ratings, seed=0, weights=first.flip(0))
+    probe = torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]])
+    assert float(likes.predict(probe)[0] - likes.predict(probe)[1]) > 1.0
+    assert float(dislikes.predict(probe)[0] - dislikes.predict(probe)[1]) < -1.0
+    # the cross-validated figures weigh the rows too: measured mostly on the first half, the fit predicts
+    assert report.cv_spearman > 0.5
+
+
+def test_bad_weights_are_named():
+    x, ratings = planted(n=20)
+    with pytest.raises(ValueError, match=r"weights must be \(N,\) with N = 20"):
+        fit_reward(x, ratings, seed=0, weights=torch.ones(19))
+    with pytest.raises(ValueError, match=r"weights must be >= 0, got negative ones at row\(s\) \[4\]"):
+        fit_reward(x, ratings, seed=0, weights=torch.ones(20).index_fill(0, torch.tensor([4]), -1.0))
+    with pytest.raises(ValueError, match=r"weights hold NaN or inf at row\(s\) \[2\]"):
+        fit_reward(x, ratings, seed=0, weights=torch.ones(20).index_fill(0, torch.tensor([2]), math.nan))
+    with pytest.raises(ValueError, match="weights are all 0"):
+        fit_reward(x, ratings, seed=0, weights=torch.zeros(20))
+    with pytest.raises(ValueError, match="at least 4"):
+        fit_reward(x, ratings, seed=0, weights=torch.cat([torch.ones(3), torch.zeros(17)]))

@@ -15,10 +15,12 @@ from pydantic import Field
 
 from gen_assets.defs.handles import (TRAINING_OP_TAGS, TRAINING_POOL, CleanTable, ModelRef, inference_device, lane,
                                      numeric_metadata, stable_key, uri_metadata)
+from gen_assets.defs.assets.events import EventsRef
 from gen_assets.defs.assets.human_feedback import FeedbackRef
 from gen_assets.defs.assets.trained import IMAGE_GENERATOR_CODE, TEXT_GENERATOR_CODE, label_indices, load_image_split
 from gen_assets.cleaning import texts as text_cleaning
 from gen_assets.rules.curation import NgramIndex, curate, image_confidence, text_flags
+from gen_assets.feedback.events import click_labels, reward_rows
 from gen_assets.feedback.ingest import ratings_for
 from gen_assets.training.sampling import generate_per_class
 from gen_assets.media.png import decode_image
@@ -29,7 +31,8 @@ from gen_assets.training.finetune import (finetune_image_generator, finetune_pre
 from gen_assets.training.fingerprint import code_fingerprint
 from gen_assets.training.preference import METHODS as PREFERENCE_METHODS, finetune_text_preferences
 from gen_assets.training.reward_tuning import reward_tune_image_generator
-from gen_assets.models.reward import TEXT_STAT_NAMES, fit_reward, image_feature_groups, image_features, writer_features
+from gen_assets.models.reward import (fit_reward, image_feature_groups, image_features, text_feature_groups,
+                                     writer_features)
 from gen_assets.models.text_generators import load_writer, module_of
 from gen_assets.defs.resources import ArtifactStore, TrainerResource
 from gen_assets.store import registry
@@ -58,6 +61,9 @@ class RewardModelConfig(dg.Config):
         "cross-validated rank correlation with people's ratings reaches this; below it the previous ranking stays")
     confidence: float = Field(default=0.9, description="the width of that band (a two-sided confidence level)")
     folds: int = Field(default=5, description="cross-validation folds")
+    min_impressions: int = Field(
+        default=20, description="clicks: a sample served fewer times than this gives no training row; served this "
+        "many times with even serving probabilities, its row counts like one rating")
     seed: int = 0
 
 
@@ -73,12 +79,43 @@ def no_reward_model(modality: str, reason: str) -> dg.Output[ModelRef]:
                      metadata={"fitted": False, "predicts": False, "reason": reason})
 
 
+def training_rows(con, modality: str, config: RewardModelConfig) -> pd.DataFrame:
+    """A reward model's training rows (samples of `generated`): people's ratings (weight 1) and the click labels
+    of the samples served at least min_impressions times (gen_assets.feedback.events.click_labels)."""
+    clicks = click_labels(con, modality, min_impressions=config.min_impressions)
+    return rated_samples(con, reward_rows(ratings_for(con, modality), clicks))
+
+
+def row_weights(rows: pd.DataFrame):
+    """The rows' weights for fit_reward; None when every row is a rating (the fit exactly as without events)."""
+    if "source" not in rows or (rows["source"] == "ratings").all():
+        return None
+    return rows["weight"].to_numpy(dtype=float)
+
+
+def rows_by_source(rows: pd.DataFrame) -> dict[str, int]:
+    sources = rows["source"] if "source" in rows else pd.Series(["ratings"] * len(rows))
+    return {"rows_from_ratings": int((sources == "ratings").sum()),
+            "rows_from_clicks": int((sources == "clicks").sum())}
+
+
+def too_few_rows(modality: str, rows: pd.DataFrame, min_ratings: int) -> str:
+    counts = rows_by_source(rows)
+    what = "images" if modality == "image" else "texts"
+    detail = f" ({counts['rows_from_ratings']} from ratings, {counts['rows_from_clicks']} from clicks)" \
+        if counts["rows_from_clicks"] else ""
+    return f"{len(rows)} rated {what}{detail}, fewer than min_ratings={min_ratings}"
+
+
 def fit_and_save_reward(context, config: RewardModelConfig, artifacts: ArtifactStore, modality: str, features,
-                        ratings, feature_model: str, groups: list[int]) -> dg.Output[ModelRef]:
+                        ratings, feature_model: str, groups: list[int], weights=None,
+                        sources: dict[str, int] | None = None) -> dg.Output[ModelRef]:
     model, report = fit_reward(features, torch.tensor(ratings), seed=config.seed, folds=config.folds,
                                min_rank_correlation=config.min_rank_correlation, confidence=config.confidence,
-                               groups=groups)
-    context.log.info(f"{modality} reward model on {report.n} ratings: {report.verdict}")
+                               groups=groups, weights=weights)
+    sources = sources or {"rows_from_ratings": report.n, "rows_from_clicks": 0}
+    context.log.info(f"{modality} reward model on {report.n} rows ({sources['rows_from_ratings']} from ratings, "
+                     f"{sources['rows_from_clicks']} from clicks): {report.verdict}")
     version, final, sha = save_versioned_model(artifacts.paths.models / modality, "reward", "reward", model,
                                                extra={"feature_model": feature_model, "report": report.to_dict()})
     details = {"fitted": True, "predicts": report.predicts, "feature_model": feature_model, "verdict": report.verdict,
@@ -94,44 +131,49 @@ def fit_and_save_reward(context, config: RewardModelConfig, artifacts: ArtifactS
         data_version=dg.DataVersion(sha[:16]),
         metadata={"fitted": True, "predicts": report.predicts, "verdict": report.verdict, "model_version": version,
                   "feature_model": feature_model, "path": dg.MetadataValue.path(str(final)), **uri_metadata(final),
-                  **numeric_metadata(numbers)},
+                  **sources, **numeric_metadata(numbers)},
     )
 
 
 @dg.asset(**lane("image", "feedback"), kinds={"pytorch"}, code_version=code_fingerprint(*IMAGE_REWARD_CODE))
 def image_reward_model(
-    context: dg.AssetExecutionContext, config: RewardModelConfig, feedback: FeedbackRef, image_evaluator: ModelRef,
-    clean_images: CleanTable, warehouse: DuckDBResource, artifacts: ArtifactStore,
+    context: dg.AssetExecutionContext, config: RewardModelConfig, feedback: FeedbackRef, events: EventsRef,
+    image_evaluator: ModelRef, clean_images: CleanTable, warehouse: DuckDBResource, artifacts: ArtifactStore,
 ) -> dg.Output[ModelRef]:
     """Predicts a rating from the evaluator's features and pixel statistics (overall and per category); used only when it predicts
-    (cross-validated rank correlation with people's ratings, with its uncertainty band, at the bar)."""
+    (cross-validated rank correlation with people's ratings, with its uncertainty band, at the bar). Trained on
+    people's ratings and, weighted, on the click labels of images served often enough."""
     with warehouse.get_connection() as con:
-        rated = rated_samples(con, ratings_for(con, "image"))
+        rated = training_rows(con, "image", config)
     if len(rated) < config.min_ratings:
-        return no_reward_model("image", f"{len(rated)} rated images, fewer than min_ratings={config.min_ratings}")
+        return no_reward_model("image", too_few_rows("image", rated, config.min_ratings))
     evaluator = load_model(image_evaluator.path, inference_device())
     images = images_to_tensor(np.stack([decode_image(b, evaluator.config.channels) for b in rated["content"]]))
     labels = torch.from_numpy(label_indices(list(rated["category"]), clean_images.categories))
     return fit_and_save_reward(context, config, artifacts, "image", image_features(evaluator, images, labels),
                                rated["rating"].to_numpy(), image_evaluator.version,
-                               groups=image_feature_groups(evaluator))
+                               groups=image_feature_groups(evaluator), weights=row_weights(rated),
+                               sources=rows_by_source(rated))
 
 
 @dg.asset(**lane("text", "feedback"), kinds={"pytorch"}, code_version=code_fingerprint(*TEXT_REWARD_CODE))
 def text_reward_model(
-    context: dg.AssetExecutionContext, config: RewardModelConfig, feedback: FeedbackRef, text_generator: ModelRef,
-    warehouse: DuckDBResource, artifacts: ArtifactStore,
+    context: dg.AssetExecutionContext, config: RewardModelConfig, feedback: FeedbackRef, events: EventsRef,
+    text_generator: ModelRef, warehouse: DuckDBResource, artifacts: ArtifactStore,
 ) -> dg.Output[ModelRef]:
     """Predicts a rating from the text generator's hidden states (each text read after its brief) and simple
-    text features; used only when it predicts (as image_reward_model)."""
+    text features; used only when it predicts (as image_reward_model). Trained on people's ratings and,
+    weighted, on the click labels of texts served often enough."""
     with warehouse.get_connection() as con:
-        rated = rated_samples(con, ratings_for(con, "text"))
+        rated = training_rows(con, "text", config)
     if len(rated) < config.min_ratings:
-        return no_reward_model("text", f"{len(rated)} rated texts, fewer than min_ratings={config.min_ratings}")
+        return no_reward_model("text", too_few_rows("text", rated, config.min_ratings))
     writer = load_writer(text_generator.path, inference_device())
     feats = writer_features(writer, briefs_of(rated), list(rated["text"]))
     return fit_and_save_reward(context, config, artifacts, "text", feats, rated["rating"].to_numpy(),
-                               text_generator.version, groups=[len(TEXT_STAT_NAMES), feats.shape[1] - len(TEXT_STAT_NAMES)])
+                               text_generator.version,
+                               groups=text_feature_groups(feats.shape[1]),
+                               weights=row_weights(rated), sources=rows_by_source(rated))
 
 
 def briefs_of(frame: pd.DataFrame) -> list[tuple[str, str | None]]:
