@@ -225,6 +225,43 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return decide_champion(args.modality, {"rollback": True, "by": actor(args), "reason": args.reason}, args.profile)
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """List experiments between models, or stop the running one of a modality (the champion stays)."""
+    from gen_assets.store import registry
+    from gen_assets.store import warehouse as wh
+
+    paths = Paths.from_env()
+    if not has_warehouse(paths):
+        return 1
+    with wh.connect(paths.warehouse, read_only=True, artifacts=paths.artifacts_location) as con:
+        running = registry.running_experiments(con)
+        history = registry.experiment_history(con, limit=args.limit if args.action == "list" else 1)
+    if args.action == "list":
+        if not history:
+            print("no experiments yet: set challenger_share above 0 in the champion's gate to start one")
+        for e in history:
+            figures = e["figures"] or {}
+            p = figures.get("p_challenger_beats")
+            arms = ", ".join(f"{a['arm']} {a['clicks']}/{a['impressions']}" for a in figures.get("arms", []))
+            print(f"{e['experiment_id']}  {e['status']:<9} {e['challenger']} vs {e['champion']} ({e['allocation']})"
+                  + (f"  {arms}; P(challenger better) {p:.3f}" if p is not None else "")
+                  + (f"  -- {e['reason']}" if e["status"] != "running" and e["reason"] else ""))
+        return 0
+    if args.modality is None:
+        print("experiment stop needs --modality image or --modality text", file=sys.stderr)
+        return 2
+    if args.modality not in running:
+        print(f"no {args.modality} experiment is running", file=sys.stderr)
+        return 1
+    experiment_id = running[args.modality]["experiment_id"]
+    status = execute("nightly_job", args.profile, args.modality, False, [f"{args.modality}_champion"],
+                     {f"{args.modality}_champion": {"stop_experiment": True, "by": actor(args), "reason": args.reason}},
+                     report=False)
+    if status == 0:
+        print(f"stopped {experiment_id}: the {args.modality} champion {running[args.modality]['champion']} stays")
+    return status
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     """The retention rules (gen_assets.store.retention) applied now; --dry-run only lists."""
     from gen_assets.store import warehouse as wh
@@ -428,6 +465,16 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--profile", choices=sorted(PROFILES), default="demo",
                          help="how the new champion is measured (the profile's champion config)")
         cmd.set_defaults(func=func)
+    exp = sub.add_parser("experiment", parents=[with_project],
+                         help="experiments between the champion and a challenger on live traffic: list, stop")
+    exp.add_argument("action", choices=["list", "stop"])
+    exp.add_argument("--modality", choices=["image", "text"], help="whose running experiment to stop")
+    exp.add_argument("--limit", type=int, default=10, help="experiments listed, newest first")
+    exp.add_argument("--reason", help="why it was stopped, for the record")
+    exp.add_argument("--by", help="who (default: GEN_ASSETS_USER, else the login name)")
+    exp.add_argument("--profile", choices=sorted(PROFILES), default="demo",
+                     help="how the champion is measured (the profile's champion config)")
+    exp.set_defaults(func=cmd_experiment)
     prune = sub.add_parser("prune", help="remove old checkpoints and batches (never a champion or anything in use)")
     prune.add_argument("--keep-models", type=int, default=int(os.environ.get("GEN_ASSETS_KEEP_MODELS", 5)),
                        help="newest models kept per modality (default 5, or GEN_ASSETS_KEEP_MODELS)")

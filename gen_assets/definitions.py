@@ -4,7 +4,8 @@ import os
 
 import dagster as dg
 
-from gen_assets.defs.assets import champions, clean, curated, evaluated, generated, human_feedback, raw, trained, tuned
+from gen_assets.defs.assets import (champions, clean, curated, evaluated, events, experiments, generated,
+                                    human_feedback, raw, trained, tuned)
 from gen_assets.defs.checks import checks
 from gen_assets.defs.pruning import prune_job
 from gen_assets.defs.jobs import build_jobs
@@ -15,7 +16,8 @@ from gen_assets.defs.sensors import FeedbackPolicy, build_feedback_sensor, regen
 from gen_assets.defs.stale_runs import fail_dead_runs_of_current_instance
 from gen_assets.settings import Paths, timezone_from_env
 
-ASSET_MODULES = [raw, clean, trained, human_feedback, tuned, champions, generated, curated, evaluated]
+ASSET_MODULES = [raw, clean, trained, human_feedback, events, experiments, tuned, champions, generated, curated,
+                 evaluated]
 
 
 def executor_from_env() -> dg.ExecutorDefinition | None:

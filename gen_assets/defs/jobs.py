@@ -9,24 +9,28 @@ from collections.abc import Callable
 
 import dagster as dg
 
-# what a retrain for one modality's feedback materializes, in graph order
+# what a retrain for one modality's feedback materializes, in graph order: the ratings and the events (clicks
+# are reward-model labels too) first
 RETRAIN_ASSETS = {
-    "image": ["feedback", "image_reward_model", "tuned_image_generator", "image_champion", "generated_images",
-              "curated_images", "image_metrics"],
-    "text": ["feedback", "text_reward_model", "tuned_text_generator", "text_champion", "generated_texts",
-             "curated_texts", "text_metrics"],
+    "image": ["feedback", "events", "experiments", "image_reward_model", "tuned_image_generator", "image_champion",
+              "generated_images", "curated_images", "image_metrics"],
+    "text": ["feedback", "events", "experiments", "text_reward_model", "tuned_text_generator", "text_champion",
+             "generated_texts", "curated_texts", "text_metrics"],
 }
 
 # name -> (selection, description)
 JOB_SPECS: dict[str, tuple[dg.AssetSelection, str]] = {
-    "image_job": (dg.AssetSelection.tag("modality", "image") | dg.AssetSelection.assets("feedback"),
+    "image_job": (dg.AssetSelection.tag("modality", "image")
+                  | dg.AssetSelection.assets("feedback", "events", "experiments"),
                   "Every image asset: collection to metrics."),
-    "text_job": (dg.AssetSelection.tag("modality", "text") | dg.AssetSelection.assets("feedback"),
+    "text_job": (dg.AssetSelection.tag("modality", "text")
+                 | dg.AssetSelection.assets("feedback", "events", "experiments"),
                  "Every text asset: collection to metrics."),
     "nightly_job": (dg.AssetSelection.all(), "The whole graph, every modality; run by nightly_schedule."),
     "retrain_job": (
         dg.AssetSelection.assets(*sorted({key for keys in RETRAIN_ASSETS.values() for key in keys})),
-        "Feedback -> reward model -> generator tuned on feedback -> champion (promoted or refused) -> "
+        "Feedback and events -> experiments -> reward model -> generator tuned on feedback -> champion (promoted, "
+        "refused, a challenger, or decided by its experiment) -> "
         "generation -> curation with the new reward model -> evaluation. feedback_sensor runs it for the modality "
         "its new ratings concern.",
     ),

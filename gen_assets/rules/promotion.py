@@ -26,6 +26,8 @@ Pure module (torch and the store): no dagster import.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -170,6 +172,7 @@ class Review:
     key_metric: str
     candidate_value: float | None = None
     champion_value: float | None = None  # the champion's key metric after the review, when measured
+    experiment_id: str | None = None  # passed the gate and became the challenger of this experiment
 
 
 def review(
@@ -183,6 +186,7 @@ def review(
     actor: str,
     ceiling: tuple[float, str] | None = None,
     guard: Callable[[Any, Any | None], str | None] | None = None,
+    experiment: tuple[str, float] | None = None,
 ) -> Review:
     """Promote `candidate_version` to champion of its modality when its key metric passes `decide` against
     the current champion's, measured now the same way; otherwise it stays a candidate. Every decision is a
@@ -192,7 +196,9 @@ def review(
     measuring); load(checkpoint path) -> model; measure(model) -> key metric; comparable(candidate model,
     champion model) -> None, or why their metrics cannot be compared; ceiling: (bar, label) or None;
     guard(candidate model, champion model or None) -> None, or why the candidate is unfit whatever its
-    key metric (asked only when the key metric passes)."""
+    key metric (asked only when the key metric passes); experiment: (allocation, challenger_share) to make a
+    candidate that passes the challenger of an experiment against the champion instead of promoting it
+    (registry.start_experiment: customers' clicks then decide); without a champion it is promoted."""
     with connect() as con:
         candidate = registry.get_model(con, candidate_version)
         key = KEY_METRICS[candidate["modality"]]
@@ -238,6 +244,14 @@ def review(
         registry.record_key_metric(con, candidate_version, key, cand_value)
         if champ_value is not None:
             registry.record_key_metric(con, current["model_version"], key, champ_value)
+        if passed and experiment is not None and current is not None:
+            allocation, share = experiment
+            experiment_id = registry.start_experiment(con, candidate_version, allocation=allocation,
+                                                      challenger_share=share, actor=actor, reason=reason)
+            review = outcome(registry.champion(con, candidate["modality"]), False,
+                             f"{reason}; now the challenger of experiment {experiment_id} ({allocation} allocation)",
+                             cand_value, champ_value)
+            return dataclasses.replace(review, experiment_id=experiment_id)
         if passed:
             try:
                 registry.promote(con, candidate_version, actor=actor, reason=reason,

@@ -15,7 +15,7 @@ from gen_assets.store.warehouse import now
 def batch_table(
     *,
     batch_id: str,
-    model_version: str,
+    model_version: str | Sequence[str],
     modality: str,
     categories: Sequence[str],
     contents: Sequence[bytes] | Sequence[str],
@@ -27,8 +27,12 @@ def batch_table(
 
     `content` is PNG bytes for images and text for texts; `prompt` the brief a text was written for
     (NULL for images and for texts conditioned on the category alone); sample ids are `<batch_id>-<index>`.
+    `model_version` is one version, or one per sample (a batch of a champion and its challenger).
     """
     n = len(contents)
+    versions = [model_version] * n if isinstance(model_version, str) else list(model_version)
+    if len(versions) != n:
+        raise ValueError(f"{n} contents but {len(versions)} model versions")
     if len(categories) != n:
         raise ValueError(f"{n} contents but {len(categories)} categories")
     prompts = [None] * n if prompts is None else list(prompts)
@@ -40,7 +44,7 @@ def batch_table(
         {
             "sample_id": pa.array([f"{batch_id}-{i:05d}" for i in range(n)], pa.string()),
             "batch_id": pa.array([batch_id] * n, pa.string()),
-            "model_version": pa.array([model_version] * n, pa.string()),
+            "model_version": pa.array(versions, pa.string()),
             "modality": pa.array([modality] * n, pa.string()),
             "category": pa.array(list(categories), pa.string()),
             "content": pa.array(list(contents), content_type),

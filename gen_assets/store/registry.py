@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -269,6 +270,141 @@ def promotion_history(con: duckdb.DuckDBPyConnection, modality: str | None = Non
     return [{**dict(zip(keys, r, strict=True)), "acted_at": str(r[6])} for r in rows]
 
 
+# -- experiments: a challenger that passed the offline gate, against the champion, on live traffic --------
+
+EXPERIMENT_COLUMNS = ("experiment_id", "modality", "champion_version", "challenger_version", "allocation",
+                      "challenger_share", "status", "started_at", "decided_at", "decided_by", "reason", "figures")
+
+
+def start_experiment(con: duckdb.DuckDBPyConnection, challenger_version: str, *, allocation: str,
+                     challenger_share: float, actor: str, reason: str) -> str:
+    """Make `challenger_version` its modality's challenger against the current champion; one transaction.
+
+    A modality runs one experiment at a time: a running one is ended first (status 'replaced', its
+    challenger back to candidate). Returns the experiment id."""
+    if allocation not in ("bandit", "fixed"):
+        raise ValueError(f"allocation must be 'bandit' or 'fixed', got {allocation!r}")
+    if not 0.0 < challenger_share < 1.0:
+        raise ValueError(f"challenger_share must be between 0 and 1, got {challenger_share}")
+    ensure_schema(con)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        model = get_model(con, challenger_version)
+        modality = model["modality"]
+        current = champion(con, modality)
+        if current is None:
+            raise ValueError(f"no {modality} champion to run an experiment against")
+        if current["model_version"] == challenger_version:
+            raise ValueError(f"{challenger_version} is the champion already")
+        for old in _running(con, modality):
+            _close(con, old, "replaced", actor, f"replaced by an experiment of {challenger_version}", {})
+        experiment_id = f"exp-{modality}-{now():%Y%m%d%H%M%S}-{challenger_version[-6:]}"
+        con.execute("INSERT INTO experiments VALUES (?, ?, ?, ?, ?, ?, 'running', ?, NULL, ?, ?, NULL)",
+                    [experiment_id, modality, current["model_version"], challenger_version, allocation,
+                     float(challenger_share), now(), actor, reason])
+        con.execute("UPDATE models SET status = 'challenger' WHERE model_version = ?", [challenger_version])
+        _log(con, modality, "experiment", challenger_version, current["model_version"], actor, reason)
+        con.execute("COMMIT")
+    except BaseException:
+        rollback_quietly(con)
+        raise
+    return experiment_id
+
+
+def _running(con: duckdb.DuckDBPyConnection, modality: str) -> list[dict]:
+    rows = con.execute(f"SELECT {', '.join(EXPERIMENT_COLUMNS)} FROM experiments WHERE modality = ? "
+                       "AND status = 'running' ORDER BY started_at", [modality]).fetchall()
+    return [_experiment_dict(r) for r in rows]
+
+
+def _experiment_dict(row: tuple) -> dict[str, Any]:
+    d = dict(zip(EXPERIMENT_COLUMNS, row, strict=True))
+    d["figures"] = json.loads(d["figures"]) if d["figures"] else {}
+    d["champion"], d["challenger"] = d["champion_version"], d["challenger_version"]
+    for k in ("started_at", "decided_at"):
+        d[k] = None if d[k] is None else str(d[k])
+    return d
+
+
+def _close(con, experiment: dict, status: str, actor: str, reason: str, figures: Mapping) -> None:
+    con.execute("UPDATE experiments SET status = ?, decided_at = ?, decided_by = ?, reason = ?, figures = ? "
+                "WHERE experiment_id = ?", [status, now(), actor, reason, _figures_json(figures),
+                                            experiment["experiment_id"]])
+    # the challenger goes back to being a candidate that lost (retired), unless it became champion
+    con.execute("UPDATE models SET status = 'retired' WHERE model_version = ? AND status = 'challenger'",
+                [experiment["challenger_version"]])
+
+
+def _figures_json(figures: Mapping) -> str:
+    """JSON of an experiment's figures; a rate of an arm with no impressions (NaN) is null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, Mapping):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(dict(figures)), default=str)
+
+
+def running_experiments(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]]:
+    """modality -> its running experiment (experiment_id, champion, challenger, allocation, ...)."""
+    rows = con.execute(f"SELECT {', '.join(EXPERIMENT_COLUMNS)} FROM experiments WHERE status = 'running' "
+                       "ORDER BY started_at").fetchall()
+    return {e["modality"]: e for e in map(_experiment_dict, rows)}
+
+
+def record_experiment_figures(con: duckdb.DuckDBPyConnection, experiment_id: str, figures: Mapping) -> None:
+    """The latest figures of a running experiment (rates, intervals, probability to beat), for the dashboard."""
+    con.execute("UPDATE experiments SET figures = ? WHERE experiment_id = ?", [_figures_json(figures), experiment_id])
+
+
+def end_experiment(con: duckdb.DuckDBPyConnection, experiment_id: str, *, outcome: str, actor: str, reason: str,
+                   figures: Mapping) -> str | None:
+    """End a running experiment; one transaction. outcome 'promote': the challenger becomes champion (the
+    promotion's reason carries the experiment's figures); 'retire': the champion stays; 'stop': a person
+    stopped it (the champion stays). Returns the champion it ended with."""
+    if outcome not in ("promote", "retire", "stop"):
+        raise ValueError(f"outcome must be promote, retire or stop, got {outcome!r}")
+    row = con.execute(f"SELECT {', '.join(EXPERIMENT_COLUMNS)} FROM experiments WHERE experiment_id = ?",
+                      [experiment_id]).fetchone()
+    if row is None:
+        raise KeyError(f"no experiment {experiment_id!r}")
+    experiment = _experiment_dict(row)
+    if experiment["status"] != "running":
+        raise ValueError(f"experiment {experiment_id} is {experiment['status']} already, not running")
+    if outcome == "promote":
+        promote(con, experiment["challenger_version"], actor=actor, reason=reason,
+                expected_previous=experiment["champion_version"])
+    con.execute("BEGIN TRANSACTION")
+    try:
+        status = {"promote": "promoted", "retire": "retired", "stop": "stopped"}[outcome]
+        _close(con, experiment, status, actor, reason, figures)
+        if outcome != "promote":
+            _log(con, experiment["modality"], "retire" if outcome == "retire" else "stop",
+                 experiment["challenger_version"], experiment["champion_version"], actor, reason)
+        con.execute("COMMIT")
+    except BaseException:
+        rollback_quietly(con)
+        raise
+    return experiment["challenger_version"] if outcome == "promote" else experiment["champion_version"]
+
+
+def experiment_of(con: duckdb.DuckDBPyConnection, challenger_version: str) -> dict[str, Any] | None:
+    """The latest experiment `challenger_version` was the challenger of (None: never)."""
+    row = con.execute(f"SELECT {', '.join(EXPERIMENT_COLUMNS)} FROM experiments WHERE challenger_version = ? "
+                      "ORDER BY started_at DESC LIMIT 1", [challenger_version]).fetchone()
+    return None if row is None else _experiment_dict(row)
+
+
+def experiment_history(con: duckdb.DuckDBPyConnection, modality: str | None = None, limit: int = 10) -> list[dict]:
+    where, args = ("WHERE modality = ?", [modality]) if modality else ("", [])
+    rows = con.execute(f"SELECT {', '.join(EXPERIMENT_COLUMNS)} FROM experiments {where} "
+                       f"ORDER BY started_at DESC LIMIT {int(limit)}", args).fetchall()
+    return [_experiment_dict(r) for r in rows]
+
+
 # -- what retention reads and writes (store/retention.py decides) ----------------------------------------
 
 
@@ -496,6 +632,7 @@ def registry_summary(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, Any]
                            for v, a, c, k, kv in candidates],
             "promotions": promotion_history(con, modality, limit=5),
             "trend": metric_trend(con, modality),
+            "experiments": experiment_history(con, modality, limit=3) if "experiments" in tables else [],
         }
     return out
 

@@ -1,9 +1,10 @@
 """Retention: remove old model checkpoints and generation batches, keeping what anything still needs.
 
 Per modality, kept:
-- models: the champion, the model a rollback would restore (the one the champion replaced), the
-  `keep_models` most recently registered models (a reused model counts as registered again), every model a kept model was tuned from (`base_model`,
-  recursively) and every model whose batch is kept;
+- models: the champion and a running experiment's challenger, the model a rollback would restore (the
+  one the champion replaced), the `keep_models` most recently registered models (a reused model counts
+  as registered again), every model a kept model was tuned from (`base_model`, recursively) and every
+  model whose batch is kept;
 - batches: the `keep_batches` newest, every batch of the champion, every batch with a rated sample
   (the reward models learn from them) and every batch of the curated view.
 
@@ -70,7 +71,8 @@ def plan_pruning(con: duckdb.DuckDBPyConnection, training_root: Path, *, keep_mo
 
     models = registry.unpruned_models(con)
     base_of = {v: inputs.get("base_model") for v, _, _, inputs, _ in models}
-    keep = {v for v, _, status, _, age in models if status == "champion" or age <= keep_models}
+    # the challenger of a running experiment is served to customers: in use like the champion
+    keep = {v for v, _, status, _, age in models if status in ("champion", "challenger") or age <= keep_models}
     keep |= kept_batch_models
     keep |= registry.rollback_targets(con)  # the model `gen-assets rollback` would restore
     frontier = list(keep)

@@ -20,6 +20,11 @@ by `define_generated_view` and `define_curated_view`). Columns added after the f
 - feedback_files:  one row per ingested rating file content
 - feedback_versions: one row per feedback version (the feedback asset's data version): exactly which
                    ingested files it stands for
+- events:          one row per event of served content (impression, click, conversion), keyed by its
+                   event_id, so a repeated event adds nothing (gen_assets.feedback.events)
+- event_files:     one row per ingested event file content
+- experiments:     one row per experiment between a champion and a challenger on live traffic (the
+                   champion assets start and end them; the `experiments` asset records their figures)
 - path_migrations: the one-time rewrite of an old warehouse's absolute artifact paths to relative ones
 
 Artifact paths (checkpoint_path, batch path and grid_path) are stored relative to the artifacts root and
@@ -135,6 +140,45 @@ CREATE TABLE IF NOT EXISTS feedback_versions (
     feedback_version VARCHAR PRIMARY KEY,  -- what models.input_versions["feedback"] names
     file_shas        VARCHAR[] NOT NULL,   -- its ingested files (feedback_files.file_sha), sorted
     recorded_at      TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    event_id      VARCHAR PRIMARY KEY,   -- the server's sha256(serve_id || ':' || event)[:32]
+    serve_id      VARCHAR NOT NULL,      -- one sample shown in answer to one request
+    event         VARCHAR NOT NULL CHECK (event IN ('impression', 'click', 'conversion')),
+    sample_id     VARCHAR NOT NULL,      -- a sample of `generated`
+    user_id       VARCHAR,
+    ts            TIMESTAMP NOT NULL,    -- UTC
+    modality      VARCHAR NOT NULL,
+    category      VARCHAR NOT NULL,
+    model_version VARCHAR NOT NULL,
+    arm           VARCHAR NOT NULL,      -- e.g. champion | challenger
+    experiment_id VARCHAR,
+    probability   DOUBLE NOT NULL CHECK (probability > 0 AND probability <= 1),  -- of serving this sample
+    slot          VARCHAR,
+    source_file   VARCHAR NOT NULL,
+    ingested_at   TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS event_files (
+    file_sha         VARCHAR PRIMARY KEY,
+    file_name        VARCHAR NOT NULL,
+    rows_added       INTEGER NOT NULL,   -- new events
+    rows_duplicate   INTEGER NOT NULL,   -- events already stored (a retried request, a file sent twice)
+    rows_quarantined INTEGER NOT NULL,
+    ingested_at      TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS experiments (
+    experiment_id      VARCHAR PRIMARY KEY,
+    modality           VARCHAR NOT NULL,
+    champion_version   VARCHAR NOT NULL,   -- the champion when it started
+    challenger_version VARCHAR NOT NULL,   -- the candidate that passed the offline gate
+    allocation         VARCHAR NOT NULL,   -- bandit | fixed
+    challenger_share   DOUBLE NOT NULL,    -- the starting (fixed: the whole) share of the challenger
+    status             VARCHAR NOT NULL,   -- running | promoted | retired | stopped | replaced
+    started_at         TIMESTAMP NOT NULL,
+    decided_at         TIMESTAMP,
+    decided_by         VARCHAR,            -- who started it, then who ended it
+    reason             VARCHAR,
+    figures            JSON                -- the last summary: per arm impressions, clicks, rate, interval, ...
 );
 """
 

@@ -11,6 +11,9 @@ JSON API (errors are {"error": "..."} naming what is wrong):
     GET  /api/samples?modality=&category=&page=&per_page=   curated samples, images as URLs
     POST /api/ratings   {"sample_id", "rating", "comment"?, "user_id"?} -> 201 (200 for a replayed key)
     GET  /api/status    ratings waiting, the last retrain, how fresh the warehouse read is
+    GET  /api/content?category=&modality=&user_id=&slot=   one curated sample to show a customer (serving.py)
+    POST /api/events    {"serve_id", "event": impression|click|conversion, "ts"?, "user_id"?} or {"events": [...]}
+                        -> 202; landed as a file in feedback/events/incoming/ for the `events` asset
 
 Reads come from `catalog.Catalog` (short read-only connections, a last-good snapshot while a run holds
 the warehouse); the app never writes to the warehouse. Ratings land as files in the feedback landing
@@ -26,7 +29,9 @@ import json
 import math
 import re
 import secrets
+import os
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
@@ -53,7 +58,9 @@ from gen_assets.web.ratings import (
     WaitingRatings,
     check_rating,
 )
+from gen_assets.feedback.events import EventPaths, append_events, check_event, event_id_for
 from gen_assets.web.runs import RecentRuns
+from gen_assets.web.serving import EVENTS, ServeIdError, ServeTokens, Serving, serving_key
 from gen_assets.web.security import (
     AUTH_COOKIE,
     SESSION_COOKIE,
@@ -70,6 +77,8 @@ HERE = Path(__file__).resolve().parent
 STATIC_TYPES = {"review.css": "text/css; charset=utf-8", "review.js": "text/javascript; charset=utf-8"}
 MAX_PER_PAGE = 100
 MAX_FORM_FIELDS = 20
+MAX_EVENTS_PER_REQUEST = 100
+SLOT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
 TREND_COLUMNS = ("model_version", "batch_id", "measured_at")  # the rest of a trend row are metrics
 FORM = "application/x-www-form-urlencoded"
 
@@ -111,6 +120,12 @@ class Review:
         self.desk.recover()  # ratings of requests a crash interrupted: landed once, or their keys freed
         self.waiting = WaitingRatings(self.desk.paths.incoming)
         self.runs = RecentRuns(paths.dagster_home)
+        self.event_paths = EventPaths(paths.feedback / "events")
+        self.event_paths.incoming.mkdir(parents=True, exist_ok=True)
+        for tmp in self.event_paths.incoming.glob(".*.tmp"):  # a request a crash interrupted: never answered
+            tmp.unlink(missing_ok=True)
+        self.serving = Serving(ServeTokens(serving_key(self.event_paths.root, secret_from_env())),
+                               self.event_paths.incoming)
         self.guard = Guard(config.secret, config.token,
                            FailureThrottle(config.token_failures_burst, config.token_failure_refill_seconds))
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
@@ -133,6 +148,8 @@ class Review:
             Route("/api/samples", self.api_samples),
             Route("/api/ratings", self.api_rate, methods=["POST"]),
             Route("/api/status", self.api_status),
+            Route("/api/content", self.api_content),
+            Route("/api/events", self.api_events, methods=["POST"]),
         ]
 
     # -- shared pieces -----------------------------------------------------------------------------------
@@ -248,6 +265,7 @@ class Review:
     async def dashboard(self, request: Request) -> Response:
         snap = await self.snapshot()
         runs, runs_note = await run_in_threadpool(self.runs.get)
+        shares = self.serving.current_shares(snap)
         sections = []
         for modality, entry in sorted(snap.registry.items()):
             trend = entry.get("trend", [])
@@ -257,10 +275,30 @@ class Review:
                 "trend_keys": [k for k in (trend[-1] if trend else {}) if k not in TREND_COLUMNS],
                 "trend_url": request.url_for("trend_png", modality=modality).path if trend else None,
                 "curated": len(snap.curated(modality)), "last_retrain": snap.newest_retrain(modality),
+                "experiments": [self.experiment_view(snap, e) for e in entry.get("experiments", [])],
+                "serving": [s for s in shares if s["modality"] == modality],
             })
         context = {"sections": sections, "batches": snap.batches, "runs": runs, "runs_note": runs_note,
                    "status": await self.status(snap)}
         return self.render(request, "dashboard.html", context)
+
+    def experiment_view(self, snap: Snapshot, e: dict) -> dict:
+        """An experiment as the dashboard shows it: the recorded figures, and the live traffic shares."""
+        figures = e.get("figures") or {}
+        arms = {a["arm"]: a for a in figures.get("arms", [])}
+        live = snap.experiments.get(e["modality"])
+        shares = None
+        if e["status"] == "running" and live and live["experiment_id"] == e["experiment_id"]:
+            shares = self.serving.experiment_shares(snap, live)
+        rows = []
+        for i, arm in enumerate(("champion", "challenger")):
+            a = arms.get(arm, {})
+            rows.append({"arm": arm, "model": e[arm], "impressions": a.get("impressions", 0),
+                         "clicks": a.get("clicks", 0), "rate": a.get("rate"), "low": a.get("low"),
+                         "high": a.get("high"), "expected_loss": a.get("expected_loss"),
+                         "share": None if shares is None else shares[i]})
+        return {**e, "arms": rows, "p_beats": figures.get("p_challenger_beats"),
+                "decision": figures.get("decision"), "why": figures.get("reason") or e.get("reason")}
 
     async def trend_plot(self, request: Request) -> Response:
         snap = await self.snapshot()
@@ -461,6 +499,103 @@ class Review:
     def rating_answer(row: dict, landed, waiting: int) -> dict:
         return {**row, "file": landed.file, "replayed": landed.replayed, "ratings_waiting": waiting}
 
+    async def api_content(self, request: Request) -> Response:
+        """One curated sample for a customer to see; its serve_id goes back with the events."""
+        snap = await self.snapshot()
+        query = request.query_params
+        unknown = sorted(set(query) - {"modality", "category", "user_id", "slot"})
+        if unknown:
+            raise ApiError(400, f"unknown parameter(s) {', '.join(map(repr, unknown))}; /api/content takes "
+                                "category, modality, user_id, slot")
+        category, modality = query.get("category") or None, query.get("modality") or None
+        if not category:
+            raise ApiError(400, "category is required: which category's content to serve")
+        if modality:
+            modality, category = self.choose(snap, modality, category)
+        else:
+            holders = [m for m in snap.modalities if category in snap.categories(m)]
+            if len(holders) != 1:
+                raise ApiError(400, f"category {category!r} is curated for {' and '.join(holders)}: give the modality"
+                               if holders else f"unknown category {category!r}; " + choices(
+                                   "curated categories", sorted({c for m in snap.modalities for c in snap.categories(m)})))
+            modality = holders[0]
+        user_id, slot = query.get("user_id") or None, query.get("slot") or None
+        if user_id is not None and len(user_id) > self.config.max_user_id_chars:
+            raise ApiError(400, f"user_id is {len(user_id)} characters; at most {self.config.max_user_id_chars}")
+        if slot is not None and not SLOT.fullmatch(slot):
+            raise ApiError(400, "slot must be 1 to 64 letters, digits or . _ : / -")
+        try:
+            served = self.serving.choose(snap, modality, category, user_id=user_id, slot=slot)
+        except LookupError as e:
+            raise ApiError(404, str(e)) from None
+        body = {"serve_id": served.serve_id, "arm": served.arm, "probability": round(served.probability, 6),
+                "experiment_id": served.experiment_id, "slot": slot, "user_id": user_id,
+                **self.sample_json(request, served.sample)}
+        for key in ("reward", "rank", "exploratory", "batch_id", "created_at"):
+            body.pop(key, None)
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    async def api_events(self, request: Request) -> Response:
+        """Impressions, clicks and conversions of served content: checked, landed atomically as one file.
+
+        Each event's serve fields (sample, model, arm, probability) come from its verified serve_id, never
+        from the request. event_id = sha256(serve_id:event) makes a retried request harmless: ingestion
+        and the bandit's counts keep one event per serve and kind."""
+        if not self.guard.bearer_ok(request):
+            raise ApiError(401, "missing or wrong token: send the header Authorization: Bearer <token>",
+                           {"WWW-Authenticate": "Bearer"})
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise ApiError(415, "send the events as JSON (Content-Type: application/json)")
+        try:
+            body = await read_body(request, self.config.max_body_bytes * 16)
+        except BodyTooLarge as e:
+            raise ApiError(413, str(e)) from None
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ApiError(400, f"the body is not JSON: {e}") from None
+        items = payload.get("events") if isinstance(payload, dict) and set(payload) == {"events"} else [payload]
+        if not isinstance(items, list) or not items or len(items) > MAX_EVENTS_PER_REQUEST:
+            raise ApiError(400, 'send one event {"serve_id": ..., "event": "click"} or {"events": [...]} with 1 to '
+                                f"{MAX_EVENTS_PER_REQUEST} of them")
+        snap = await self.snapshot()
+        rows = []
+        for i, item in enumerate(items):
+            where = f"event {i}: " if len(items) > 1 else ""
+            row, problem = self.event_row(item, snap)
+            if problem:
+                raise ApiError(422, where + problem)
+            rows.append(row)
+        path = await run_in_threadpool(append_events, self.event_paths, rows)
+        self.serving.note(snap, path.name, rows)
+        return JSONResponse({"accepted": len(rows), "event_ids": [r["event_id"] for r in rows], "file": path.name},
+                            status_code=202)
+
+    def event_row(self, item, snap: Snapshot) -> tuple[dict | None, str | None]:
+        if not isinstance(item, dict):
+            return None, 'an event must be a JSON object like {"serve_id": "...", "event": "click"}'
+        unknown = sorted(set(item) - {"serve_id", "event", "ts", "user_id", "sample_id"})
+        if unknown:
+            return None, f"unknown field(s) {', '.join(map(repr, unknown))}; an event has serve_id, event, ts, user_id"
+        if item.get("event") not in EVENTS:
+            return None, f"event must be one of {', '.join(EVENTS)}, got {str(item.get('event'))[:40]!r}"
+        try:
+            claim = self.serving.tokens.verify(item.get("serve_id"))
+        except ServeIdError as e:
+            return None, str(e)
+        if item.get("sample_id") not in (None, claim.sample_id):
+            return None, f"sample_id {str(item['sample_id'])[:140]!r} is not the sample this serve_id served"
+        user_id = item.get("user_id", claim.user_id)
+        if user_id is not None and (not isinstance(user_id, str) or len(user_id) > self.config.max_user_id_chars):
+            return None, f"user_id must be a string of at most {self.config.max_user_id_chars} characters"
+        values = {"event_id": event_id_for(item["serve_id"], item["event"]), "serve_id": item["serve_id"],
+                  "event": item["event"], "sample_id": claim.sample_id, "user_id": user_id,
+                  "ts": item.get("ts") or datetime.now(timezone.utc).isoformat(), "modality": claim.modality,
+                  "category": claim.category, "model_version": claim.model_version, "arm": claim.arm,
+                  "experiment_id": claim.experiment_id, "probability": claim.probability, "slot": claim.slot}
+        _, problem = check_event(values)
+        return (None, problem) if problem else (values, None)
+
     async def api_status(self, request: Request) -> Response:
         snap = await self.snapshot()
         status = await self.status(snap)
@@ -474,6 +609,12 @@ class Review:
 
 
 # -- small helpers --------------------------------------------------------------------------------------
+
+
+def secret_from_env() -> bytes | None:
+    """GEN_ASSETS_WEB_SECRET when set: serve ids signed with it verify on every server that shares it."""
+    value = os.environ.get("GEN_ASSETS_WEB_SECRET")
+    return value.encode() if value else None
 
 
 def int_param(value: str | None, name: str, default: int) -> int:

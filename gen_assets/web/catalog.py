@@ -73,6 +73,11 @@ class Snapshot:
     signature: tuple = ()
     stale: bool = False  # served from before: the file is busy (a run is writing it)
     busy_since: datetime | None = None
+    # what customers did with served content (the `events` table): sample_id -> (impressions, clicks),
+    # (experiment_id, arm) -> (impressions, clicks); and the running experiment per modality
+    event_counts: Mapping[str, tuple[int, int]] = field(default_factory=dict, repr=False)
+    arm_counts: Mapping[tuple[str, str], tuple[int, int]] = field(default_factory=dict, repr=False)
+    experiments: Mapping[str, dict] = field(default_factory=dict)
 
     @property
     def modalities(self) -> list[str]:
@@ -261,7 +266,22 @@ def read_snapshot(con: duckdb.DuckDBPyConnection, signature: tuple = ()) -> Snap
         last_retrain=_last_retrain(con) if "models" in relations else {},
         read_at=_utcnow(),
         signature=signature,
+        **(_event_counts(con) if "events" in relations else {}),
+        experiments=registry.running_experiments(con) if "experiments" in relations else {},
     )
+
+
+def _event_counts(con: duckdb.DuckDBPyConnection) -> dict[str, dict]:
+    """Impressions and clicks per sample and per experiment arm (distinct serves: a repeated click counts once)."""
+    per_sample = con.execute(
+        "SELECT sample_id, count(DISTINCT serve_id) FILTER (WHERE event = 'impression'), "
+        "count(DISTINCT serve_id) FILTER (WHERE event = 'click') FROM events GROUP BY sample_id").fetchall()
+    per_arm = con.execute(
+        "SELECT experiment_id, arm, count(DISTINCT serve_id) FILTER (WHERE event = 'impression'), "
+        "count(DISTINCT serve_id) FILTER (WHERE event = 'click') FROM events WHERE experiment_id IS NOT NULL "
+        "GROUP BY experiment_id, arm").fetchall()
+    return {"event_counts": {s: (int(i), int(c)) for s, i, c in per_sample},
+            "arm_counts": {(e, a): (int(i), int(c)) for e, a, i, c in per_arm}}
 
 
 def _curated(con: duckdb.DuckDBPyConnection) -> tuple[tuple[CuratedSample, ...], dict[str, bytes]]:

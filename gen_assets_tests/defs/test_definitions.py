@@ -12,10 +12,11 @@ EXPECTED_ASSETS = {
     "clean_images": ("image", "cleaning", {"raw_images"}),
     "image_evaluator": ("image", "training", {"clean_images"}),
     "image_generator": ("image", "training", {"clean_images", "image_evaluator"}),
-    "image_reward_model": ("image", "feedback", {"feedback", "image_evaluator", "clean_images"}),
+    "image_reward_model": ("image", "feedback", {"feedback", "events", "image_evaluator", "clean_images"}),
     "tuned_image_generator": ("image", "training", {"image_generator", "image_reward_model", "image_evaluator",
                                                     "feedback", "clean_images"}),
-    "image_champion": ("image", "promotion", {"tuned_image_generator", "image_evaluator", "clean_images"}),
+    "image_champion": ("image", "promotion", {"tuned_image_generator", "image_evaluator", "clean_images",
+                                              "experiments"}),
     "generated_images": ("image", "generation", {"image_champion"}),
     "curated_images": ("image", "curation", {"generated_images", "image_reward_model", "image_evaluator",
                                              "clean_images"}),
@@ -23,14 +24,16 @@ EXPECTED_ASSETS = {
     "raw_texts": ("text", "collection", set()),
     "clean_texts": ("text", "cleaning", {"raw_texts"}),
     "text_generator": ("text", "training", {"clean_texts"}),
-    "text_reward_model": ("text", "feedback", {"feedback", "text_generator"}),
+    "text_reward_model": ("text", "feedback", {"feedback", "events", "text_generator"}),
     "tuned_text_generator": ("text", "training", {"text_generator", "text_reward_model", "feedback", "clean_texts"}),
     "text_champion": ("text", "promotion", {"tuned_text_generator", "text_generator", "text_reward_model",
-                                            "clean_texts"}),
+                                            "clean_texts", "experiments"}),
     "generated_texts": ("text", "generation", {"text_champion", "clean_texts"}),
     "curated_texts": ("text", "curation", {"generated_texts", "text_reward_model", "text_generator", "clean_texts"}),
     "text_metrics": ("text", "evaluation", {"generated_texts", "text_champion", "clean_texts"}),
     "feedback": ("feedback", "feedback", set()),
+    "events": ("feedback", "feedback", set()),
+    "experiments": ("feedback", "feedback", {"events"}),
 }
 EXPECTED_CHECKS = {
     *{(t, f"{t}_{c}") for t in ("clean_images", "clean_texts")
@@ -97,7 +100,7 @@ def test_jobs_select_a_lane_and_the_shared_feedback(tmp_path):
     for modality in ("image", "text"):
         job = defs.resolve_job_def(f"{modality}_job")
         lane = {name for name, (group, _, _) in EXPECTED_ASSETS.items() if group == modality}
-        assert set(job.graph.node_dict) & set(EXPECTED_ASSETS) == lane | {"feedback"}, modality
+        assert set(job.graph.node_dict) & set(EXPECTED_ASSETS) == lane | {"feedback", "events", "experiments"}, modality
 
 
 def test_jobs_schedule_and_timezone(tmp_path):
@@ -133,7 +136,7 @@ def test_feedback_sensor_is_on_by_default_and_retrains_one_modality_at_a_time(tm
     retrain = defs.resolve_job_def("retrain_job")
     for modality, keys in RETRAIN_ASSETS.items():
         assert set(keys) <= set(retrain.graph.node_dict), modality
-        assert keys[0] == "feedback" and keys[-1].endswith("_metrics")
+        assert keys[:3] == ["feedback", "events", "experiments"] and keys[-1].endswith("_metrics")
 
 
 def test_training_assets_share_the_gpu_pool(tmp_path):

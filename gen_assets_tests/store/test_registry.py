@@ -169,3 +169,58 @@ def test_lineage_names_a_feedback_version_whose_files_were_never_recorded(tmp_pa
     rated_batch(tmp_path, con, "b1", "tuned")
     info = registry.lineage(con, "b1-00000")
     assert info["feedback_files"] == [] and info["unrecorded_feedback_versions"] == ["0123456789abcdef"]
+
+
+def test_an_experiment_makes_a_challenger_and_ends_in_one_decision(con):
+    register(con, "v1")
+    registry.promote(con, "v1", actor="ana", reason="first")
+    register(con, "v2")
+    eid = registry.start_experiment(con, "v2", allocation="bandit", challenger_share=0.3, actor="run-1",
+                                    reason="passed the gate")
+    assert statuses(con) == {"v1": "champion", "v2": "challenger"}
+    running = registry.running_experiments(con)["image"]
+    assert (running["experiment_id"], running["champion"], running["challenger"]) == (eid, "v1", "v2")
+    assert registry.registry_summary(con)["image"]["experiments"][0]["status"] == "running"
+    registry.record_experiment_figures(con, eid, {"p_challenger_beats": 0.5})
+    assert registry.running_experiments(con)["image"]["figures"] == {"p_challenger_beats": 0.5}
+    # promoted on its figures: the challenger is champion, the promotion says which experiment
+    assert registry.end_experiment(con, eid, outcome="promote", actor="run-2", reason=f"experiment {eid}: won",
+                                   figures={"p_challenger_beats": 0.99}) == "v2"
+    assert statuses(con) == {"v1": "retired", "v2": "champion"}
+    assert registry.running_experiments(con) == {}
+    done = registry.experiment_of(con, "v2")
+    assert done["status"] == "promoted" and done["figures"] == {"p_challenger_beats": 0.99}
+    assert registry.promotion_history(con, "image", limit=1)[0]["reason"] == f"experiment {eid}: won"
+    with pytest.raises(ValueError, match="promoted already, not running"):
+        registry.end_experiment(con, eid, outcome="retire", actor="x", reason="late", figures={})
+
+
+def test_a_retired_or_replaced_challenger_goes_back_to_retired_and_the_champion_stays(con):
+    register(con, "v1")
+    registry.promote(con, "v1", actor="ana", reason="first")
+    register(con, "v2")
+    register(con, "v3")
+    first = registry.start_experiment(con, "v2", allocation="fixed", challenger_share=0.5, actor="r", reason="gate")
+    second = registry.start_experiment(con, "v3", allocation="bandit", challenger_share=0.5, actor="r", reason="gate")
+    assert registry.experiment_of(con, "v2")["status"] == "replaced"  # one experiment per modality at a time
+    assert registry.running_experiments(con)["image"]["experiment_id"] == second != first
+    registry.end_experiment(con, second, outcome="retire", actor="r", reason="lost", figures={})
+    assert statuses(con) == {"v1": "champion", "v2": "retired", "v3": "retired"}
+    for bad, message in ((dict(allocation="random", challenger_share=0.5), "allocation"),
+                         (dict(allocation="fixed", challenger_share=1.0), "challenger_share")):
+        with pytest.raises(ValueError, match=message):
+            registry.start_experiment(con, "v3", actor="r", reason="x", **bad)
+    with pytest.raises(ValueError, match="is the champion already"):
+        registry.start_experiment(con, "v1", allocation="fixed", challenger_share=0.5, actor="r", reason="x")
+    with pytest.raises(KeyError, match="no experiment"):
+        registry.end_experiment(con, "nope", outcome="stop", actor="r", reason="x", figures={})
+
+
+def test_figures_of_an_arm_without_impressions_are_stored_as_null(con):
+    register(con, "v1")
+    registry.promote(con, "v1", actor="ana", reason="first")
+    register(con, "v2")
+    eid = registry.start_experiment(con, "v2", allocation="bandit", challenger_share=0.5, actor="r", reason="gate")
+    registry.record_experiment_figures(con, eid, {"arms": [{"arm": "champion", "rate": float("nan")}], "lift": 1.0})
+    assert registry.running_experiments(con)["image"]["figures"] == {"arms": [{"arm": "champion", "rate": None}],
+                                                                     "lift": 1.0}

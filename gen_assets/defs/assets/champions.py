@@ -14,6 +14,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from gen_assets.cleaning import texts as text_cleaning
+from gen_assets.defs.assets.experiments import ExperimentsRef
 from gen_assets.defs.assets.trained import load_image_split
 from gen_assets.defs.assets.tuned import predicts
 from gen_assets.defs.handles import CleanTable, ModelRef, inference_device, lane, uri_metadata
@@ -38,7 +39,9 @@ PROJECT_GATE = "project"  # the gate_profile of a champion decided by a run that
 
 
 class PersonDecision(dg.Config):
-    """Set by `gen-assets promote` / `rollback` (or in the launchpad): a person decides instead of the rule."""
+    """Set by `gen-assets promote` / `rollback` / `experiment stop` (or in the launchpad): a person decides
+    instead of the rule. And whether a candidate that passes the offline gate is promoted at once or first
+    serves a share of the traffic as the challenger of an experiment (experiments.py decides it then)."""
 
     promote: str | None = Field(default=None, description="make this model version the champion, whatever the "
                                 "rule says (gen-assets promote VERSION)")
@@ -46,6 +49,15 @@ class PersonDecision(dg.Config):
                            "(gen-assets rollback)")
     by: str | None = Field(default=None, description="who decides (recorded in promotions)")
     reason: str | None = Field(default=None, description="why (recorded in promotions)")
+    stop_experiment: bool = Field(default=False, description="end the running experiment now and keep the champion "
+                                  "(gen-assets experiment stop)")
+    challenger_share: float = Field(
+        default=0.0, description="0: a candidate that passes the gate is promoted at once. Above 0: it becomes the "
+        "challenger of an experiment on live traffic (/api/content) with this starting share, and the `experiments` "
+        "asset's decision on customers' clicks promotes or retires it")
+    allocation: str = Field(default="bandit", description="the experiment's traffic split: 'bandit' (Thompson "
+                            "sampling over the two models' click rates, each keeping 10%) or 'fixed' (challenger_share "
+                            "throughout, a classic A/B test)")
 
 
 class ImageChampionConfig(PersonDecision):
@@ -97,18 +109,34 @@ def decide_by_hand(con, config: PersonDecision, modality: str, who: str, why: st
 
 
 def settle(context: dg.AssetExecutionContext, config: PersonDecision, warehouse: DuckDBResource, modality: str,
-           candidate: ModelRef, measure, comparable, ceiling: tuple[float, str] | None, guard=None
-           ) -> dg.Output[ModelRef]:
-    """Apply a person's decision, or the rule to `candidate`; output the champion with the decision."""
+           candidate: ModelRef, measure, comparable, ceiling: tuple[float, str] | None, guard=None,
+           experiments: ExperimentsRef | None = None) -> dg.Output[ModelRef]:
+    """Apply a person's decision, a finished experiment's, or the rule to `candidate`; output the champion
+    (and the running experiment's challenger, which generation serves beside it) with the decision."""
     run_actor = f"dagster:{context.run.run_id}"
     load = lambda path: load_model(path, inference_device())  # noqa: E731
-    if config.promote or config.rollback:
-        if config.promote and config.rollback:
-            raise dg.Failure("set either promote or rollback, not both")
+    if config.allocation not in ("bandit", "fixed"):
+        raise dg.Failure(f"allocation must be 'bandit' or 'fixed', got {config.allocation!r}")
+    if not 0.0 <= config.challenger_share < 1.0:
+        raise dg.Failure(f"challenger_share must be in [0, 1), got {config.challenger_share}")
+    with warehouse.get_connection() as con:
+        running = registry.running_experiments(con).get(modality)
+        earlier = registry.experiment_of(con, candidate.version)
+    verdict = experiments.decision(modality, running["experiment_id"]) if running and experiments else None
+    if sum(map(bool, (config.promote, config.rollback, config.stop_experiment))) > 1:
+        raise dg.Failure("set one of promote, rollback and stop_experiment")
+    if config.promote or config.rollback or config.stop_experiment:
         who, why = config.by or run_actor, config.reason
         try:
             with warehouse.get_connection() as con:
-                champion, action = decide_by_hand(con, config, modality, who, why)
+                if config.stop_experiment:
+                    if running is None:
+                        raise ValueError(f"no {modality} experiment is running")
+                    registry.end_experiment(con, running["experiment_id"], outcome="stop", actor=who,
+                                            reason=why or "stopped by hand", figures=verdict["figures"] if verdict else {})
+                    champion, action = registry.champion(con, modality), f"stopped experiment {running['experiment_id']}"
+                else:
+                    champion, action = decide_by_hand(con, config, modality, who, why)
         except (KeyError, ValueError) as e:  # an unknown or pruned version, nothing to roll back to
             raise dg.Failure(str(e.args[0])) from None
         value = measure(load(champion["checkpoint_path"]))
@@ -117,16 +145,45 @@ def settle(context: dg.AssetExecutionContext, config: PersonDecision, warehouse:
         outcome = promotion.Review(champion, candidate.version, False, f"{action}, by {who}",
                                    promotion.KEY_METRICS[modality], None, value)
         decision = "by hand"
+    elif verdict and verdict["decision"] in ("promote", "retire"):
+        reason = f"experiment {running['experiment_id']}: {verdict['reason']}"
+        try:
+            with warehouse.get_connection() as con:
+                registry.end_experiment(con, running["experiment_id"], outcome=verdict["decision"], actor=run_actor,
+                                        reason=reason, figures=verdict["figures"])
+                champion = registry.champion(con, modality)
+        except registry.ChampionChanged as e:
+            raise dg.Failure(f"{e}; the experiment was not ended") from None
+        outcome = promotion.Review(champion, candidate.version, verdict["decision"] == "promote", reason,
+                                   promotion.KEY_METRICS[modality], None, champion["key_value"])
+        decision = "promoted" if verdict["decision"] == "promote" else "retired by experiment"
+    elif running and running["challenger"] == candidate.version:
+        with warehouse.get_connection() as con:
+            champion = registry.champion(con, modality)
+        why = verdict["reason"] if verdict else "no figures yet"
+        outcome = promotion.Review(champion, candidate.version, False,
+                                   f"experiment {running['experiment_id']} is running: {why}",
+                                   promotion.KEY_METRICS[modality], None, champion["key_value"])
+        decision = "experiment running"
+    elif earlier is not None and earlier["status"] in ("retired", "stopped", "replaced"):
+        reason = (f"{candidate.version} lost experiment {earlier['experiment_id']} ({earlier['status']}: "
+                  f"{earlier['reason']}); only a person brings it back (gen-assets promote {candidate.version})")
+        with warehouse.get_connection() as con:
+            champion = registry.champion(con, modality)
+        outcome = promotion.Review(champion, candidate.version, False, reason, promotion.KEY_METRICS[modality], None,
+                                   champion["key_value"] if champion else None)
+        decision = "refused"
     else:
+        experiment = (config.allocation, config.challenger_share) if config.challenger_share > 0 else None
         outcome = promotion.review(warehouse.get_connection, candidate.version, load=load, measure=measure,
                                    comparable=comparable, tolerance=config.tolerance, actor=run_actor, ceiling=ceiling,
-                                   guard=guard)
+                                   guard=guard, experiment=experiment)
         if outcome.champion is None:
             raise dg.Failure(
                 f"no {modality} champion: the first candidate {candidate.version} was refused: {outcome.reason}. "
                 f"Train a better model (more data, a longer profile) or promote it by hand: "
                 f"gen-assets promote {candidate.version}")
-        decision = ("promoted" if outcome.promoted else
+        decision = ("promoted" if outcome.promoted else "challenger" if outcome.experiment_id else
                     "kept" if outcome.champion["model_version"] == candidate.version else "refused")
     champion = outcome.champion
     if decision in ("promoted", "by hand"):
@@ -135,23 +192,38 @@ def settle(context: dg.AssetExecutionContext, config: PersonDecision, warehouse:
             registry.record_gate_profile(con, champion["model_version"],
                                          context.run.tags.get("gen_assets/profile", PROJECT_GATE))
     verb = {"promoted": "promoted", "kept": "is the champion already", "refused": "refused, the champion stays",
-            "by hand": "decided by a person"}[decision]
+            "by hand": "decided by a person", "challenger": "passed the gate and is now the challenger",
+            "experiment running": "is the challenger of a running experiment",
+            "retired by experiment": "retired by its experiment, the champion stays"}[decision]
     context.log.info(f"{modality} champion {champion['model_version']}; candidate {candidate.version} {verb}: "
                      f"{outcome.reason}")
     key = outcome.key_metric
+    with warehouse.get_connection() as con:
+        live = registry.running_experiments(con).get(modality)
+        challenger = registry.get_model(con, live["challenger"]) if live else None
     details = {**champion["details"], "key_metric": key, "key_value": outcome.champion_value,
                "bar": ceiling[0] if ceiling else None, "bar_label": ceiling[1] if ceiling else ""}
+    version_key = champion["checkpoint_sha"][:16]
+    if challenger is not None:
+        # generation serves the challenger's content beside the champion's while the experiment runs
+        details["challenger"] = {"version": challenger["model_version"], "path": challenger["checkpoint_path"],
+                                 "sha": challenger["checkpoint_sha"], "experiment_id": live["experiment_id"],
+                                 "allocation": live["allocation"], "challenger_share": live["challenger_share"]}
+        version_key += "+" + challenger["checkpoint_sha"][:16]
     ref = ModelRef(modality, champion["arch"], champion["model_version"], champion["checkpoint_path"],
                    champion["checkpoint_sha"], details)
     meta = {"champion": champion["model_version"], "candidate": candidate.version, "decision": decision,
             "promoted": outcome.promoted, "reason": outcome.reason, "key_metric": key,
             "path": dg.MetadataValue.path(champion["checkpoint_path"]), **uri_metadata(champion["checkpoint_path"])}
+    if live:
+        meta["experiment"] = live["experiment_id"]
+        meta["challenger"] = live["challenger"]
     for who, value in (("candidate", outcome.candidate_value), ("champion", outcome.champion_value)):
         if value is not None:
             meta[f"{who}_{key}"] = dg.MetadataValue.float(round(float(value), 4))
     if ceiling:
         meta["bar"] = dg.MetadataValue.float(round(float(ceiling[0]), 4))
-    return dg.Output(ref, data_version=dg.DataVersion(champion["checkpoint_sha"][:16]), metadata=meta)
+    return dg.Output(ref, data_version=dg.DataVersion(version_key), metadata=meta)
 
 
 @dg.asset(**lane("image", "promotion"), kinds={"pytorch"},
@@ -162,6 +234,7 @@ def image_champion(
     tuned_image_generator: ModelRef,
     image_evaluator: ModelRef,
     clean_images: CleanTable,
+    experiments: ExperimentsRef,
     warehouse: DuckDBResource,
 ) -> dg.Output[ModelRef]:
     """The image generator in use: the candidate when its FID on the val split is not worse than the
@@ -183,7 +256,8 @@ def image_champion(
     def comparable(candidate, champion) -> str | None:
         return promotion.image_models_comparable(candidate.config, champion.config)
 
-    return settle(context, config, warehouse, "image", tuned_image_generator, measure, comparable, ceiling)
+    return settle(context, config, warehouse, "image", tuned_image_generator, measure, comparable, ceiling,
+                  experiments=experiments)
 
 
 @dg.asset(**lane("text", "promotion"), kinds={"pytorch"}, code_version=code_fingerprint(*TEXT_CHAMPION_CODE))
@@ -194,6 +268,7 @@ def text_champion(
     text_generator: ModelRef,
     text_reward_model: ModelRef,
     clean_texts: CleanTable,
+    experiments: ExperimentsRef,
     warehouse: DuckDBResource,
 ) -> dg.Output[ModelRef]:
     """The text generator in use: the candidate when its bits per byte on the val texts is not worse than the
@@ -215,7 +290,11 @@ def text_champion(
     scorer = None
     if predicts(text_reward_model) and config.reward_tolerance is not None:
         reward, features_from = load_model(text_reward_model.path), load_writer(text_generator.path, inference_device())
-        scorer = lambda b, t: reward.predict(writer_features(features_from, b, t))  # noqa: E731
+
+        def scorer(b, t):
+            feats = writer_features(features_from, b, t)
+            # a model file of an earlier version of the features cannot score: the guard then skips the reward
+            return reward.predict(feats) if feats.shape[1] == reward.config.in_features else None
     measured: dict[str, dict] = {}
 
     def measure(model) -> float:
@@ -226,8 +305,9 @@ def text_champion(
         wanted = [b for b in briefs for _ in range(config.guard_samples_per_brief)]
         texts = writer_of(model).write(wanted, max_new_tokens=config.max_new_tokens, seed=config.seed)
         stats = guard_stats(texts, bounds)
-        if scorer is not None:
-            stats["reward"] = float(scorer(wanted, texts).mean())
+        scores = scorer(wanted, texts) if scorer is not None else None
+        if scores is not None:
+            stats["reward"] = float(scores.mean())
         return stats
 
     def guard(candidate, champion) -> str | None:
@@ -240,7 +320,7 @@ def text_champion(
 
     ceiling = None if config.max_bits_per_byte is None else (config.max_bits_per_byte, "the configured max_bits_per_byte")
     out = settle(context, config, warehouse, "text", tuned_text_generator, measure, lambda a, b: None, ceiling,
-                 guard=guard)
+                 guard=guard, experiments=experiments)
     for who, stats in measured.items():
         for key, value in stats.items():
             out.metadata[f"{who}_{key}"] = dg.MetadataValue.float(round(float(value), 4))

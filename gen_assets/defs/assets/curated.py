@@ -21,7 +21,7 @@ from gen_assets.defs.handles import Batch, CleanTable, ModelRef, frame_metadata,
 from gen_assets.defs.assets.trained import label_indices
 from gen_assets.defs.assets.tuned import predicts
 from gen_assets.cleaning import texts as text_cleaning
-from gen_assets.rules.curation import NgramIndex, curate, image_confidence, prior_text_score, text_flags
+from gen_assets.rules.curation import Curation, NgramIndex, curate, image_confidence, prior_text_score, text_flags
 from gen_assets.media.png import decode_image
 from gen_assets.models.checkpoint import load_model
 from gen_assets.training.image_data import images_to_tensor
@@ -51,6 +51,9 @@ def ranking(reward_model: ModelRef, prior: np.ndarray, prior_label: str, feature
         return prior, prior_label, {}
     model = load_model(reward_model.path)
     feats = features()
+    if feats.shape[1] != model.config.in_features:  # a model file of an earlier version of the features
+        return prior, (f"{prior_label}: the reward model was fitted on {model.config.in_features} features, these "
+                       f"are {feats.shape[1]}; the next retrain refits it"), {}
     extra = {"uncertainty": model.uncertainty(feats).numpy()}
     if predicts(reward_model):
         return model.predict(feats).numpy(), reward_model.version, extra
@@ -79,6 +82,17 @@ TEXT_ADVICE = {  # by the reason most samples were dropped for
     "": "train the generator longer (gen-assets run --profile demo, or full) or add data; curated_texts' "
         "blocklist and max_copy_share are the bounds",
 }
+
+
+def curate_each_model(frame: pd.DataFrame, **kwargs) -> Curation:
+    """`curate` separately for each model_version of the batch: while an experiment runs, the champion's and
+    the challenger's samples each get their own top k per category (each arm of /api/content serves its own)."""
+    versions = list(dict.fromkeys(frame["model_version"]))
+    if len(versions) <= 1:
+        return curate(frame, **kwargs)
+    parts = [curate(frame[frame["model_version"] == v].reset_index(drop=True), **kwargs) for v in versions]
+    return Curation(pd.concat([p.curated for p in parts], ignore_index=True),
+                    pd.concat([p.dropped for p in parts], ignore_index=True))
 
 
 def main_reason(dropped: pd.DataFrame) -> str:
@@ -135,7 +149,7 @@ def curated_images(
 ) -> dg.Output[pd.DataFrame]:
     """The top k images per category by predicted rating (by evaluator confidence before any rating exists)."""
     t0 = time.perf_counter()
-    table = read_table(generated_images.path, columns=["sample_id", "category", "content"])
+    table = read_table(generated_images.path, columns=["sample_id", "model_version", "category", "content"])
     evaluator = load_model(image_evaluator.path, inference_device())
     channels = int(clean_images.details["channels"])
     images = images_to_tensor(np.stack([decode_image(b, channels) for b in table.column("content").to_pylist()]))
@@ -145,8 +159,9 @@ def curated_images(
     reward, scored_by, extra = ranking(image_reward_model, confidence, "evaluator confidence (no usable reward model)",
                                       lambda: image_features(evaluator, images, labels))
     frame = pd.DataFrame({"sample_id": table.column("sample_id").to_pylist(), "category": categories,
+                          "model_version": table.column("model_version").to_pylist(),
                           "reward": reward, "confidence": confidence, **extra})
-    result = curate(frame, k_per_category=config.k_per_category, min_confidence=config.min_confidence,
+    result = curate_each_model(frame, k_per_category=config.k_per_category, min_confidence=config.min_confidence,
                     explore_per_category=explore_count(config.explore_share, config.k_per_category))
     out = record(context, warehouse, asset="curated_images", modality="image", batch=generated_images,
                  curated=result.curated, dropped=result.dropped, scored_by=scored_by, advice=IMAGE_ADVICE)
@@ -175,8 +190,9 @@ def curated_texts(
         lambda: writer_features(load_writer(text_generator.path, inference_device()), list(zip(categories, prompts)),
                                 texts))
     frame = pd.DataFrame({"sample_id": table.column("sample_id").to_pylist(), "category": categories,
+                          "model_version": table.column("model_version").to_pylist(),
                           "reward": reward, "reason": flags, **extra})
-    result = curate(frame, k_per_category=config.k_per_category,
+    result = curate_each_model(frame, k_per_category=config.k_per_category,
                     explore_per_category=explore_count(config.explore_share, config.k_per_category))
     out = record(context, warehouse, asset="curated_texts", modality="text", batch=generated_texts,
                  curated=result.curated, dropped=result.dropped, scored_by=scored_by,

@@ -20,6 +20,13 @@ from gen_assets.store.batches import batch_table, write_batch
 from gen_assets.store.files import atomic_write_bytes
 
 
+def serving_models(champion: ModelRef) -> list[tuple[str, str]]:
+    """(version, checkpoint path) of the models whose content is served: the champion, and the challenger of
+    a running experiment (the champion asset puts it in the champion's details)."""
+    challenger = champion.details.get("challenger")
+    return [(champion.version, champion.path)] + ([(challenger["version"], challenger["path"])] if challenger else [])
+
+
 class GeneratedImagesConfig(dg.Config):
     samples_per_class: int = Field(default=300, description="images per category; curation keeps the best "
                                    "k_per_category of them, so more give it more to choose from")
@@ -36,26 +43,31 @@ def generated_images(
     warehouse: DuckDBResource,
     artifacts: ArtifactStore,
 ) -> dg.Output[Batch]:
-    """A batch of the champion's samples per category, listed in the DuckDB view `generated`, with a PNG grid."""
+    """A batch of the champion's samples per category (and of the challenger's, while an experiment runs),
+    listed in the DuckDB view `generated`, with a PNG grid of the champion's."""
     champion = image_champion
     t0 = time.perf_counter()
     categories = list(champion.details["categories"])
-    model = load_model(champion.path, inference_device())
-    batch_id = "image-" + stable_key(champion.version, config.samples_per_class, config.seed)
+    models = serving_models(champion)
+    batch_id = "image-" + stable_key(*(v for v, _ in models), config.samples_per_class, config.seed)
 
     def progress(done: int, total: int) -> None:
         context.log.info(f"generated {done}/{total} samples")
 
-    images, labels = generate_per_class(
-        model, num_classes=len(categories), per_class=config.samples_per_class, seed=config.seed, progress=progress
-    )
-    pixels = to_uint8(images.numpy())
-    contents = [encode_png(p) for p in pixels]
+    pixels, contents, labels, versions = None, [], [], []
+    for version, path in models:
+        images, classes = generate_per_class(load_model(path, inference_device()), num_classes=len(categories),
+                                             per_class=config.samples_per_class, seed=config.seed, progress=progress)
+        made = to_uint8(images.numpy())
+        pixels = made if pixels is None else pixels  # the grid shows the champion's
+        contents += [encode_png(p) for p in made]
+        labels += classes.tolist()
+        versions += [version] * len(made)
     table = batch_table(
         batch_id=batch_id,
-        model_version=champion.version,
+        model_version=versions,
         modality="image",
-        categories=[categories[i] for i in labels.tolist()],
+        categories=[categories[i] for i in labels],
         contents=contents,
         seed=config.seed,
     )
@@ -83,6 +95,7 @@ def generated_images(
         metadata={
             "batch_id": batch_id,
             "model_version": champion.version,
+            **({"challenger": models[1][0]} if len(models) > 1 else {}),
             "samples": len(contents),
             "path": dg.MetadataValue.path(str(path)),
             **uri_metadata(path),
@@ -96,7 +109,7 @@ def generated_images(
 
 
 class GeneratedTextsConfig(dg.Config):
-    samples_per_brief: int = Field(default=4, description="samples per brief (per category for a corpus "
+    samples_per_brief: int = Field(default=8, description="samples per brief (per category for a corpus "
                                    "without prompts): curation picks the best k per category of them, so more "
                                    "samples give it more to choose from")
     max_new_tokens: int = Field(default=48, description="longest sample, in tokens (characters for the char GPT)")
@@ -131,24 +144,28 @@ def generated_texts(
     has no prompts), each sample recorded with its brief, listed in the DuckDB view `generated`."""
     champion = text_champion
     t0 = time.perf_counter()
-    writer = load_writer(champion.path, inference_device())
+    models = serving_models(champion)
     briefs = generation_briefs(clean_texts, warehouse)
     wanted = [b for b in briefs for _ in range(config.samples_per_brief)]
-    batch_id = "text-" + stable_key(champion.version, clean_texts.version, config.model_dump())
+    batch_id = "text-" + stable_key(*(v for v, _ in models), clean_texts.version, config.model_dump())
     texts: list[str] = []
-    for start in range(0, len(wanted), config.batch_size):
-        chunk = wanted[start : start + config.batch_size]
-        texts += writer.write(chunk, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                              top_k=config.top_k, top_p=config.top_p, stop=config.stop,
-                              seed=config.seed + start, batch_size=config.batch_size)
-        context.log.info(f"generated {len(texts)}/{len(wanted)} samples")
+    versions: list[str] = []
+    for version, path in models:
+        writer = load_writer(path, inference_device())
+        for start in range(0, len(wanted), config.batch_size):
+            chunk = wanted[start : start + config.batch_size]
+            texts += writer.write(chunk, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                  top_k=config.top_k, top_p=config.top_p, stop=config.stop,
+                                  seed=config.seed + start, batch_size=config.batch_size)
+            versions += [version] * len(chunk)
+            context.log.info(f"{version}: generated {len(texts)}/{len(wanted) * len(models)} samples")
     table = batch_table(
         batch_id=batch_id,
-        model_version=champion.version,
+        model_version=versions,
         modality="text",
-        categories=[c for c, _ in wanted],
+        categories=[c for c, _ in wanted] * len(models),
         contents=texts,
-        prompts=[p for _, p in wanted],
+        prompts=[p for _, p in wanted] * len(models),
         seed=config.seed,
     )
     path = write_batch(table, artifacts.paths.batches / "text", batch_id)
@@ -165,6 +182,7 @@ def generated_texts(
         metadata={
             "batch_id": batch_id,
             "model_version": champion.version,
+            **({"challenger": models[1][0]} if len(models) > 1 else {}),
             "samples": len(texts),
             "briefs": len(briefs),
             "path": dg.MetadataValue.path(str(path)),
