@@ -1,6 +1,6 @@
 """The business loop, simulated: customers see served content, click or not, and the graph learns from it.
 
-    python benchmarks/online_loop.py [--days 3] [--requests-per-day 3000] [--users 2000] [--experiments 200]
+    python benchmarks/online_loop.py [--days 3] [--requests-per-day 20000] [--users 2000] [--experiments 200]
                                      [--seed 0] [--cache-dir DIR] [--json FILE]
 
 Part 1, the live loop (everything real but the customers). The product's demo image home (`gen-assets run
@@ -10,7 +10,7 @@ review server runs on a loopback port (uvicorn). Each simulated day:
   1. --requests-per-day requests, spread over the hours by a daily rhythm, each from one of --users users
      for a random category: `GET /api/content?category=&user_id=` (the real bandit, the real serve ids);
   2. the user sees the image (an impression) and clicks with a hidden propensity, sent back through
-     `POST /api/events` (one request per serve, both events together);
+     `POST /api/events` (in batches of up to 90 events, as a page's backend forwards its beacons);
   3. between days the real graph runs: `gen-assets retrain --modality image` (events ingested by the
      `events` asset; the reward model fitted on clicks, inverse-propensity weighted; the generator tuned
      toward it; the champion's gate; an experiment started or decided; a new batch generated and curated).
@@ -139,7 +139,7 @@ def curated_pool(paths: Paths, population: Population, categories: list[str]) ->
 def live_day(base: str, pool: dict, population: Population, categories: list[str], requests: int, day: int,
              session) -> dict:
     rng = population.rng
-    served_p, random_p, oracle_p, clicks, errors, latencies, arms = [], [], [], 0, 0, [], {}
+    served_p, random_p, oracle_p, clicks, errors, latencies, arms, pending = [], [], [], 0, 0, [], {}, []
     cat_members = {c: np.array([i for i, pc in enumerate(pool["category"]) if pc == c]) for c in categories}
     hours = rng.choice(24, size=requests, p=population.traffic)
     for r in range(requests):
@@ -163,11 +163,12 @@ def live_day(base: str, pool: dict, population: Population, categories: list[str
         clicked = rng.random() < p
         clicks += clicked
         arms[body["arm"]] = arms.get(body["arm"], 0) + 1
-        events = [{"serve_id": body["serve_id"], "event": "impression", "ts": f"2026-12-0{day}T{hour:02d}:00:00Z"}]
+        pending.append({"serve_id": body["serve_id"], "event": "impression", "ts": f"2026-12-0{day}T{hour:02d}:00:00Z"})
         if clicked:
-            events.append({"serve_id": body["serve_id"], "event": "click", "ts": f"2026-12-0{day}T{hour:02d}:00:30Z"})
-        if session.post(f"{base}/api/events", json={"events": events}).status_code != 202:
-            errors += 1
+            pending.append({"serve_id": body["serve_id"], "event": "click", "ts": f"2026-12-0{day}T{hour:02d}:00:30Z"})
+        if len(pending) >= 90 or r == requests - 1:  # the page's backend sends its beacons in small batches
+            errors += session.post(f"{base}/api/events", json={"events": pending}).status_code != 202
+            pending = []
     n = len(served_p)
     lat = np.array(latencies) * 1000
     return {"day": day, "requests": requests, "served": n, "errors": errors, "clicks": clicks,
@@ -327,7 +328,7 @@ def print_tables(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=3)
-    parser.add_argument("--requests-per-day", type=int, default=3000)
+    parser.add_argument("--requests-per-day", type=int, default=20000)
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--experiments", type=int, default=200, help="simulated experiments per case and allocation")
     parser.add_argument("--experiment-days", type=int, default=7)

@@ -60,7 +60,7 @@ from gen_assets.web.ratings import (
 )
 from gen_assets.feedback.events import EventPaths, append_events, check_event, event_id_for
 from gen_assets.web.runs import RecentRuns
-from gen_assets.web.serving import EVENTS, ServeIdError, ServeTokens, Serving, serving_key
+from gen_assets.web.serving import EVENTS, EventBatcher, ServeIdError, ServeTokens, Serving, serving_key
 from gen_assets.web.security import (
     AUTH_COOKIE,
     SESSION_COOKIE,
@@ -126,6 +126,7 @@ class Review:
             tmp.unlink(missing_ok=True)
         self.serving = Serving(ServeTokens(serving_key(self.event_paths.root, secret_from_env())),
                                self.event_paths.incoming)
+        self.events = EventBatcher(lambda rows: append_events(self.event_paths, rows))
         self.guard = Guard(config.secret, config.token,
                            FailureThrottle(config.token_failures_burst, config.token_failure_refill_seconds))
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
@@ -540,7 +541,8 @@ class Review:
 
         Each event's serve fields (sample, model, arm, probability) come from its verified serve_id, never
         from the request. event_id = sha256(serve_id:event) makes a retried request harmless: ingestion
-        and the bandit's counts keep one event per serve and kind."""
+        and the bandit's counts keep one event per serve and kind. Requests arriving together share one file
+        (serving.EventBatcher: group commit), so ingestion sees a file per few milliseconds of traffic."""
         if not self.guard.bearer_ok(request):
             raise ApiError(401, "missing or wrong token: send the header Authorization: Bearer <token>",
                            {"WWW-Authenticate": "Bearer"})
@@ -566,9 +568,12 @@ class Review:
             if problem:
                 raise ApiError(422, where + problem)
             rows.append(row)
-        path = await run_in_threadpool(append_events, self.event_paths, rows)
-        self.serving.note(snap, path.name, rows)
-        return JSONResponse({"accepted": len(rows), "event_ids": [r["event_id"] for r in rows], "file": path.name},
+        try:
+            name = await asyncio.wrap_future(self.events.land(rows))  # answered once its file is on disk
+        except ValueError as e:
+            raise ApiError(422, str(e)) from None
+        self.serving.note(snap, name, rows)
+        return JSONResponse({"accepted": len(rows), "event_ids": [r["event_id"] for r in rows], "file": name},
                             status_code=202)
 
     def event_row(self, item, snap: Snapshot) -> tuple[dict | None, str | None]:

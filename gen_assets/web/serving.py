@@ -35,7 +35,8 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,6 +181,65 @@ class _Delta:
     clicks: dict[str, set] = field(default_factory=dict)
     arms: dict[tuple[str, str], list[set]] = field(default_factory=dict)  # (experiment, arm) -> [impr, clicks]
     files: set[str] = field(default_factory=set)
+
+
+class EventBatcher:
+    """Group commit for events: requests wait for the next file, which holds every event queued meanwhile.
+
+    One file per request would be safe but would leave ingestion a file per page view (tens of
+    thousands a day, each its own transaction). Here a writer thread takes everything queued, waits
+    `flush_seconds` for more (up to `max_events`), lands it as one file (`append_events`: temporary name,
+    fsync, rename) and only then answers each waiting request with the file's name: an acknowledged
+    event is on disk, and a crash before the rename answers nobody (the clients retry; event ids keep
+    the retry harmless). If a batch cannot be written, each request's events are tried on their own,
+    so one request's problem never fails another's."""
+
+    def __init__(self, write: Callable[[list[Mapping]], Path], *, flush_seconds: float = 0.02,
+                 max_events: int = 5000):
+        self.write = write
+        self.flush_seconds = flush_seconds
+        self.max_events = max_events
+        self._queue: list[tuple[list[Mapping], Future]] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def land(self, rows: Sequence[Mapping]) -> Future:
+        """Queue a request's events; the future gives the landed file's name (or the write's exception)."""
+        future: Future = Future()
+        with self._cond:
+            self._queue.append((list(rows), future))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="event-batcher", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+            time.sleep(self.flush_seconds)  # let the requests of the next few milliseconds join this file
+            with self._cond:
+                batch, size = [], 0
+                while self._queue and (not batch or size + len(self._queue[0][0]) <= self.max_events):
+                    rows, future = self._queue.pop(0)
+                    batch.append((rows, future))
+                    size += len(rows)
+            self._flush(batch)
+
+    def _flush(self, batch: list[tuple[list[Mapping], Future]]) -> None:
+        try:
+            name = self.write([r for rows, _ in batch for r in rows]).name
+        except Exception:  # noqa: BLE001 -- retried per request below, each answered with its own outcome
+            for rows, future in batch:
+                try:
+                    future.set_result(self.write(rows).name)
+                except Exception as e:  # noqa: BLE001
+                    future.set_exception(e)
+            return
+        for _, future in batch:
+            future.set_result(name)
 
 
 class Serving:

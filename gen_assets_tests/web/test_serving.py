@@ -377,3 +377,30 @@ def test_50_concurrent_clients_get_content_and_land_events_through_a_real_server
     assert all(tokens.verify(a["serve_id"]).sample_id == a["sample_id"] for a in answers)
     rows = event_rows(home)
     assert len(rows) == 500 and {r["serve_id"] for r in rows} == {a["serve_id"] for a in answers}
+
+
+def test_the_event_batcher_answers_each_request_after_its_file_and_isolates_a_bad_one(tmp_path):
+    from gen_assets.web.serving import EventBatcher
+
+    written = []
+
+    def write(rows):
+        if any(r.get("bad") for r in rows):
+            raise ValueError("row 0: bad")
+        path = tmp_path / f"f{len(written)}.jsonl"
+        path.write_text("\n".join(json.dumps(r) for r in rows))
+        written.append(rows)
+        return path
+
+    batcher = EventBatcher(write, flush_seconds=0.05)
+    futures = [batcher.land([{"n": i}]) for i in range(20)]
+    names = [f.result(timeout=10) for f in futures]
+    assert len(written) < 20  # requests queued together share a file
+    assert sorted(r["n"] for rows in written for r in rows) == list(range(20))  # each landed exactly once
+    assert all((tmp_path / n).exists() for n in names)
+    # a batch that cannot be written is tried per request: only the bad one fails
+    futures = [batcher.land([{"n": 20}]), batcher.land([{"bad": True}]), batcher.land([{"n": 21}])]
+    assert futures[0].result(timeout=10) and futures[2].result(timeout=10)
+    with pytest.raises(ValueError, match="bad"):
+        futures[1].result(timeout=10)
+    assert sorted(r["n"] for rows in written for r in rows) == list(range(22))
