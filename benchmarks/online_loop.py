@@ -11,7 +11,7 @@ review server runs on a loopback port (uvicorn). Each simulated day:
      for a random category: `GET /api/content?category=&user_id=` (the real bandit, the real serve ids);
   2. the user sees the image (an impression) and clicks with a hidden propensity, sent back through
      `POST /api/events` (in batches of up to 90 events, as a page's backend forwards its beacons);
-  3. between days the real graph runs: `gen-assets retrain --modality image` (events ingested by the
+  3. after each day the real graph runs: `gen-assets retrain --modality image` (events ingested by the
      `events` asset; the reward model fitted on clicks, inverse-propensity weighted; the generator tuned
      toward it; the champion's gate; an experiment started or decided; a new batch generated and curated).
 Users: segments with different tastes (what they click more: bold strokes, digits that sit high, compact
@@ -140,6 +140,7 @@ def live_day(base: str, pool: dict, population: Population, categories: list[str
              session) -> dict:
     rng = population.rng
     served_p, random_p, oracle_p, clicks, errors, latencies, arms, pending = [], [], [], 0, 0, [], {}, []
+    arm_clicks: dict[str, int] = {}
     cat_members = {c: np.array([i for i, pc in enumerate(pool["category"]) if pc == c]) for c in categories}
     hours = rng.choice(24, size=requests, p=population.traffic)
     for r in range(requests):
@@ -163,6 +164,7 @@ def live_day(base: str, pool: dict, population: Population, categories: list[str
         clicked = rng.random() < p
         clicks += clicked
         arms[body["arm"]] = arms.get(body["arm"], 0) + 1
+        arm_clicks[body["arm"]] = arm_clicks.get(body["arm"], 0) + clicked
         pending.append({"serve_id": body["serve_id"], "event": "impression", "ts": f"2026-12-0{day}T{hour:02d}:00:00Z"})
         if clicked:
             pending.append({"serve_id": body["serve_id"], "event": "click", "ts": f"2026-12-0{day}T{hour:02d}:00:30Z"})
@@ -175,6 +177,7 @@ def live_day(base: str, pool: dict, population: Population, categories: list[str
             "ctr": clicks / max(n, 1), "expected_ctr": float(np.mean(served_p)), "random_ctr": float(np.mean(random_p)),
             "oracle_ctr": float(np.mean(oracle_p)), "regret": float(np.sum(oracle_p) - np.sum(served_p)),
             "regret_random": float(np.sum(oracle_p) - np.sum(random_p)), "arms": arms,
+            "arm_ctr": {a: arm_clicks.get(a, 0) / n_a for a, n_a in arms.items()},
             "content_p50_ms": float(np.percentile(lat, 50)), "content_p99_ms": float(np.percentile(lat, 99))}
 
 
@@ -206,13 +209,13 @@ def live_loop(args, log) -> dict:
                 log(f"day {day}: {d['served']} served in {time.perf_counter() - t0:.0f} s, CTR {100 * d['ctr']:.2f}% "
                     f"(expected {100 * d['expected_ctr']:.2f}%, random {100 * d['random_ctr']:.2f}%, oracle "
                     f"{100 * d['oracle_ctr']:.2f}%), arms {d['arms']}, p99 {d['content_p99_ms']:.1f} ms")
-                if day < args.days:
-                    t0 = time.perf_counter()
-                    status = cli.main(["retrain", "--modality", "image", "--profile", "demo"])
-                    graph.append({"after_day": day, "status": status, "seconds": time.perf_counter() - t0,
-                                  **decisions(paths)})
-                    log(f"  graph run after day {day}: exit {status} in {graph[-1]['seconds']:.0f} s; "
-                        f"{graph[-1]['last_decision']}")
+                # the graph runs after every day: after the last, to show the experiment's decision
+                t0 = time.perf_counter()
+                status = cli.main(["retrain", "--modality", "image", "--profile", "demo"])
+                graph.append({"after_day": day, "status": status, "seconds": time.perf_counter() - t0,
+                              **decisions(paths)})
+                log(f"  graph run after day {day}: exit {status} in {graph[-1]['seconds']:.0f} s; "
+                    f"{graph[-1]['last_decision']}")
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -297,17 +300,25 @@ def print_tables(result: dict) -> None:
         days = result["live"]["days"]
         print("\n== the live loop: served through /api/content, events through /api/events, the graph between days ==")
         print(f"{'day':>4}{'served':>8}{'CTR':>8}{'random':>8}{'oracle':>8}{'vs random':>11}{'regret':>9}"
-              f"{'regret (random)':>17}{'p50 ms':>8}{'p99 ms':>8}  arms")
+              f"{'regret (random)':>17}{'p50 ms':>8}{'p99 ms':>8}  arms (their CTR)")
         for d in days:
             print(f"{d['day']:>4}{d['served']:>8}{100 * d['ctr']:>7.2f}%{100 * d['random_ctr']:>7.2f}%"
                   f"{100 * d['oracle_ctr']:>7.2f}%{100 * (d['expected_ctr'] / d['random_ctr'] - 1):>+10.0f}%"
                   f"{d['regret']:>9.0f}{d['regret_random']:>17.0f}{d['content_p50_ms']:>8.1f}{d['content_p99_ms']:>8.1f}"
-                  f"  {d['arms']}")
+                  "  " + ", ".join(f"{a} {n} ({100 * d.get('arm_ctr', {}).get(a, 0):.2f}%)" for a, n in d["arms"].items()))
         first, last = days[0], days[-1]
         print(f"click-through day {last['day']} vs day 1: {100 * (last['ctr'] / first['ctr'] - 1):+.0f}% (real clicks), "
               f"{100 * (last['expected_ctr'] / first['expected_ctr'] - 1):+.0f}% (expected)")
         for g in result["live"]["graph"]:
-            print(f"graph after day {g['after_day']}: exit {g['status']}, {g['seconds']:.0f} s; {g['last_decision']}")
+            why = " (the blocking check: the reward model does not predict yet, nothing downstream ran)" \
+                if g["status"] else ""
+            print(f"graph after day {g['after_day']}: exit {g['status']}{why}, {g['seconds']:.0f} s; "
+                  f"last decision: {g['last_decision']}")
+        for e in result["live"]["graph"][-1]["experiments"] if result["live"]["graph"] else []:
+            f = e["figures"]
+            arms = ", ".join(f"{a['arm']} {a['clicks']}/{a['impressions']}" for a in f.get("arms", []))
+            print(f"experiment {e['experiment_id']}: {e['status']}; {arms}; "
+                  f"P(challenger better) {f.get('p_challenger_beats', float('nan')):.3f}")
     if result.get("experiments"):
         rows = result["experiments"]
         print("\n== experiments between models: bandit allocation against a fixed 50/50 split of the same length ==")
