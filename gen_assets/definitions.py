@@ -12,7 +12,7 @@ from gen_assets.defs.jobs import build_jobs
 from gen_assets.defs.project import Project, job_run_config, load_project
 from gen_assets.defs.resources import build_resources
 from gen_assets.defs.schedules import schedules_for
-from gen_assets.defs.sensors import FeedbackPolicy, build_feedback_sensor, regeneration_sensor
+from gen_assets.defs.sensors import FeedbackPolicy, build_events_sensor, build_feedback_sensor, regeneration_sensor
 from gen_assets.defs.stale_runs import fail_dead_runs_of_current_instance
 from gen_assets.settings import Paths, timezone_from_env
 
@@ -57,10 +57,12 @@ def build_definitions(paths: Paths | None = None, timezone: str | None = None) -
         jobs=[*jobs.values(), prune_job],
         schedules=schedules_for(timezone or timezone_from_env(), jobs["nightly_job"], project.run_config(),
                                 nightly=switches.nightly, prune=switches.prune),
-        sensors=[build_feedback_sensor(project.run_config, running=switches.feedback_sensor), regeneration_sensor],
+        sensors=[build_feedback_sensor(project.run_config, running=switches.feedback_sensor),
+                 build_events_sensor(project.run_config, running=switches.feedback_sensor), regeneration_sensor],
         resources={**build_resources(paths),
                    "feedback_policy": FeedbackPolicy(min_new_ratings=policy.min_new_ratings,
-                                                     max_age_seconds=policy.max_age_seconds)},
+                                                     max_age_seconds=policy.max_age_seconds,
+                                                     min_new_events=policy.min_new_events)},
     )
 
 

@@ -36,6 +36,7 @@ from gen_assets.feedback.ingest import sample_modalities
 from gen_assets.feedback.landing import FeedbackFileError, file_sha, landing_files, parse_records
 
 DEFAULT_MIN_NEW_RATINGS = 50
+DEFAULT_MIN_NEW_EVENTS = 5000  # impressions, clicks and conversions: a click label needs 20+ impressions of a sample
 DEFAULT_MAX_AGE_SECONDS = 24 * 3600
 
 
@@ -107,30 +108,54 @@ def decide(
     min_new_ratings: int = DEFAULT_MIN_NEW_RATINGS,
     max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
     now: datetime | None = None,
+    noun: str = "ratings",
 ) -> Decision:
     """Whether the files waiting now call for a run (rules in the module docstring). Pure: `now`
-    defaults to the current time only so the sensor need not pass it."""
+    defaults to the current time only so the sensor need not pass it; `noun` names what the files hold
+    in the reason (events_sensor counts events)."""
     now = now or datetime.now(timezone.utc)
     seen = _seen(cursor)
     new = [f for f in pending if (f.name, f.sha) not in seen]
     if not new:
-        return Decision([], None, encode_cursor(seen), "no new rating files")
+        return Decision([], None, encode_cursor(seen), f"no new {noun[:-1] if noun.endswith('s') else noun} files")
     ratings = sum(f.ratings for f in new)
     oldest = min(f.oldest for f in new)
     waited = (now - oldest).total_seconds()
     files = f"{len(new)} new file{'s' if len(new) != 1 else ''}"
     if ratings >= min_new_ratings:
-        reason = f"{ratings} new ratings in {files} (threshold {min_new_ratings})"
+        reason = f"{ratings} new {noun} in {files} (threshold {min_new_ratings})"
     elif waited > max_age_seconds:
-        reason = f"{ratings} new ratings in {files}; the oldest waited {waited:.0f} s (> {max_age_seconds:.0f} s)"
+        reason = f"{ratings} new {noun} in {files}; the oldest waited {waited:.0f} s (> {max_age_seconds:.0f} s)"
     else:
         reason = (
-            f"waiting: {ratings} new ratings in {files} (threshold {min_new_ratings}); "
+            f"waiting: {ratings} new {noun} in {files} (threshold {min_new_ratings}); "
             f"the oldest waited {waited:.0f} s of {max_age_seconds:.0f} s"
         )
         return Decision(new, None, encode_cursor(seen), reason)
     still_there = {(f.name, f.sha) for f in pending}
     return Decision(new, run_key_for(new), encode_cursor((seen & still_there) | {(f.name, f.sha) for f in new}), reason)
+
+
+def scan_events(incoming_dir: str | Path) -> list[tuple[PendingFile, tuple[str, ...]]]:
+    """Every event file waiting in feedback/events/incoming/, in name order, with the modalities its events
+    concern (each event names its own). A broken file is listed with 0 events and no modality."""
+    from gen_assets.feedback.events import parse_event_records  # the events' own reader
+
+    pending = []
+    for path in landing_files(Path(incoming_dir)):
+        try:
+            data = path.read_bytes()
+            landed = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        except FileNotFoundError:
+            continue
+        try:
+            records = parse_event_records(path.name, data)
+        except FeedbackFileError:
+            records = []
+        modalities = tuple(sorted({r.values.get("modality") for r in records if r.values
+                                   and r.values.get("modality") in ("image", "text")}))
+        pending.append((PendingFile(path.name, file_sha(data), len(records), landed), modalities))
+    return pending
 
 
 def files_by_modality(con: duckdb.DuckDBPyConnection, files: Sequence[PendingFile]) -> dict[str | None, list[PendingFile]]:

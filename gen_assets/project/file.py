@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gen_assets.feedback.pending import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MIN_NEW_RATINGS
+from gen_assets.feedback.pending import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MIN_NEW_EVENTS, DEFAULT_MIN_NEW_RATINGS
 
 FILE_NAME = "gen_assets.yaml"
 ENV_VAR = "GEN_ASSETS_PROJECT"
@@ -59,13 +59,15 @@ class Gate(Sectioned):
 
 class Feedback(Strict):
     min_new_ratings: int = Field(default=DEFAULT_MIN_NEW_RATINGS, ge=1)
+    min_new_events: int = Field(default=DEFAULT_MIN_NEW_EVENTS, ge=1)
     max_age_seconds: float = Field(default=DEFAULT_MAX_AGE_SECONDS, gt=0)
 
 
 class Schedules(Strict):
     nightly: bool = Field(default=False, description="nightly_schedule runs without being switched on in the UI")
     prune: bool = Field(default=False, description="prune_schedule likewise")
-    feedback_sensor: bool = Field(default=True, description="feedback_sensor retrains when ratings land")
+    feedback_sensor: bool = Field(default=True, description="feedback_sensor retrains when ratings land (and "
+                                  "events_sensor when events of served content do)")
 
 
 class Sections(Sectioned):

@@ -41,11 +41,12 @@ gate:                          # when a tuned candidate replaces the champion
 feedback:                      # when waiting ratings call for a retrain (feedback_sensor)
   # min_new_ratings: {min_new_ratings}
   # max_age_seconds: {max_age_seconds}
+  # min_new_events: {min_new_events}    # impressions, clicks, conversions of served content (events_sensor)
 
 schedules:                     # on (true) or off (false) without a visit to the UI
   # nightly: false             # the whole graph at 02:00
   # prune: false               # old checkpoints and batches at 04:00
-  # feedback_sensor: true      # retrain when ratings land
+  # feedback_sensor: true      # retrain when ratings (and events) land
 
 assets:                        # any asset's Config fields, by asset name; e.g.
   # image_generator: {{max_epochs: 120, arch: dcgan}}
@@ -60,7 +61,7 @@ assets:                        # any asset's Config fields, by asset name; e.g.
 
 def render(images: str | None = None, texts: str | None = None) -> str:
     """The template with the given sources (paths made absolute) or the builtin ones."""
-    from gen_assets.feedback.pending import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MIN_NEW_RATINGS
+    from gen_assets.feedback.pending import DEFAULT_MAX_AGE_SECONDS, DEFAULT_MIN_NEW_EVENTS, DEFAULT_MIN_NEW_RATINGS
 
     def source(value: str | None, builtin: str) -> str:
         if value is None:
@@ -70,4 +71,5 @@ def render(images: str | None = None, texts: str | None = None) -> str:
         return json.dumps(value)  # quoted: any path is valid YAML
 
     return TEMPLATE.format(images=source(images, "builtin:digits"), texts=source(texts, "builtin:product_briefs"),
-                           min_new_ratings=DEFAULT_MIN_NEW_RATINGS, max_age_seconds=DEFAULT_MAX_AGE_SECONDS)
+                           min_new_ratings=DEFAULT_MIN_NEW_RATINGS, max_age_seconds=DEFAULT_MAX_AGE_SECONDS,
+                           min_new_events=DEFAULT_MIN_NEW_EVENTS)

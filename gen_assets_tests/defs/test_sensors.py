@@ -71,3 +71,34 @@ def test_new_files_request_one_run_per_modality_and_never_twice(home):
     more, _ = tick(home, cursor=cursor)
     assert [r.tags["gen_assets/modality"] for r in more] == ["text"]
     assert more[0].run_key != request.run_key
+
+
+def test_events_of_served_content_request_a_retrain_of_their_modality_once_enough_wait(home):
+    from gen_assets.defs.sensors import build_events_sensor
+    from gen_assets.feedback.events import EventPaths, append_events
+
+    sensor = build_events_sensor()
+
+    def events_tick(cursor=None):
+        resources = build_resources(home)
+        context = dg.build_sensor_context(cursor=cursor, resources={
+            "artifacts": resources["artifacts"], "feedback_policy": FeedbackPolicy(min_new_events=30)})
+        return sensor(context), context.cursor
+
+    def events(n, start=0):
+        return [{"serve_id": f"s{i}", "event": "impression", "sample_id": f"text-b-{i % 40:05d}", "modality": "text",
+                 "category": "a", "model_version": "m", "arm": "champion", "probability": 0.5,
+                 "ts": "2026-11-29T10:00:00Z"} for i in range(start, start + n)]
+
+    paths = EventPaths(home.feedback / "events")
+    assert isinstance(events_tick()[0], dg.SkipReason)
+    append_events(paths, events(20))
+    result, cursor = events_tick()
+    assert isinstance(result, dg.SkipReason) and "waiting: 20 new events" in result.skip_message
+    append_events(paths, events(20, start=20))
+    result, cursor = events_tick(cursor)
+    [request] = result
+    assert request.tags["gen_assets/trigger"] == "events" and request.run_key.startswith("events-text-")
+    assert [k.path[-1] for k in request.asset_selection] == RETRAIN_ASSETS["text"]
+    again, _ = events_tick(cursor)
+    assert isinstance(again, dg.SkipReason)  # the same files never ask twice
