@@ -1,7 +1,7 @@
 """Learning from ratings for any taste: planted tastes, a simulated rater who rates only what the review
 page shows, and the Pareto table of each method's uplift against its quality cost.
 
-    python benchmarks/preference_suite.py [--modality image|text|all] [--rounds 2] [--seeds 0]
+    python benchmarks/preference_suite.py [--modality image|text|all] [--rounds 3] [--seeds 0]
                                           [--methods ...] [--tastes ...] [--cache-dir DIR] [--json]
 
 Set-up, per modality: `gen-assets run --modality M --profile demo` in a home under --cache-dir (kept for
@@ -9,7 +9,7 @@ later runs): the demo profile's champion, evaluator and clean splits are the sta
 the product makes. Then, for each planted taste, seed and method, starting from that champion:
 
 round r = 1 .. --rounds:
-1. the review page: the current champion's batch (images: 300 per category, texts: 4 per brief, the
+1. the review page: the current champion's batch (images: 300 per category, texts: 8 per brief, the
    generated assets' defaults),
    curated as the product does (gen_assets.rules.curation.curate, k per category 10 / 5, the broken ones
    dropped), ranked by the reward model when it predicts and by the product's prior otherwise (images:
@@ -63,7 +63,7 @@ from gen_assets.cleaning import texts as text_cleaning  # noqa: E402
 from gen_assets.cleaning.images import categories as image_categories, load_images  # noqa: E402
 from gen_assets.metrics.texts import guard_stats, length_bounds  # noqa: E402
 from gen_assets.models.checkpoint import load_model  # noqa: E402
-from gen_assets.models.reward import (TEXT_STAT_NAMES, fit_reward, image_feature_groups,  # noqa: E402
+from gen_assets.models.reward import (fit_reward, image_feature_groups, text_feature_groups,  # noqa: E402
                                      image_features, pixel_statistics, writer_features)
 from gen_assets.models.text_generators import load_writer, module_of, writer_bits_per_byte, writer_of  # noqa: E402
 from gen_assets.rules import promotion  # noqa: E402
@@ -77,7 +77,7 @@ from gen_assets.training.sampling import generate_per_class  # noqa: E402
 K = {"image": 10, "text": 5}
 EXPLORE = {"image": 2, "text": 1}  # the curated assets' default explore_share 0.2 of k, rounded up
 FID_TOLERANCE, BPB_TOLERANCE, MAX_DEGENERATE = 0.30, 0.03, 0.5
-IMAGE_PER_CLASS, TEXT_PER_BRIEF = 300, 4
+IMAGE_PER_CLASS, TEXT_PER_BRIEF = 300, 8
 
 
 # ---- tastes: a hidden property per sample (higher is liked) ----------------------------------------------
@@ -127,7 +127,9 @@ TEXT_TASTES: dict[str, Callable[[list, list[str]], np.ndarray]] = {
     "long copy": lambda b, t: np.array([min(len(s), 400) for s in t], dtype=float),
     "upbeat tone": lambda b, t: np.array([s.count("!") + sum(w.lower() in UPBEAT for w in WORDS.findall(s))
                                           for s in t], dtype=float),
-    "asks a question": lambda b, t: np.array([s.count("?") for s in t], dtype=float),
+    # punctuation: commas (lists of features). Not "?" or "!": no line of the demo's copy, real or generated,
+    # holds one, so a rater's stars would be the same for every sample and no method could learn anything
+    "lists with commas": lambda b, t: np.array([s.count(",") for s in t], dtype=float),
     "speaks to you": lambda b, t: np.array([sum(w.lower() in ("you", "your", "you'll", "you're") for w in WORDS.findall(s))
                                             for s in t], dtype=float),
     "names the product's attributes": _mentions,
@@ -267,7 +269,7 @@ class Texts:
                 "reason": text_flags(texts, train_ngrams=self.index),
                 # the reward model's features are always the starting model's, as text_reward_model's are
                 "features": writer_features(self.champion, wanted, texts)}
-        self.groups = [len(TEXT_STAT_NAMES), pool["features"].shape[1] - len(TEXT_STAT_NAMES)]
+        self.groups = text_feature_groups(pool["features"].shape[1])
         if writer is self.champion:
             self._pools[seed] = pool
         return pool
@@ -410,7 +412,7 @@ def print_tables(modality: str, results: list[dict], start: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modality", choices=["image", "text", "all"], default="all")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--noise", type=float, default=0.5, help="the rater's noise, in stars (sd)")
     parser.add_argument("--ratings-per-round", type=int, nargs=2, default=[80, 36], metavar=("IMAGES", "TEXTS"),
