@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gen_assets.models.gpt import GPT, GPTConfig
-from gen_assets.models.reward import TEXT_STAT_NAMES, writer_features
+from gen_assets.models.reward import TEXT_STAT_NAMES, WORD_BUCKETS, text_feature_groups, writer_features
 from gen_assets.models.text_generators import GPTWriter, module_of, writer_bits_per_byte, writer_of
 from gen_assets.models.tokenizers import train_tokenizer
 
@@ -58,9 +58,10 @@ def test_gpt_writes_per_category_and_cuts_at_stop_strings(writer):
     assert cut == alone[: alone.index(stop)].strip()
 
 
-def test_writer_features_are_statistics_then_pooled_hidden_states(writer):
+def test_writer_features_are_statistics_words_then_pooled_hidden_states(writer):
     feats = writer_features(writer, [("a", None), ("b", None)], CORPUS)
-    assert feats.shape == (2, len(TEXT_STAT_NAMES) + 16)
+    assert feats.shape == (2, len(TEXT_STAT_NAMES) + WORD_BUCKETS + 16)
+    assert text_feature_groups(feats.shape[1]) == [len(TEXT_STAT_NAMES), WORD_BUCKETS, 16]
     assert not torch.equal(feats[0], feats[1])
     np.testing.assert_allclose(feats[:1].numpy(), writer_features(writer, [("a", None)], CORPUS[:1]).numpy(), rtol=1e-5,
                                atol=1e-6)
