@@ -16,7 +16,8 @@ clicks and impressions come back as events. Two questions follow, one per half o
   The price of `top_two` < 1 is regret: with a clear winner it gets about `top_two` of the traffic, not all.
 
 - Whether a challenger model replaces the champion (`summarise_experiment`). Traffic is split between the two
-  (`split_arm`: sticky per user, so a person always sees the same model); each model's click rate gets a
+  (by `serving_probabilities` over the two, each user's `sticky_unit` choosing from them, so a person keeps
+  seeing the same model while the shares hold); each model's click rate gets a
   Beta(1 + clicks, 1 + impressions - clicks) posterior, and the rule (`ExperimentRule`) promotes when the
   challenger is better with high probability and choosing it costs little click rate if it is not (expected
   loss), retires it in the mirror case, and gives up (keeping the champion) after `max_impressions`. The
@@ -164,25 +165,6 @@ def sticky_unit(*parts: str) -> float:
             raise TypeError(f"part {i}: expected a str, got {type(part).__name__}")
     digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).digest()
     return (int.from_bytes(digest[:8], "big") >> 11) / float(1 << 53)  # 53 bits: exact in a float, < 1
-
-
-def split_arm(user_id: str | None, experiment_id: str, challenger_share: float, request_unit: float) -> str:
-    """"challenger" when the unit < challenger_share, else "champion". The unit is sticky_unit(experiment_id,
-    user_id) when there is a user (None or "" is none), so a person always sees the same model; else
-    `request_unit` (a uniform number in [0, 1) drawn for the request)."""
-    if not isinstance(experiment_id, str) or not experiment_id:
-        raise ValueError(f"experiment_id must be a non-empty str, got {experiment_id!r}")
-    if user_id is not None and not isinstance(user_id, str):
-        raise TypeError(f"user_id must be a str or None, got {type(user_id).__name__}")
-    if not (_finite(challenger_share) and 0.0 <= challenger_share <= 1.0):
-        raise ValueError(f"challenger_share must be in [0, 1], got {challenger_share!r}")
-    if user_id:
-        unit = sticky_unit(experiment_id, user_id)
-    elif _finite(request_unit) and 0.0 <= request_unit < 1.0:
-        unit = float(request_unit)
-    else:
-        raise ValueError(f"request_unit must be in [0, 1) when there is no user_id, got {request_unit!r}")
-    return CHALLENGER if unit < challenger_share else CHAMPION
 
 
 # ---- experiments: champion vs challenger -------------------------------------------------------------------

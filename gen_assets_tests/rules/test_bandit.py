@@ -11,7 +11,6 @@ from gen_assets.rules.bandit import (
     ExperimentRule,
     choose,
     serving_probabilities,
-    split_arm,
     sticky_unit,
     summarise_experiment,
 )
@@ -136,26 +135,6 @@ def test_sticky_unit_is_stable_and_uniform():
     assert np.allclose(np.histogram(units, bins=10, range=(0, 1))[0] / 5000, 0.1, atol=0.02)
     with pytest.raises(TypeError, match="part 1"):
         sticky_unit("exp-1", 42)
-
-
-def test_split_arm_is_sticky_per_user_and_near_the_share():
-    arms = [split_arm(f"user-{i}", "exp-7", 0.2, request_unit=0.99) for i in range(5000)]
-    assert all(split_arm(f"user-{i}", "exp-7", 0.2, request_unit=0.0) == arms[i] for i in range(200))  # sticky
-    assert abs(arms.count("challenger") / 5000 - 0.2) < 0.02
-    # without a user: the request's own unit
-    assert split_arm(None, "exp-7", 0.2, 0.1) == "challenger" and split_arm(None, "exp-7", 0.2, 0.2) == "champion"
-    assert split_arm("", "exp-7", 0.2, 0.1) == "challenger"
-    assert split_arm("user-1", "exp-7", 0.0, 0.0) == "champion"
-    assert split_arm("user-1", "exp-7", 1.0, 0.0) == "challenger"
-    with pytest.raises(ValueError, match="challenger_share"):
-        split_arm("user-1", "exp-7", 1.5, 0.1)
-    with pytest.raises(ValueError, match="request_unit"):
-        split_arm(None, "exp-7", 0.5, 1.0)
-    with pytest.raises(ValueError, match="experiment_id"):
-        split_arm("user-1", "", 0.5, 0.1)
-
-
-# ---- experiments -------------------------------------------------------------------------------------------
 
 
 def test_a_clear_winner_is_promoted_and_a_clear_loser_retired():
