@@ -299,25 +299,9 @@ class Serving:
 
     def _sample_shares(self, snap: Snapshot, modality: str, category: str, version: str,
                        pool: Sequence[CuratedSample]) -> _Shares:
-        key = (modality, category, version)
         keys = tuple(s.sample_id for s in pool)
-        counts = tuple(self._counts(snap, k) for k in keys)
-        cached = self._shares.get(key)
-        now = time.monotonic()
-        if cached is not None and cached.keys == keys and (
-                cached.counts == counts or now - cached.at < self.settings.refresh_seconds):
-            return cached
-        impressions = sum(i for i, _ in counts)
-        clicks = sum(c for _, c in counts)
-        prior = min(max((clicks + 1.0) / (impressions + 20.0), 1e-3), 0.999)  # the category's pooled rate
-        arms = [ArmCounts(k, float(i), float(min(c, i)), prior_mean=prior, prior_strength=self.settings.prior_strength)
-                for k, (i, c) in zip(keys, counts)]
-        self._seed += 1
-        p = serving_probabilities(arms, min_share=min(self.settings.min_share, 1.0 / len(arms)),
-                                  top_two=self.settings.top_two, draws=self.settings.draws, seed=self._seed)
-        shares = _Shares(keys, p, counts, now)
-        self._shares[key] = shares
-        return shares
+        return self._bandit((modality, category, version), keys, tuple(self._counts(snap, k) for k in keys),
+                            min_share=min(self.settings.min_share, 1.0 / len(keys)), top_two=self.settings.top_two)
 
     def experiment_shares(self, snap: Snapshot, experiment: Mapping) -> list[float]:
         """[champion, challenger]: the traffic shares of a running experiment now."""
@@ -331,27 +315,33 @@ class Serving:
             share = float(experiment.get("challenger_share", 0.5))
             return np.array([1.0 - share, share])
         eid = experiment["experiment_id"]
-        key = ("experiment", eid)
         counts = []
         for arm in ("champion", "challenger"):
             i, c = snap.arm_counts.get((eid, arm), (0, 0))
             extra = self._delta.arms.get((eid, arm), [set(), set()])
             counts.append((i + len(extra[0]), c + len(extra[1])))
-        counts = tuple(counts)
+        return self._bandit(("experiment", eid), ("champion", "challenger"), tuple(counts),
+                            min_share=self.settings.arm_min_share, top_two=self.settings.arm_top_two).probabilities
+
+    def _bandit(self, key: tuple, keys: tuple[str, ...], counts: tuple, *, min_share: float,
+                top_two: float) -> _Shares:
+        """The serving probabilities of `keys` with these (impressions, clicks), recomputed when the counts
+        changed and at most every refresh_seconds (the lock held). The prior is their pooled click rate."""
         cached = self._shares.get(key)
         now = time.monotonic()
-        if cached is not None and (cached.counts == counts or now - cached.at < self.settings.refresh_seconds):
-            return cached.probabilities
+        if cached is not None and cached.keys == keys and (
+                cached.counts == counts or now - cached.at < self.settings.refresh_seconds):
+            return cached
         impressions = sum(i for i, _ in counts)
         clicks = sum(c for _, c in counts)
         prior = min(max((clicks + 1.0) / (impressions + 20.0), 1e-3), 0.999)
-        arms = [ArmCounts(a, float(i), float(min(c, i)), prior_mean=prior, prior_strength=self.settings.prior_strength)
-                for a, (i, c) in zip(("champion", "challenger"), counts)]
+        arms = [ArmCounts(k, float(i), float(min(c, i)), prior_mean=prior, prior_strength=self.settings.prior_strength)
+                for k, (i, c) in zip(keys, counts)]
         self._seed += 1
-        p = serving_probabilities(arms, min_share=self.settings.arm_min_share, top_two=self.settings.arm_top_two,
-                                  draws=self.settings.draws, seed=self._seed)
-        self._shares[key] = _Shares(("champion", "challenger"), p, counts, now)
-        return p
+        p = serving_probabilities(arms, min_share=min_share, top_two=top_two, draws=self.settings.draws,
+                                  seed=self._seed)
+        self._shares[key] = _Shares(keys, p, counts, now)
+        return self._shares[key]
 
     def current_shares(self, snap: Snapshot) -> list[dict]:
         """The bandit's shares now, per category and arm (the dashboard's view)."""
