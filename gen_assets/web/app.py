@@ -456,20 +456,25 @@ class Review:
             out["prompt"] = s.prompt  # the brief it was written for (None: conditioned on the category alone)
         return out
 
-    async def api_rate(self, request: Request) -> Response:
+    async def json_write(self, request: Request, what: str, max_bytes: int):
+        """The JSON body of an API write, once the bearer token (when one is set), the content type and the
+        size passed; a 4xx naming what is wrong otherwise."""
         if not self.guard.bearer_ok(request):
             raise ApiError(401, "missing or wrong token: send the header Authorization: Bearer <token>",
                            {"WWW-Authenticate": "Bearer"})
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            raise ApiError(415, "send the rating as JSON (Content-Type: application/json)")
+            raise ApiError(415, f"send {what} as JSON (Content-Type: application/json)")
         try:
-            body = await read_body(request, self.config.max_body_bytes)
+            body = await read_body(request, max_bytes)
         except BodyTooLarge as e:
             raise ApiError(413, str(e)) from None
         try:
-            payload = json.loads(body)
+            return json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ApiError(400, f"the body is not JSON: {e}") from None
+
+    async def api_rate(self, request: Request) -> Response:
+        payload = await self.json_write(request, "the rating", self.config.max_body_bytes)
         if not isinstance(payload, dict):
             raise ApiError(400, 'the body must be a JSON object like {"sample_id": "...", "rating": 4}')
         key = request.headers.get("idempotency-key")
@@ -543,19 +548,7 @@ class Review:
         from the request. event_id = sha256(serve_id:event) makes a retried request harmless: ingestion
         and the bandit's counts keep one event per serve and kind. Requests arriving together share one file
         (serving.EventBatcher: group commit), so ingestion sees a file per few milliseconds of traffic."""
-        if not self.guard.bearer_ok(request):
-            raise ApiError(401, "missing or wrong token: send the header Authorization: Bearer <token>",
-                           {"WWW-Authenticate": "Bearer"})
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            raise ApiError(415, "send the events as JSON (Content-Type: application/json)")
-        try:
-            body = await read_body(request, self.config.max_body_bytes * 16)
-        except BodyTooLarge as e:
-            raise ApiError(413, str(e)) from None
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ApiError(400, f"the body is not JSON: {e}") from None
+        payload = await self.json_write(request, "the events", self.config.max_body_bytes * 16)
         items = payload.get("events") if isinstance(payload, dict) and set(payload) == {"events"} else [payload]
         if not isinstance(items, list) or not items or len(items) > MAX_EVENTS_PER_REQUEST:
             raise ApiError(400, 'send one event {"serve_id": ..., "event": "click"} or {"events": [...]} with 1 to '
