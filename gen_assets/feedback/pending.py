@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,20 +57,27 @@ class Decision:
     reason: str  # a sentence for the sensor's log / skip reason
 
 
-def scan(incoming_dir: str | Path) -> list[PendingFile]:
-    """Every file waiting in incoming/, in name order. Never raises on a broken file: it is listed with 0
-    ratings (its age still triggers a run, which moves it to failed/)."""
-    pending = []
+def _waiting(incoming_dir: str | Path, parse) -> Iterator[tuple[Path, bytes, datetime, list]]:
+    """(path, bytes, when it landed, its records) of every file waiting in incoming/, in name order; a file
+    `parse` refuses has no records, a file ingested (moved) while we looked is skipped."""
     for path in landing_files(Path(incoming_dir)):
         try:
             data = path.read_bytes()
             landed = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
         except FileNotFoundError:
-            continue  # ingested (moved) while we looked
+            continue
         try:
-            records = parse_records(path.name, data)
+            records = parse(path.name, data)
         except FeedbackFileError:
             records = []
+        yield path, data, landed, records
+
+
+def scan(incoming_dir: str | Path) -> list[PendingFile]:
+    """Every file waiting in incoming/, in name order. Never raises on a broken file: it is listed with 0
+    ratings (its age still triggers a run, which moves it to failed/)."""
+    pending = []
+    for path, data, landed, records in _waiting(incoming_dir, parse_records):
         ids = {r.values.get("sample_id") for r in records if r.values}
         ids = tuple(sorted({i.strip() for i in ids if isinstance(i, str)}))
         pending.append(PendingFile(path.name, file_sha(data), len(records), landed, ids))
@@ -142,16 +149,7 @@ def scan_events(incoming_dir: str | Path) -> list[tuple[PendingFile, tuple[str, 
     from gen_assets.feedback.events import parse_event_records  # the events' own reader
 
     pending = []
-    for path in landing_files(Path(incoming_dir)):
-        try:
-            data = path.read_bytes()
-            landed = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
-        except FileNotFoundError:
-            continue
-        try:
-            records = parse_event_records(path.name, data)
-        except FeedbackFileError:
-            records = []
+    for path, data, landed, records in _waiting(incoming_dir, parse_event_records):
         modalities = tuple(sorted({r.values.get("modality") for r in records if r.values
                                    and r.values.get("modality") in ("image", "text")}))
         pending.append((PendingFile(path.name, file_sha(data), len(records), landed), modalities))
